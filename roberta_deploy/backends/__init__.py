@@ -1,0 +1,26 @@
+"""The one place that maps a backend name to its implementation (imported lazily: each pulls a runtime)."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import Backend
+
+BACKENDS = ("openvino", "onnxruntime")
+DEFAULT_BACKEND = "openvino"  # fastest measured on this CPU at every precision
+_INSTALL_HINTS = {"openvino": "pip install 'roberta-deploy[openvino]'",
+                  "onnxruntime": "pip install 'roberta-deploy[onnxruntime]'"}
+
+
+def get_backend(name: str) -> Backend:
+    key = name.strip().lower().replace("_", "").replace("-", "")
+    key = {"ov": "openvino", "ort": "onnxruntime"}.get(key, key)
+    if key not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
+    try:
+        if key == "openvino":
+            from .openvino import OpenVINOBackend
+            return OpenVINOBackend()
+        from .onnxruntime import ONNXRuntimeBackend
+        return ONNXRuntimeBackend()
+    except ImportError as error:
+        raise UsageError(f"backend {key} is not installed ({error.name} missing)", _INSTALL_HINTS[key]) from None

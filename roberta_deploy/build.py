@@ -1,0 +1,180 @@
+"""build: an export folder -> an engine bundle for one backend, precision and shape profile, verified
+against the fp32 ONNX reference on held-back texts before it is allowed to exist."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .atomic import atomic_directory
+from .backends import get_backend
+from .data import Dataset, read_dataset
+from .defaults import DEMO_SAMPLES_PATH
+from .errors import NumericalCheckError, UnsupportedPrecisionError, UsageError
+from .export import TOKENIZER_DIR, ExportArtifact, onnx_reference_logits
+from .manifest import KIND_BUNDLE, write_manifest
+from .precision import TOLERANCES, canonical_precision
+from .shapes import ShapeProfile
+
+CALIBRATION_BATCH = 8
+VERIFICATION_BATCH = 16
+SAMPLE_SEED = 0  # fixed so that the calibration/held-back split is the same on every build
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    export_dir: Path
+    output: Path
+    backend: str = "openvino"
+    precision: str = "fp32"  # fp32, fp16, bf16, int8, or a vendor alias
+    dynamic_shape: bool = True  # dynamic: any shape in the ranges; static: fixed shapes, compiled once
+    batch_size: int = 32  # static batch; for dynamic, the default max batch is max(batch_size, 64)
+    max_seq_length: int | None = None  # defaults to the export's
+    min_batch: int | None = None
+    max_batch: int | None = None
+    min_seq: int | None = None
+    max_seq: int | None = None
+    seq_buckets: tuple[int, ...] = ()  # static only: extra compiled sequence lengths for short texts
+    calibration_data: Path | None = None  # real texts; the bundled samples when None
+    calibration_samples: int = 128  # texts used to calibrate int8 activations
+    verification_samples: int = 64  # held-back texts compared against the fp32 reference
+    allow_tolerance_failure: bool = False  # keep a bundle that drifts past tolerance (recorded as failed)
+    overwrite: bool = False
+    text_column: str | None = None
+    label_column: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle_dir: Path
+    manifest: dict
+
+
+def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = None) -> BuildResult:
+    """Build and verify a bundle; raise UnsupportedPrecisionError/UsageError before any work is done."""
+    step = on_step or (lambda message: None)
+    export = ExportArtifact.load(options.export_dir)
+    precision = canonical_precision(options.precision)
+    backend = get_backend(options.backend)
+    reason = backend.unsupported_reason(precision)
+    if reason:
+        raise UnsupportedPrecisionError(f"{backend.name} cannot build {precision} here", reason)
+    max_seq_length = options.max_seq_length or export.manifest["max_seq_length"]
+    if max_seq_length > export.manifest["max_seq_length"]:
+        raise UsageError(f"--max-seq-length {max_seq_length} exceeds the export's {export.manifest['max_seq_length']}",
+                         f"re-export with --max-seq-length {max_seq_length}")
+    profile = ShapeProfile.create(dynamic=options.dynamic_shape, batch_size=options.batch_size,
+                                  max_seq_length=max_seq_length, min_batch=options.min_batch,
+                                  max_batch=options.max_batch, min_seq=options.min_seq, max_seq=options.max_seq,
+                                  static_seq_lengths=options.seq_buckets)
+    if options.calibration_samples < 1 or options.verification_samples < 1:
+        raise UsageError("--calibration-samples and --verification-samples must be at least 1",
+                         "pass positive sample counts")
+    dataset = read_dataset(options.calibration_data or DEMO_SAMPLES_PATH, text_column=options.text_column,
+                           label_column=options.label_column, label_names=export.manifest["labels"])
+    calibration, held_back = split_calibration(dataset, options.calibration_samples, options.verification_samples)
+    encoder = export.text_encoder(profile.max_seq)
+    input_names = export.manifest["inputs"]
+
+    with atomic_directory(options.output, overwrite=options.overwrite) as work:
+        from .backends.base import BuildRequest
+
+        calibration_feeds = []
+        if precision == "int8":
+            calibration_feeds = _padded_feeds(encoder, calibration.texts, profile, input_names, CALIBRATION_BATCH)
+        step(f"building {backend.name} {precision} ({profile.describe()})")
+        request = BuildRequest(export=export, precision=precision, profile=profile,
+                               calibration_feeds=calibration_feeds)
+        backend_settings = backend.build(request, work)
+        shutil.copytree(export.tokenizer_dir, work / TOKENIZER_DIR)
+        content = {
+            "source_model": export.manifest["source_model"],
+            "source_model_sha256": export.manifest["source_model_sha256"],
+            "export_manifest": {key: export.manifest[key] for key in ("architecture", "model_type", "opset",
+                                                                      "parameters", "hidden_size",
+                                                                      "num_hidden_layers", "vocab_size", "created")},
+            "backend": backend.name,
+            "precision": precision,
+            "backend_settings": backend_settings,
+            "shape_profile": profile.to_dict(),
+            "inputs": input_names,
+            "labels": export.manifest["labels"],
+            "max_seq_length": profile.max_seq,
+            "calibration": ({"source": dataset.source, "texts": len(calibration.texts)}
+                            if precision == "int8" else None),
+            "checks": dict(export.manifest.get("checks", {})),
+        }
+        write_manifest(work, KIND_BUNDLE, content)
+        step("verifying against the fp32 reference")
+        check = verify_bundle(work, export, held_back, precision)
+        content["checks"]["against_fp32_reference"] = check
+        if not check["passed"] and not options.allow_tolerance_failure:
+            raise NumericalCheckError(
+                f"{backend.name} {precision} logits differ from fp32 by {check['max_abs_logit_diff']:.3g} "
+                f"(tolerance {check['tolerance']:.3g}; label agreement {check['label_agreement']:.4f})",
+                "use a higher precision, more --calibration-samples, or --allow-tolerance-failure to keep it")
+        manifest = write_manifest(work, KIND_BUNDLE, content)
+    return BuildResult(Path(options.output), manifest)
+
+
+def split_calibration(dataset: Dataset, calibration_count: int, held_back_count: int) -> tuple[Dataset, Dataset]:
+    """Disjoint calibration and held-back subsets (seeded shuffle); overlap only when the file is too small."""
+    order = list(range(len(dataset)))
+    random.Random(SAMPLE_SEED).shuffle(order)
+    held_back_indices = order[:held_back_count]
+    rest = order[held_back_count:] or order
+    calibration_indices = rest[:calibration_count]
+    return _subset(dataset, calibration_indices), _subset(dataset, held_back_indices)
+
+
+def _subset(dataset: Dataset, indices: list[int]) -> Dataset:
+    return replace(dataset, texts=[dataset.texts[i] for i in indices],
+                   labels=[dataset.labels[i] for i in indices] if dataset.labels is not None else None,
+                   line_numbers=[dataset.line_numbers[i] for i in indices])
+
+
+def _padded_feeds(encoder, texts, profile: ShapeProfile, input_names, batch_rows: int) -> list[dict]:
+    """Batches shaped as the engine will run them (static shapes padded to a compiled shape)."""
+    rows = min(batch_rows, profile.max_batch)
+    if profile.dynamic:
+        rows = max(rows, profile.min_batch)
+    encoded = encoder.encode(texts)
+    feeds = []
+    for start in range(0, len(texts), rows):
+        indices = list(range(start, min(start + rows, len(texts))))
+        longest = int(encoded.lengths[indices].max())
+        run_rows, run_seq = profile.fit(max(len(indices), profile.min_batch if profile.dynamic else 1),
+                                        max(longest, profile.min_seq if profile.dynamic else 1))
+        feeds.append(encoder.pad(encoded, indices, run_seq, padded_batch=run_rows).as_feeds(input_names))
+    return feeds
+
+
+def verify_bundle(bundle_dir: Path, export: ExportArtifact, held_back: Dataset, precision: str) -> dict:
+    """Run the bundle through the runtime API and the fp32 ONNX reference on the same padded inputs."""
+    from .engine import Engine
+
+    engine = Engine.load(bundle_dir)
+    context = engine.create_context()
+    feeds_list = _padded_feeds(engine.encoder, held_back.texts, engine.profile, engine.input_names,
+                               VERIFICATION_BATCH)
+    real_rows = [min(VERIFICATION_BATCH, engine.profile.max_batch)] * len(feeds_list)
+    real_rows[-1] = len(held_back.texts) - sum(real_rows[:-1])
+    built = [context.run(feeds["input_ids"], feeds["attention_mask"], feeds.get("token_type_ids"))[:rows]
+             for feeds, rows in zip(feeds_list, real_rows)]
+    reference = [logits[:rows] for logits, rows in zip(onnx_reference_logits(export.onnx_path, feeds_list), real_rows)]
+    built_logits, reference_logits = np.concatenate(built), np.concatenate(reference)
+    difference = float(np.abs(built_logits - reference_logits).max())
+    bound = TOLERANCES[precision].bound(reference_logits)
+    agreement = float((built_logits.argmax(1) == reference_logits.argmax(1)).mean())
+    check = {"passed": bool(difference <= bound), "max_abs_logit_diff": difference, "tolerance": bound,
+             "label_agreement": agreement, "texts": len(held_back.texts), "text_source": held_back.source}
+    if held_back.labels is not None:
+        gold = np.asarray(held_back.labels)
+        check["accuracy"] = float((built_logits.argmax(1) == gold).mean())
+        check["reference_accuracy"] = float((reference_logits.argmax(1) == gold).mean())
+    return check

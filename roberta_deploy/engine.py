@@ -1,0 +1,167 @@
+"""Runtime API: an Engine is a loaded bundle on a device; a Context is one execution state on it.
+
+Many contexts of one engine may run concurrently, each from its own thread (TensorRT's
+IExecutionContext, OpenVINO's InferRequest). Numpy arrays cross this boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .backends import get_backend
+from .backends.base import RuntimeSettings
+from .errors import NumericalCheckError, ShapeError, UsageError
+from .manifest import KIND_BUNDLE, read_manifest
+from .shapes import ShapeProfile
+from .tokenization import TextEncoder
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def available_cores() -> int:
+    """Cores this process may use (respects affinity masks and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Predictions:
+    logits: np.ndarray  # float32 (n, labels)
+    truncated: np.ndarray  # bool (n,): text was cut at max_seq_length
+    token_lengths: np.ndarray  # int64 (n,): tokens used, specials included
+    label_names: tuple[str, ...]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+        exponentials = np.exp(shifted)
+        return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+class Engine:
+    """A bundle loaded for inference. Create one per device; share it between threads."""
+
+    def __init__(self, bundle_dir: Path, manifest: dict, contexts: int, cpu_threads: int):
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.profile = ShapeProfile.from_dict(manifest["shape_profile"])
+        self.input_names: tuple[str, ...] = tuple(manifest["inputs"])
+        self.label_names: tuple[str, ...] = tuple(manifest["labels"])
+        self.max_seq_length: int = self.profile.max_seq
+        self.encoder = TextEncoder.from_folder(bundle_dir / TOKENIZER_DIR, self.max_seq_length)
+        self.settings = RuntimeSettings(contexts=contexts, cpu_threads=cpu_threads)
+        self._backend_engine = get_backend(manifest["backend"]).load(bundle_dir, manifest, self.settings)
+
+    @classmethod
+    def load(cls, bundle: str | Path, *, contexts: int | None = None, cpu_threads: int | None = None) -> "Engine":
+        """Load and verify a bundle (every file against its manifest hash).
+
+        contexts: how many contexts will run at once (sizes the backend's streams); default 1,
+        which measured fastest for batched work on 2 cores. cpu_threads: total compute threads,
+        default every core this process may use; split between contexts, never oversubscribed.
+        """
+        bundle_dir = Path(bundle)
+        manifest = read_manifest(bundle_dir, KIND_BUNDLE)
+        cores = available_cores()
+        contexts = contexts or 1
+        cpu_threads = cpu_threads or cores
+        if contexts < 1 or cpu_threads < 1:
+            raise UsageError("contexts and CPU threads must be at least 1", "pass positive --threads/--cpu-threads")
+        if contexts > cpu_threads:
+            raise UsageError(f"{contexts} contexts on {cpu_threads} CPU threads would oversubscribe the CPU",
+                             f"use at most {cpu_threads} contexts, or raise --cpu-threads")
+        return cls(bundle_dir, manifest, contexts, cpu_threads)
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    def create_context(self) -> "Context":
+        return Context(self)
+
+    def predict(self, texts: Sequence[str], *, batch_size: int | None = None, max_batch_tokens: int | None = None,
+                bucketing: bool = True) -> Predictions:
+        """Tokenize, batch (length-bucketed by default) and classify `texts`; results in input order."""
+        from .batch_queue import InferenceQueue
+
+        return InferenceQueue(self).run(texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                        bucketing=bucketing)
+
+    def default_batch_size(self) -> int:
+        return self.profile.max_batch if not self.profile.dynamic else min(self.profile.max_batch, 32)
+
+
+class Context:
+    """One execution state. Use each context from one thread at a time; make one per thread."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._runner = engine._backend_engine.create_runner()
+        self._lock = threading.Lock()  # guards misuse from several threads; uncontended in normal use
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+            token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """input_ids, attention_mask, token_type_ids: int64 (batch, seq) -> float32 logits (batch, labels).
+
+        Static engines pad the batch up to their compiled shape and drop the filler rows.
+        """
+        input_ids = _as_int64_matrix("input_ids", input_ids)
+        attention_mask = _as_int64_matrix("attention_mask", attention_mask)
+        if attention_mask.shape != input_ids.shape:
+            raise ShapeError(f"attention_mask shape {attention_mask.shape} differs from input_ids {input_ids.shape}",
+                             "pass arrays of one shape")
+        if token_type_ids is None:
+            token_type_ids = np.zeros_like(input_ids)
+        token_type_ids = _as_int64_matrix("token_type_ids", token_type_ids)
+        if token_type_ids.shape != input_ids.shape:
+            raise ShapeError(f"token_type_ids shape {token_type_ids.shape} differs from input_ids {input_ids.shape}",
+                             "pass arrays of one shape")
+        batch, seq = input_ids.shape
+        run_batch, run_seq = self.engine.profile.fit(batch, seq)
+        arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        if (run_batch, run_seq) != (batch, seq):
+            arrays = _pad_to(arrays, run_batch, run_seq, self.engine.encoder.pad_token_id)
+        feeds = {name: arrays[name] for name in self.engine.input_names}
+        with self._lock:
+            logits = self._runner.infer(feeds)[:batch]
+        if not np.isfinite(logits).all():
+            raise NumericalCheckError("the engine produced NaN or infinite logits",
+                                      "rebuild at a higher precision (fp32) and report the model")
+        return logits
+
+
+def _as_int64_matrix(name: str, array) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ShapeError(f"{name} must be 2-D (batch, seq), got shape {array.shape}", "pass a (batch, seq) array")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ShapeError(f"{name} must hold integers, got {array.dtype}", "pass int64 token ids")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _pad_to(arrays: dict[str, np.ndarray], rows: int, columns: int, pad_token_id: int) -> dict[str, np.ndarray]:
+    batch, seq = arrays["input_ids"].shape
+    padded = {}
+    for name, array in arrays.items():
+        fill = pad_token_id if name == "input_ids" else 0
+        target = np.full((rows, columns), fill, dtype=np.int64)
+        target[:batch, :seq] = array
+        padded[name] = target
+    padded["attention_mask"][batch:, 0] = 1  # filler rows attend to one token, so no row is all-masked
+    return padded

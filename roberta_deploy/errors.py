@@ -1,0 +1,70 @@
+"""Typed errors of the library. Only the CLI turns them into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+
+class RobertaDeployError(Exception):
+    """Base of every error the library raises on purpose.
+
+    `problem` says what is wrong; `fix` says what the user can do about it. The CLI prints
+    them on one line as "error: <problem> (fix: <fix>)".
+    """
+
+    exit_code = 1
+
+    def __init__(self, problem: str, fix: str | None = None):
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def one_line(self) -> str:
+        text = f"{self.problem} (fix: {self.fix})" if self.fix else self.problem
+        return " ".join(text.split())
+
+
+class InputDataError(RobertaDeployError):
+    """A data file is missing, empty or malformed (bad row, unknown label, empty text)."""
+
+    exit_code = 2
+
+
+class UsageError(RobertaDeployError):
+    """A flag, or a combination of flags, that cannot work."""
+
+    exit_code = 2
+
+
+class ModelLoadError(RobertaDeployError):
+    """A checkpoint or export folder cannot be read as a sequence classifier."""
+
+    exit_code = 3
+
+
+class BundleError(RobertaDeployError):
+    """A bundle or export folder is incomplete, corrupt, or from a newer schema."""
+
+    exit_code = 3
+
+
+class UnsupportedPrecisionError(RobertaDeployError):
+    """A backend x precision combination that cannot run (well) on this machine."""
+
+    exit_code = 2
+
+
+class ShapeError(RobertaDeployError):
+    """Inputs whose shape the engine was not built for."""
+
+    exit_code = 2
+
+
+class NumericalCheckError(RobertaDeployError):
+    """Outputs drifted past the tolerance for their precision."""
+
+    exit_code = 4
+
+
+class OutputExistsError(RobertaDeployError):
+    """An output folder already holds something we would overwrite."""
+
+    exit_code = 2

@@ -1,0 +1,85 @@
+"""run: the whole pipeline in one call: export, build fp32 and the fast precisions, eval, perf, summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from .atomic import atomic_directory
+from .backends import get_backend
+from .defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
+from .evaluate import EvalOptions, evaluate_into
+from .perf import PerfOptions, run_benchmark
+from .precision import PRECISIONS
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MARKDOWN = "summary.md"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    model: str = str(DEMO_MODEL_DIR)
+    data: Path = DEMO_SAMPLES_PATH
+    output: Path = Path("runs/latest")
+    backend: str = "openvino"
+    precisions: tuple[str, ...] | None = None  # None: fp32 plus every faster precision the backend runs here
+    batch_sizes: tuple[int, ...] = (1, 32)
+    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
+    calibration_data: Path | None = None
+    perf_seconds: float = 3.0  # timed seconds per bundle and shape; short, since run is a demo of perf
+    overwrite: bool = False
+
+
+def offered_precisions(backend_name: str) -> tuple[str, ...]:
+    backend = get_backend(backend_name)
+    return tuple(precision for precision in PRECISIONS if backend.unsupported_reason(precision) is None)
+
+
+def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = None) -> dict:
+    step = on_step or (lambda message: None)
+    precisions = options.precisions or offered_precisions(options.backend)
+    with atomic_directory(options.output, overwrite=options.overwrite) as work:
+        accuracy = evaluate_into(work, EvalOptions(
+            model=options.model, data=options.data, output=work, backend=options.backend, precisions=precisions,
+            batch_sizes=options.batch_sizes, max_seq_length=options.max_seq_length,
+            calibration_data=options.calibration_data), on_step)
+        perf_dir = work / "perf"
+        perf_dir.mkdir()
+        rows = []
+        for precision, bundle in accuracy["bundles"].items():
+            bundle_path = work / bundle
+            base = PerfOptions(bundle=bundle_path, duration=options.perf_seconds, warmup=1.0)
+            step(f"perf {precision}: batch 1, full length")
+            latency = run_benchmark(replace(base, batch_size=1))
+            step(f"perf {precision}: batch {max(options.batch_sizes)}, real lengths")
+            throughput = run_benchmark(replace(base, batch_size=max(options.batch_sizes), data=options.data))
+            for name, result in (("latency", latency), ("throughput", throughput)):
+                result["bundle"] = str(Path(options.output) / bundle)
+                (perf_dir / f"{precision}-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+            accuracy_row = next(row for row in accuracy["rows"]
+                                if row["precision"] == precision and row["batch_size"] == max(options.batch_sizes))
+            rows.append({"precision": precision, "accuracy": accuracy_row["accuracy"],
+                         "agreement_with_fp32": accuracy_row["agreement_with_fp32"],
+                         "max_abs_logit_diff_vs_fp32": accuracy_row["max_abs_logit_diff_vs_fp32"],
+                         "latency_p50_ms_batch1": latency["latency_ms"]["median"],
+                         "latency_p99_ms_batch1": latency["latency_ms"]["p99"],
+                         "throughput_texts_per_second": throughput["throughput_sequences_per_second"]})
+        summary = {"model": options.model, "data": str(options.data), "backend": options.backend,
+                   "examples": accuracy["rows"][0]["examples"], "max_seq_length": accuracy["max_seq_length"],
+                   "rows": rows}
+        (work / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        (work / SUMMARY_MARKDOWN).write_text(summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = [f"# roberta-deploy run: {summary['backend']}, {summary['examples']} texts from {summary['data']}", "",
+             "| precision | accuracy | agreement with fp32 | batch-1 p50 ms | batch-1 p99 ms | texts/s (batched, real lengths) |",
+             "|---|---|---|---|---|---|"]
+    for row in summary["rows"]:
+        lines.append(f"| {row['precision']} | {row['accuracy']:.4f} | {row['agreement_with_fp32']:.4f} | "
+                     f"{row['latency_p50_ms_batch1']:.2f} | {row['latency_p99_ms_batch1']:.2f} | "
+                     f"{row['throughput_texts_per_second']:.1f} |")
+    return "\n".join(lines) + "\n"

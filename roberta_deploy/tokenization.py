@@ -1,0 +1,114 @@
+"""Turning texts into model inputs at run time with the `tokenizers` library only (no transformers import).
+
+Texts are encoded once, unpadded; batches are padded later to whatever length their bucket needs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import BundleError, InputDataError
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_META_FILE = "tokenizer_meta.json"
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    """Unpadded token ids of many texts, each already truncated to max_seq_length."""
+
+    token_ids: list[np.ndarray]  # int64 (length,) per text, [CLS] ... [SEP] included
+    type_ids: list[np.ndarray]  # int64 (length,) per text
+    truncated: np.ndarray  # bool (n,): the text was cut at max_seq_length
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.token_ids), dtype=np.int64, count=len(self.token_ids))
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """One padded batch, as every engine takes it."""
+
+    input_ids: np.ndarray  # int64 (batch, seq)
+    attention_mask: np.ndarray  # int64 (batch, seq), 1 for real tokens
+    token_type_ids: np.ndarray  # int64 (batch, seq)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.input_ids.shape)  # type: ignore[return-value]
+
+    def as_feeds(self, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in input_names}
+
+
+class TextEncoder:
+    """Encodes texts with a saved fast tokenizer (tokenizer.json) and pads batches with its pad id."""
+
+    def __init__(self, tokenizer_file: Path, pad_token_id: int, max_seq_length: int):
+        from tokenizers import Tokenizer
+
+        try:
+            self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as error:
+            raise BundleError(f"cannot read tokenizer {tokenizer_file}: {error}".splitlines()[0],
+                              "re-run export to write the tokenizer again") from None
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=max_seq_length)
+        self.pad_token_id = pad_token_id
+        self.max_seq_length = max_seq_length
+
+    @classmethod
+    def from_folder(cls, folder: Path, max_seq_length: int) -> "TextEncoder":
+        """Load the tokenizer that export wrote into `folder/tokenizer/`."""
+        meta_path = folder / TOKENIZER_META_FILE
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise BundleError(f"cannot read {meta_path}: {error}", "re-run export or build") from None
+        return cls(folder / TOKENIZER_FILE, int(meta["pad_token_id"]), max_seq_length)
+
+    def encode(self, texts: Sequence[str]) -> EncodedTexts:
+        for index, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
+        encodings = self._tokenizer.encode_batch(list(texts))
+        token_ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+        type_ids = [np.asarray(encoding.type_ids, dtype=np.int64) for encoding in encodings]
+        truncated = np.fromiter((bool(encoding.overflowing) for encoding in encodings), dtype=bool,
+                                count=len(encodings))
+        return EncodedTexts(token_ids=token_ids, type_ids=type_ids, truncated=truncated)
+
+    def pad(self, encoded: EncodedTexts, indices: Sequence[int], padded_length: int,
+            padded_batch: int | None = None) -> ModelInputs:
+        """Pad the texts at `indices` to (padded_batch or len(indices), padded_length).
+
+        Rows past len(indices) are filler for static shapes: one [PAD] with attention 1, so no row
+        has an all-zero mask (which some kernels turn into NaN); their outputs are discarded.
+        """
+        rows = padded_batch or len(indices)
+        input_ids = np.full((rows, padded_length), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((rows, padded_length), dtype=np.int64)
+        token_type_ids = np.zeros((rows, padded_length), dtype=np.int64)
+        for row, index in enumerate(indices):
+            ids = encoded.token_ids[index]
+            length = len(ids)
+            input_ids[row, :length] = ids
+            attention_mask[row, :length] = 1
+            token_type_ids[row, :length] = encoded.type_ids[index]
+        attention_mask[len(indices):, 0] = 1
+        return ModelInputs(input_ids, attention_mask, token_type_ids)
+
+    def encode_padded(self, texts: Sequence[str], padded_length: int | None = None) -> ModelInputs:
+        """Encode and pad to one length (the longest text, or `padded_length`)."""
+        encoded = self.encode(texts)
+        length = padded_length or int(encoded.lengths.max())
+        return self.pad(encoded, range(len(texts)), length)
