@@ -1,0 +1,161 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from roberta_deploy.build import BuildOptions, build_engine
+from roberta_deploy.engine import Engine
+from roberta_deploy.errors import BundleError, ShapeError, UnsupportedPrecisionError, UsageError
+from roberta_deploy.precision import TOLERANCES
+
+OFFERED = [("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"),
+           ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+
+
+@pytest.mark.parametrize("backend, precision", OFFERED)
+def test_every_offered_combination_builds_within_tolerance(bundle_factory, backend, precision):
+    bundle = bundle_factory(backend, precision)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    check = manifest["checks"]["against_fp32_reference"]
+    assert manifest["backend"] == backend and manifest["precision"] == precision
+    assert check["passed"] and check["max_abs_logit_diff"] <= check["tolerance"]
+    assert check["texts"] == 64 and check["label_agreement"] >= 0.9
+    assert manifest["checks"]["onnx_vs_pytorch"]["passed"]
+    assert manifest["source_model_sha256"] and manifest["library_versions"]["numpy"]
+
+
+@pytest.mark.parametrize("model", ["roberta", "distilbert"])
+def test_other_architectures_build_and_run(bundle_factory, model):
+    engine = Engine.load(bundle_factory("openvino", "int8", model=model))
+    predictions = engine.predict(["酒店很好", "太差了"])
+    assert predictions.logits.shape == (2, 2)
+
+
+@pytest.mark.parametrize("backend, precision, alternative", [
+    ("onnxruntime", "fp16", "fp32"), ("onnxruntime", "bf16", "--backend openvino --precision bf16"),
+    ("openvino", "force_float16", "bf16")])
+def test_combinations_that_cannot_run_are_rejected_with_the_alternative(tiny_exports, tmp_path, backend,
+                                                                       precision, alternative):
+    with pytest.raises(UnsupportedPrecisionError) as caught:
+        build_engine(BuildOptions(export_dir=tiny_exports["bert"].folder, output=tmp_path / "b", backend=backend,
+                                  precision=precision))
+    assert alternative in caught.value.fix
+    assert not (tmp_path / "b").exists()
+
+
+def test_vendor_alias_builds_the_canonical_precision(bundle_factory):
+    bundle = bundle_factory("onnxruntime", "qint8_mixed_float16")
+    assert json.loads((bundle / "manifest.json").read_text())["precision"] == "int8"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("precision", "fp8", "unknown precision"), ("backend", "tensorrt", "unknown backend")])
+def test_unknown_precision_or_backend(tiny_exports, tmp_path, field, value, message):
+    options = {"export_dir": tiny_exports["bert"].folder, "output": tmp_path / "b", field: value}
+    with pytest.raises(UsageError, match=message):
+        build_engine(BuildOptions(**options))
+
+
+def test_static_shape_pads_smaller_inputs_and_rejects_larger(bundle_factory):
+    engine = Engine.load(bundle_factory("openvino", "fp32", dynamic_shape=False, batch_size=4, max_seq_length=32,
+                                        seq_buckets=(16,)))
+    assert engine.profile.static_seq_lengths == (16, 32)
+    inputs = engine.encoder.encode_padded(["酒店很好", "太差了", "还行"])
+    logits = engine.create_context().run(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)
+    assert logits.shape == (3, 2)
+    with pytest.raises(ShapeError, match=r"input shape \(5, 8\) is outside the bundle's static batch 4"):
+        engine.create_context().run(np.ones((5, 8), np.int64), np.ones((5, 8), np.int64))
+    with pytest.raises(ShapeError, match="outside"):
+        engine.create_context().run(np.ones((1, 40), np.int64), np.ones((1, 40), np.int64))
+
+
+def test_static_shape_gives_the_same_labels_as_dynamic(bundle_factory, dev_tsv):
+    from roberta_deploy.data import read_dataset
+
+    texts = read_dataset(dev_tsv).texts[:40]
+    static = Engine.load(bundle_factory("onnxruntime", "fp32", dynamic_shape=False, batch_size=8, seq_buckets=(64,)))
+    dynamic = Engine.load(bundle_factory("onnxruntime", "fp32"))
+    difference = np.abs(static.predict(texts).logits - dynamic.predict(texts).logits).max()
+    assert difference <= TOLERANCES["fp32"].absolute
+
+
+def test_dynamic_ranges_are_enforced(bundle_factory):
+    engine = Engine.load(bundle_factory("onnxruntime", "fp32", min_batch=2, max_batch=8, min_seq=4, max_seq=64))
+    context = engine.create_context()
+    ok = np.ones((2, 4), np.int64)
+    assert context.run(ok, ok).shape == (2, 2)
+    with pytest.raises(ShapeError, match="below"):
+        context.run(np.ones((1, 8), np.int64), np.ones((1, 8), np.int64))
+    with pytest.raises(ShapeError, match="outside"):
+        context.run(np.ones((9, 8), np.int64), np.ones((9, 8), np.int64))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"dynamic_shape": False, "min_batch": 2}, "describe dynamic shapes"),
+    ({"dynamic_shape": True, "seq_buckets": (32,)}, "--seq-buckets is for static shapes"),
+    ({"min_batch": 9, "max_batch": 4}, "batch range [9, 4] is empty"),
+    ({"max_seq": 256}, "exceeds the export's max_seq_length"),
+])
+def test_contradictory_shape_flags_are_rejected(tiny_exports, tmp_path, flags, message):
+    with pytest.raises(UsageError) as caught:
+        build_engine(BuildOptions(export_dir=tiny_exports["bert"].folder, output=tmp_path / "b", **flags))
+    assert message in caught.value.problem
+    assert not (tmp_path / "b").exists()
+
+
+def corrupt_copy(bundle, tmp_path, edit):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    edit(copy)
+    return copy
+
+
+def test_missing_or_corrupt_bundle_files_are_detected_by_hash(bundle_factory, tmp_path):
+    bundle = bundle_factory("openvino", "fp32")
+    missing = corrupt_copy(bundle, tmp_path / "a", lambda folder: (folder / "model.bin").unlink())
+    with pytest.raises(BundleError, match="missing model.bin"):
+        Engine.load(missing)
+
+    def flip_byte(folder):
+        data = bytearray((folder / "tokenizer" / "tokenizer.json").read_bytes())
+        data[50] ^= 1
+        (folder / "tokenizer" / "tokenizer.json").write_bytes(bytes(data))
+
+    with pytest.raises(BundleError, match="tokenizer.json is corrupt"):
+        Engine.load(corrupt_copy(bundle, tmp_path / "b", flip_byte))
+    with pytest.raises(BundleError, match="manifest.json is corrupt"):
+        Engine.load(corrupt_copy(bundle, tmp_path / "c", lambda folder: (folder / "manifest.json").write_text("{")))
+
+
+def test_bundle_from_a_newer_schema_is_refused(bundle_factory, tmp_path):
+    def bump(folder):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["schema_version"] = 99
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(BundleError) as caught:
+        Engine.load(corrupt_copy(bundle_factory("openvino", "fp32"), tmp_path, bump))
+    assert "newer than this roberta-deploy understands" in caught.value.problem
+    assert "upgrade roberta-deploy" in caught.value.fix
+
+
+def test_an_export_is_not_a_bundle(tiny_exports):
+    with pytest.raises(BundleError, match="is a 'export' folder, not a bundle"):
+        Engine.load(tiny_exports["bert"].folder)
+
+
+def test_drift_past_tolerance_fails_the_build_and_leaves_nothing(tiny_exports, tmp_path, monkeypatch):
+    from roberta_deploy import precision
+    from roberta_deploy.errors import NumericalCheckError
+
+    # An impossible int8 tolerance stands in for a model that quantizes badly.
+    monkeypatch.setitem(precision.TOLERANCES, "int8", precision.Tolerance(0.0, 0.0))
+    with pytest.raises(NumericalCheckError, match="logits differ from fp32"):
+        build_engine(BuildOptions(export_dir=tiny_exports["bert"].folder, output=tmp_path / "b",
+                                  backend="onnxruntime", precision="int8", calibration_samples=16))
+    assert list(tmp_path.iterdir()) == []
+    kept = build_engine(BuildOptions(export_dir=tiny_exports["bert"].folder, output=tmp_path / "kept",
+                                     backend="onnxruntime", precision="int8", calibration_samples=16,
+                                     allow_tolerance_failure=True))
+    assert kept.manifest["checks"]["against_fp32_reference"]["passed"] is False

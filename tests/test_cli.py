@@ -1,0 +1,153 @@
+"""The command line end to end: each command's output, and one-line errors with no partial output."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from roberta_deploy.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and "(fix: " in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def cli_bundle(tiny_checkpoints, tmp_path_factory, dev_tsv):
+    root = tmp_path_factory.mktemp("cli")
+    result = invoke("export", "--model", tiny_checkpoints["bert"], "--output", root / "export",
+                    "--check-data", dev_tsv, "--max-seq-length", 64)
+    assert result.exit_code == 0, result.output
+    assert "ONNX vs PyTorch max |diff|" in result.output
+    result = invoke("build", "--export", root / "export", "--output", root / "bundle", "--backend", "openvino",
+                    "--precision", "force_float32", "--calibration-data", dev_tsv)
+    assert result.exit_code == 0, result.output
+    assert "passed" in result.output
+    return root / "bundle"
+
+
+def test_infer_counts_every_row_of_the_dev_split(cli_bundle, dev_tsv, tmp_path):
+    result = invoke("infer", "--bundle", cli_bundle, "--data", dev_tsv, "--output", tmp_path / "out",
+                    "--batch-size", 32)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert len(rows) == metrics["examples"] == 1200
+    assert [row["index"] for row in rows] == list(range(1200))
+    correct = sum(row["label"] == row["gold"] for row in rows)
+    assert metrics["correct"] == correct and metrics["accuracy"] == correct / 1200
+    assert f"accuracy: {correct / 1200:.4f} ({correct}/1200)" in result.output
+    # dev has texts far past 64 tokens: they are truncated and counted, not dropped.
+    assert metrics["truncated"] == sum(row["truncated"] for row in rows) > 300
+    assert all(abs(sum(row["probabilities"]) - 1) < 1e-4 for row in rows)
+
+
+def test_inspect_prints_the_manifest(cli_bundle):
+    result = invoke("inspect", cli_bundle)
+    assert result.exit_code == 0
+    assert "openvino" in result.output and "against_fp32_reference" in result.output
+    result = invoke("inspect", cli_bundle, "--json")
+    assert json.loads(result.output)["precision"] == "fp32"
+
+
+def test_perf_reports_latency_and_uses_real_lengths_with_data(cli_bundle, dev_tsv, tmp_path):
+    result = invoke("perf", "--bundle", cli_bundle, "--duration", 0.3, "--warmup", 0.1, "--batch-size", 4,
+                    "--json", tmp_path / "random.json")
+    assert result.exit_code == 0, result.output
+    assert "latency p99" in result.output and "throughput" in result.output
+    random_report = json.loads((tmp_path / "random.json").read_text())
+    assert random_report["mean_padded_length"] == 64 and random_report["calls"] > 0
+    assert random_report["sequences"] == 4 * random_report["calls"]
+    result = invoke("perf", "--bundle", cli_bundle, "--duration", 0.3, "--warmup", 0, "--batch-size", 4,
+                    "--data", dev_tsv, "--json", tmp_path / "data.json", "--iterations", 5)
+    assert result.exit_code == 0, result.output
+    data_report = json.loads((tmp_path / "data.json").read_text())
+    assert data_report["calls"] >= 5
+    assert data_report["distinct_shapes"] > 1 and data_report["mean_padded_length"] < 64
+    assert data_report["useful_tokens"] < data_report["sequences"] * 64
+
+
+def test_eval_writes_the_accuracy_table(tiny_checkpoints, dev_tsv, tmp_path):
+    result = invoke("eval", "--model", tiny_checkpoints["bert"], "--data", dev_tsv, "--output", tmp_path / "eval",
+                    "--precisions", "bf16,int8", "--batch-sizes", "1,32", "--max-seq-length", 64)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "accuracy.json").read_text())
+    assert [(row["precision"], row["batch_size"]) for row in report["rows"]] == [
+        ("fp32", 1), ("fp32", 32), ("bf16", 1), ("bf16", 32), ("int8", 1), ("int8", 32)]
+    for row in report["rows"]:
+        assert row["examples"] == 1200
+        assert row["build_check"]["passed"]
+    fp32 = report["rows"][:2]
+    assert fp32[0]["correct"] == fp32[1]["correct"]  # batch size changes nothing at fp32
+    assert "| int8 | 32 |" in (tmp_path / "eval" / "accuracy.md").read_text()
+
+
+def test_build_auto_picks_a_precision_and_records_why(tiny_exports, dev_tsv, tmp_path):
+    result = invoke("build", "--export", tiny_exports["bert"].folder, "--output", tmp_path / "auto",
+                    "--precision", "auto", "--accuracy-budget", 0.5, "--calibration-data", dev_tsv,
+                    "--calibration-samples", 32)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    selection = manifest["precision_selection"]
+    assert selection["order"][0] == "int8" and selection["examples"] == 1200
+    chosen = selection["candidates"][-1]
+    assert chosen["verdict"] == "chosen" and chosen["precision"] == manifest["precision"]
+    assert chosen["points_below_fp32"] <= 0.5
+    assert all(candidate["verdict"].startswith("rejected") for candidate in selection["candidates"][:-1])
+    assert [path.name for path in tmp_path.iterdir()] == ["auto"]  # the scratch builds are gone
+
+
+@pytest.mark.parametrize("make_file, fragments", [
+    (lambda path: path.write_text(""), ["is empty"]),
+    (lambda path: path.write_text("label\ttext_a\n1\t好\n0\n"), ["bad.tsv:3: malformed row"]),
+    (lambda path: path.write_text("label\ttext_a\nmaybe\t好\n"), ["unknown label 'maybe'"]),
+    (lambda path: path.write_text("label\ttext_a\n1\t\n"), ["bad.tsv:2: empty text"]),
+    (lambda path: None, ["does not exist"]),
+])
+def test_infer_bad_data_is_one_line_and_writes_nothing(cli_bundle, tmp_path, make_file, fragments):
+    data = tmp_path / "bad.tsv"
+    make_file(data)
+    result = invoke("infer", "--bundle", cli_bundle, "--data", data, "--output", tmp_path / "out")
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_flags_are_one_line_errors(cli_bundle, tiny_exports, tmp_path):
+    export = tiny_exports["bert"].folder
+    assert_one_line_error(invoke("build", "--export", export, "--output", tmp_path / "b", "--precision", "fp7"),
+                          "unknown precision 'fp7'")
+    assert_one_line_error(invoke("build", "--export", export, "--output", tmp_path / "b", "--backend", "tpu"),
+                          "unknown backend 'tpu'")
+    assert_one_line_error(invoke("build", "--export", export, "--output", tmp_path / "b", "--backend",
+                                 "onnxruntime", "--precision", "fp16"), "onnxruntime cannot build fp16")
+    assert_one_line_error(invoke("build", "--export", export, "--output", tmp_path / "b", "--static-shape",
+                                 "--max-batch", 8), "describe dynamic shapes")
+    assert_one_line_error(invoke("perf", "--bundle", cli_bundle, "--data", tmp_path / "x.tsv", "--seq-len", 8),
+                          "--seq-len and --data")
+    assert_one_line_error(invoke("infer", "--bundle", tmp_path / "nothing", "--data", export, "--output",
+                                 tmp_path / "o"), "does not exist")
+    assert_one_line_error(invoke("eval", "--output", tmp_path / "e", "--batch-sizes", "1,x"), "--batch-sizes")
+    assert not any(tmp_path.iterdir())
+
+
+def test_corrupt_bundle_is_one_line(cli_bundle, tmp_path, dev_tsv):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(cli_bundle, copy)
+    with open(copy / "model.bin", "r+b") as handle:
+        handle.write(b"garbage")
+    assert_one_line_error(invoke("infer", "--bundle", copy, "--data", dev_tsv, "--output", tmp_path / "o"),
+                          "model.bin is corrupt", "rebuild the bundle")
+    assert not (tmp_path / "o").exists()

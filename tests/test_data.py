@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from roberta_deploy.data import read_dataset
+from roberta_deploy.errors import InputDataError
+
+LABELS = ["negative", "positive"]
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_reads_every_row_of_the_dev_split(dev_tsv):
+    dataset = read_dataset(dev_tsv, label_names=LABELS)
+    assert len(dataset) == 1200
+    assert sorted(set(dataset.labels)) == [0, 1]
+    assert dataset.labels.count(1) == 593
+    assert dataset.line_numbers[0] == 2
+
+
+def test_csv_and_jsonl_with_column_flags_and_label_names(tmp_path):
+    csv_path = write(tmp_path, "a.csv", 'review,gold\n"很好,推荐",positive\n太差了,0\n')
+    dataset = read_dataset(csv_path, text_column="review", label_column="gold", label_names=LABELS)
+    assert dataset.texts == ["很好,推荐", "太差了"] and dataset.labels == [1, 0]
+    jsonl_path = write(tmp_path, "a.jsonl", json.dumps({"text": "不错", "label": 1}, ensure_ascii=False) + "\n")
+    assert read_dataset(jsonl_path).labels == [1]
+    unlabelled = write(tmp_path, "u.tsv", "text_a\n好\n")
+    assert read_dataset(unlabelled).labels is None
+
+
+@pytest.mark.parametrize("content, message", [
+    ("label\ttext_a\n1\t好\n0\t差\textra\n", "b.tsv:3: malformed row with 3 tab-separated fields"),
+    ("label\ttext_a\n1\t好\nneutral\t一般\n", "b.tsv:3: unknown label 'neutral'"),
+    ("label\ttext_a\n7\t好\n", "b.tsv:2: unknown label 7"),
+    ("label\ttext_a\n1\t  \n", "b.tsv:2: empty text"),
+    ("label\ttext_a\n", "has a header but no rows"),
+    ("", "is empty"),
+    ("label\tcomment\n1\t好\n", "has no text column"),
+])
+def test_bad_rows_name_the_line_and_the_fix(tmp_path, content, message):
+    path = write(tmp_path, "b.tsv", content)
+    with pytest.raises(InputDataError) as caught:
+        read_dataset(path, label_names=LABELS)
+    assert message in caught.value.problem
+    assert caught.value.fix
+    assert "\n" not in caught.value.one_line()
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(InputDataError, match="does not exist"):
+        read_dataset(tmp_path / "nope.tsv")
+    with pytest.raises(InputDataError, match="cannot tell the format"):
+        read_dataset(write(tmp_path, "a.parquet", "x"))
+
+
+def test_texts_keep_unicode_line_separators(tmp_path):
+    path = write(tmp_path, "s.tsv", "label\ttext_a\n1\t好\u2028评\n")
+    assert read_dataset(path).texts == ["好\u2028评"]

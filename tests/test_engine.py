@@ -1,0 +1,125 @@
+import threading
+
+import numpy as np
+import pytest
+
+from roberta_deploy.batching import plan_batches
+from roberta_deploy.data import read_dataset
+from roberta_deploy.engine import Engine
+from roberta_deploy.errors import InputDataError, ShapeError, UsageError
+from roberta_deploy.precision import TOLERANCES
+
+
+@pytest.fixture(scope="module")
+def dev_texts(dev_tsv):
+    return read_dataset(dev_tsv).texts[:150]
+
+
+@pytest.fixture(scope="module")
+def reference_logits(bundle_factory, dev_texts):
+    """One text per call, no padding at all: the order-free ground truth."""
+    engine = Engine.load(bundle_factory("onnxruntime", "fp32"))
+    context = engine.create_context()
+    rows = []
+    for text in dev_texts:
+        inputs = engine.encoder.encode_padded([text])
+        rows.append(context.run(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)[0])
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_predictions_come_back_in_input_order(bundle_factory, dev_texts, reference_logits, batch_size, bucketing):
+    engine = Engine.load(bundle_factory("onnxruntime", "fp32"))
+    predictions = engine.predict(dev_texts, batch_size=batch_size, bucketing=bucketing)
+    assert predictions.logits.shape == (len(dev_texts), 2)
+    assert np.abs(predictions.logits - reference_logits).max() <= TOLERANCES["fp32"].absolute
+    assert (predictions.labels == reference_logits.argmax(1)).all()
+
+
+def test_bucketing_changes_no_prediction_beyond_tolerance_at_int8(bundle_factory, dev_texts):
+    engine = Engine.load(bundle_factory("openvino", "int8"))
+    bucketed = engine.predict(dev_texts, batch_size=16, max_batch_tokens=512)
+    padded = engine.predict(dev_texts, batch_size=16, bucketing=False)
+    bound = TOLERANCES["int8"].bound(padded.logits)
+    assert np.abs(bucketed.logits - padded.logits).max() <= bound
+
+
+def test_contexts_run_concurrently_from_threads(bundle_factory, dev_texts, reference_logits):
+    engine = Engine.load(bundle_factory("openvino", "fp32"), contexts=2)
+    results, errors = {}, []
+
+    def worker(number):
+        try:
+            context = engine.create_context()
+            for start in range(number * 10, len(dev_texts), 20):
+                inputs = engine.encoder.encode_padded(dev_texts[start:start + 10])
+                results[start] = context.run(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(number,)) for number in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    logits = np.concatenate([results[start] for start in sorted(results)])
+    assert np.abs(logits - reference_logits).max() <= TOLERANCES["fp32"].absolute
+
+
+def test_the_queue_feeds_several_contexts_in_order(bundle_factory, dev_texts, reference_logits):
+    from roberta_deploy.batch_queue import InferenceQueue
+
+    engine = Engine.load(bundle_factory("openvino", "fp32"), contexts=2)
+    predictions = InferenceQueue(engine, contexts=2).run(dev_texts, batch_size=7)
+    assert np.abs(predictions.logits - reference_logits).max() <= TOLERANCES["fp32"].absolute
+
+
+def test_context_rejects_bad_arrays(bundle_factory):
+    context = Engine.load(bundle_factory("onnxruntime", "fp32")).create_context()
+    with pytest.raises(ShapeError, match="must be 2-D"):
+        context.run(np.ones(8, np.int64), np.ones(8, np.int64))
+    with pytest.raises(ShapeError, match="must hold integers"):
+        context.run(np.ones((1, 8), np.float32), np.ones((1, 8), np.int64))
+    with pytest.raises(ShapeError, match="differs from input_ids"):
+        context.run(np.ones((1, 8), np.int64), np.ones((1, 9), np.int64))
+
+
+def test_empty_text_and_oversubscription_are_errors(bundle_factory):
+    engine = Engine.load(bundle_factory("onnxruntime", "fp32"))
+    with pytest.raises(InputDataError, match="text 1 is empty"):
+        engine.predict(["好", " "])
+    with pytest.raises(UsageError, match="oversubscribe"):
+        Engine.load(bundle_factory("onnxruntime", "fp32"), contexts=4, cpu_threads=2)
+
+
+def test_an_overlong_text_is_truncated_and_counted(bundle_factory):
+    engine = Engine.load(bundle_factory("openvino", "fp32"))
+    predictions = engine.predict(["好" * 5000, "差"])
+    assert predictions.truncated.tolist() == [True, False]
+    assert predictions.token_lengths.tolist() == [128, 3]
+
+
+def test_plans_respect_the_token_budget_and_cover_every_index():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 129, size=500)
+    plans = plan_batches(lengths, max_batch_size=32, max_seq_length=128, max_batch_tokens=1024)
+    covered = np.concatenate([plan.indices for plan in plans])
+    assert sorted(covered.tolist()) == list(range(500))
+    for plan in plans:
+        assert plan.padded_length * len(plan.indices) <= 1024
+        assert len(plan.indices) <= 32
+        assert plan.padded_length % 8 == 0 or plan.padded_length == 128
+        assert lengths[plan.indices].max() <= plan.padded_length
+    unbucketed = plan_batches(lengths, max_batch_size=32, max_seq_length=128)
+    padded_bucketed = sum(plan.padded_length * len(plan.indices) for plan in plans)
+    assert padded_bucketed < 500 * 128 == sum(plan.padded_length * len(plan.indices)
+                                               for plan in plan_batches(lengths, max_batch_size=32, max_seq_length=128,
+                                                                        sort_by_length=False))
+    assert len(unbucketed) >= 500 // 32
+
+
+def test_static_buckets_pad_to_compiled_lengths():
+    plans = plan_batches(np.array([5, 20, 40, 100]), max_batch_size=2, max_seq_length=128, bucket_lengths=(32, 64, 128))
+    assert [(plan.indices.tolist(), plan.padded_length) for plan in plans] == [([0, 1], 32), ([2, 3], 128)]
