@@ -198,7 +198,8 @@ def infer(
     text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: text_a, text, sentence, review)."),
     label_column: Optional[str] = typer.Option(None, help="Column holding the gold label (default: label, if present)."),
     data_format: Optional[str] = typer.Option(None, "--format", help="tsv, csv or jsonl (default: from the extension)."),
-    threads: int = typer.Option(1, help="Contexts running concurrently; 1 is fastest for batched work on few cores."),
+    threads: Optional[int] = typer.Option(None, help="Contexts running concurrently (default: chosen for this machine; "
+                                                     "1 below 8 cores, where one batched call is fastest)."),
     cpu_threads: Optional[int] = typer.Option(None, help="Total compute threads (default: all cores)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:

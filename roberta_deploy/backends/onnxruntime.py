@@ -34,7 +34,8 @@ class ONNXRuntimeBackend(Backend):
             _quantize_static(request, output_dir / MODEL_FILE)
             settings["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                                         "weights": "int8 per-channel", "activations": "uint8 per-tensor",
-                                        "ops": ["MatMul"]}
+                                        "ops": ["MatMul"],
+                                        "kept_in_higher_precision": "Gemm (pooler, classifier) and every non-MatMul op"}
             fused_path.unlink()
         else:
             fused_path.rename(output_dir / MODEL_FILE)
@@ -56,7 +57,7 @@ def _fuse_transformer(source: Path, destination: Path, manifest: dict) -> dict:
 
 def _quantize_static(request: BuildRequest, destination: Path) -> None:
     """QDQ int8 on the unfused graph: MatMuls get int8 weights and calibrated uint8 activations;
-    ORT fuses the rest at session start."""
+    ORT fuses the rest at session start. The pooler and classifier export as Gemm and stay fp32."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 

@@ -12,6 +12,8 @@ from .base import Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
 MODEL_XML = "model.xml"
 MODEL_BIN = "model.bin"
+# The pooler and classifier are a sliver of the compute, and every error there lands on the logits directly.
+KEEP_IN_HIGHER_PRECISION = (".*pooler.*", ".*classifier.*", ".*pre_classifier.*")
 
 
 def cpu_capabilities() -> set[str]:
@@ -49,7 +51,8 @@ class OpenVINOBackend(Backend):
         if request.precision == "int8":
             model = _quantize_with_nncf(model, request.calibration_feeds)
             settings["quantization"] = {"tool": "nncf.quantize", "model_type": "transformer",
-                                        "calibration_batches": len(request.calibration_feeds)}
+                                        "calibration_batches": len(request.calibration_feeds),
+                                        "kept_in_higher_precision": list(KEEP_IN_HIGHER_PRECISION)}
         ov.save_model(model, str(output_dir / MODEL_XML), compress_to_fp16=False)
         return settings
 
@@ -74,7 +77,9 @@ def _quantize_with_nncf(model, calibration_feeds: list[dict]):
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return nncf.quantize(model, nncf.Dataset(calibration_feeds), model_type=nncf.ModelType.TRANSFORMER,
-                                 subset_size=len(calibration_feeds))
+                                 subset_size=len(calibration_feeds),
+                                 ignored_scope=nncf.IgnoredScope(patterns=list(KEEP_IN_HIGHER_PRECISION),
+                                                                 validate=False))
     finally:
         nncf_logger.setLevel(previous_level)
 
