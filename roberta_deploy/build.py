@@ -39,7 +39,7 @@ class BuildOptions:
     max_batch: int | None = None
     min_seq: int | None = None
     max_seq: int | None = None
-    seq_buckets: tuple[int, ...] = ()  # static only: extra compiled sequence lengths for short texts
+    seq_buckets: tuple[int, ...] = ()  # static only: compiled sequence lengths; () means a quarter, half and full
     calibration_data: Path | None = None  # real texts; the bundled samples when None
     calibration_samples: int = 128  # texts used to calibrate int8 activations
     verification_samples: int = 64  # held-back texts compared against the fp32 reference

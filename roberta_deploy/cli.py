@@ -97,8 +97,9 @@ def build(
     max_batch: Optional[int] = typer.Option(None, help="Dynamic only: largest batch accepted; bounds memory."),
     min_seq: Optional[int] = typer.Option(None, help="Dynamic only: shortest sequence accepted."),
     max_seq: Optional[int] = typer.Option(None, help="Dynamic only: longest sequence accepted."),
-    seq_buckets: Optional[str] = typer.Option(None, help="Static only: extra sequence lengths to compile (e.g. 32,64), "
-                                                         "so short texts are not padded to the maximum."),
+    seq_buckets: Optional[str] = typer.Option(None, help="Static only: sequence lengths to compile (default: a quarter, a half "
+                                                         "and all of --max-seq-length), so short texts are not padded "
+                                                         "to the maximum. Pass just --max-seq-length for one shape."),
     calibration_data: Optional[Path] = typer.Option(None, help="Real labelled or unlabelled texts (TSV/CSV/JSONL) for int8 "
                                                                "calibration and held-back checks (default: bundled samples)."),
     calibration_samples: int = typer.Option(128, help="Texts used to calibrate int8; more is slower to build, rarely more accurate past ~300."),

@@ -7,6 +7,12 @@ from dataclasses import asdict, dataclass
 from .errors import ShapeError, UsageError
 
 
+def default_static_buckets(max_seq_length: int) -> tuple[int, ...]:
+    """A quarter, a half and the full length: short texts skip most padding, and three compiled
+    shapes stay cheap in memory. Never a compile per batch."""
+    return tuple(sorted({max(8, max_seq_length // 4), max(8, max_seq_length // 2), max_seq_length}))
+
+
 @dataclass(frozen=True)
 class ShapeProfile:
     """Dynamic: any batch in [min_batch, max_batch] and sequence in [min_seq, max_seq].
@@ -45,7 +51,7 @@ class ShapeProfile:
         if any(value is not None for value in (min_batch, max_batch, min_seq, max_seq)):
             raise UsageError("--min-batch/--max-batch/--min-seq/--max-seq describe dynamic shapes",
                              "pass --dynamic-shape, or use --batch-size and --max-seq-length for a static shape")
-        lengths = tuple(sorted(set(static_seq_lengths))) or (max_seq_length,)
+        lengths = tuple(sorted(set(static_seq_lengths))) or default_static_buckets(max_seq_length)
         if lengths[0] < 1 or lengths[-1] > max_seq_length:
             raise UsageError(f"--seq-buckets {lengths} must lie in [1, {max_seq_length}]",
                              "give lengths no longer than --max-seq-length")

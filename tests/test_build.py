@@ -70,6 +70,15 @@ def test_static_shape_pads_smaller_inputs_and_rejects_larger(bundle_factory):
         engine.create_context().run(np.ones((1, 40), np.int64), np.ones((1, 40), np.int64))
 
 
+def test_static_shapes_default_to_three_compiled_lengths(bundle_factory):
+    engine = Engine.load(bundle_factory("openvino", "int8", dynamic_shape=False, batch_size=2, max_seq_length=64))
+    assert engine.profile.static_seq_lengths == (16, 32, 64)
+    single = Engine.load(bundle_factory("onnxruntime", "fp32", dynamic_shape=False, batch_size=2, seq_buckets=(128,)))
+    assert single.profile.static_seq_lengths == (128,)
+    predictions = engine.predict(["好", "好" * 20, "好" * 100])
+    assert predictions.token_lengths.tolist() == [3, 22, 64]
+
+
 def test_static_shape_gives_the_same_labels_as_dynamic(bundle_factory, dev_tsv):
     from roberta_deploy.data import read_dataset
 

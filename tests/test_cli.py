@@ -151,3 +151,25 @@ def test_corrupt_bundle_is_one_line(cli_bundle, tmp_path, dev_tsv):
     assert_one_line_error(invoke("infer", "--bundle", copy, "--data", dev_tsv, "--output", tmp_path / "o"),
                           "model.bin is corrupt", "rebuild the bundle")
     assert not (tmp_path / "o").exists()
+
+
+def test_run_does_the_whole_pipeline_in_one_command(tiny_checkpoints, dev_tsv, tmp_path):
+    lines = dev_tsv.read_text(encoding="utf-8").split("\n")
+    data = tmp_path / "slice.tsv"
+    data.write_text("\n".join(lines[:121]) + "\n", encoding="utf-8")
+    output = tmp_path / "run"
+    result = invoke("run", "--model", tiny_checkpoints["bert"], "--data", data, "--output", output,
+                    "--backend", "onnxruntime", "--perf-seconds", 0.2, "--max-seq-length", 64)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((output / "summary.json").read_text())
+    assert [row["precision"] for row in summary["rows"]] == ["fp32", "int8"]  # what ORT offers on a CPU
+    assert summary["examples"] == 120
+    for row in summary["rows"]:
+        assert 0 <= row["accuracy"] <= 1 and row["throughput_texts_per_second"] > 0
+        assert row["latency_p50_ms_batch1"] <= row["latency_p99_ms_batch1"]
+    assert (output / "export" / "manifest.json").is_file()
+    assert (output / "bundles" / "onnxruntime-int8" / "manifest.json").is_file()
+    assert (output / "perf" / "int8-throughput.json").is_file()
+    assert "int8" in result.output and "texts/s" in result.output
+    again = invoke("run", "--model", tiny_checkpoints["bert"], "--data", data, "--output", output)
+    assert_one_line_error(again, "already exists", "--overwrite")
