@@ -37,7 +37,8 @@ def resolve_checkpoint(model: str | Path) -> Path:
     except Exception as error:  # the hub client raises many types; all mean the same to the user
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = "unset HF_HUB_OFFLINE or download the model first" if offline else "check the hub id and your network"
-        raise ModelLoadError(f"cannot fetch model {text!r} from the hub: {type(error).__name__}", hint) from None
+        raise ModelLoadError(f"no folder {text} here, and cannot fetch model {text!r} from the hub: "
+                             f"{type(error).__name__}", hint) from None
 
 
 def checkpoint_hash(folder: Path) -> str:
