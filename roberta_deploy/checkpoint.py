@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -39,6 +40,21 @@ def resolve_checkpoint(model: str | Path) -> Path:
         hint = "unset HF_HUB_OFFLINE or download the model first" if offline else "check the hub id and your network"
         raise ModelLoadError(f"no folder {text} here, and cannot fetch model {text!r} from the hub: "
                              f"{type(error).__name__}", hint) from None
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers draws a "Loading weights" progress bar; the library must not print, so it is off
+    while we load and restored after."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def checkpoint_hash(folder: Path) -> str:

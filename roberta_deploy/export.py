@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .atomic import atomic_directory
-from .checkpoint import check_tokenizer_on_texts, checkpoint_hash, load_fast_tokenizer, resolve_checkpoint
+from .checkpoint import (check_tokenizer_on_texts, checkpoint_hash, load_fast_tokenizer, quiet_transformers,
+                         resolve_checkpoint)
 from .data import read_dataset
 from .defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
 from .errors import ModelLoadError, NumericalCheckError, UsageError
@@ -98,7 +99,8 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
         raise ModelLoadError(f"{folder} holds a {architectures[0]}, not a sequence classifier",
                              "fine-tune it first (roberta-deploy finetune) or pass a *ForSequenceClassification checkpoint")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager")
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager")
     except Exception as error:
         raise ModelLoadError(f"cannot load {folder} as a sequence classifier: {error}".splitlines()[0],
                              "check that the weights match config.json") from None

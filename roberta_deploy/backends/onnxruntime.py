@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +70,26 @@ def _quantize_static(request: BuildRequest, destination: Path) -> None:
         def get_next(self):
             return next(self._iterator, None)
 
-    quantize_static(str(request.export.onnx_path), str(destination), Reader(request.calibration_feeds),
-                    quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
-                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    with _root_warnings_hidden():
+        quantize_static(str(request.export.onnx_path), str(destination), Reader(request.calibration_feeds),
+                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
+                        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+@contextlib.contextmanager
+def _root_warnings_hidden():
+    """quantize_static logs advice through the root logger, which Python prints to stderr when nothing
+    is configured; the library must not print, so those records are dropped for the call."""
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.name == "root"
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 class ONNXRuntimeEngine(LoadedEngine):
