@@ -1,0 +1,102 @@
+"""`roberta-deploy finetune`: the command-line face of roberta_deploy.finetune (progress bar, summary,
+one-line errors). cli.py registers `finetune_command`; `python -m roberta_deploy.cli_finetune` runs it alone."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import RobertaDeployError
+
+
+class ConfigSize(str, Enum):
+    small = "small"
+    base = "base"
+
+
+def finetune_command(
+    train: Annotated[Path, typer.Option(help="Labelled training file (.tsv/.csv/.jsonl) with a text and a "
+                                             "label column (label ids 0..k-1).")],
+    dev: Annotated[Path, typer.Option(help="Labelled dev file. Picks the epoch that is saved, so it must not "
+                                           "be the test set you report.")],
+    output: Annotated[Path, typer.Option(help="Checkpoint folder to write. It appears whole or not at all; an "
+                                              "existing non-empty folder is refused unless --overwrite.")],
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint folder or hub id to fine-tune (its tokenizer "
+                                                      "is used). Exclusive with --config.")] = None,
+    config: Annotated[Optional[ConfigSize], typer.Option(help="Train a BERT from random weights instead: "
+                                                              "'small' (2 layers x 128, ~13 MB, trains in minutes "
+                                                              "on a laptop) or 'base' (BERT-base shape, needs far "
+                                                              "more data and time).")] = None,
+    vocab: Annotated[Optional[Path], typer.Option(help="vocab.txt for --config; it fixes the embedding size. "
+                                                       "Default: the built-in Chinese vocab (21,839 tokens).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training file; the epoch with the best dev "
+                                             "accuracy is kept. The learning rate decays to 0 over all epochs, "
+                                             "so this also shapes every epoch.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Texts per optimizer step. Larger batches use the CPU's matmul "
+                                                 "units better but take fewer steps per epoch.")] = 32,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (linear warm-up over 10% of the steps, "
+                                                     "then linear decay). Default: 5e-5 with --model, 1e-3 with "
+                                                     "--config small, 1e-4 with --config base.")] = None,
+    max_seq_length: Annotated[int, typer.Option(help="Tokens per text incl. [CLS]/[SEP]; longer texts are "
+                                                     "truncated. Cost grows about linearly with it.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seeds initialisation, dropout and shuffling: the same seed, data "
+                                           "and thread count give the same weights.")] = 42,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --output folder (only "
+                                                                "after training succeeded).")] = False,
+    text_column: Annotated[Optional[str], typer.Option(help="Text column. Default: the first of text_a, text, "
+                                                            "sentence, review, content.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column. Default: the first of label, "
+                                                             "labels, gold.")] = None,
+    label_names: Annotated[Optional[str], typer.Option(help="Comma-separated names of label ids 0..k-1, written "
+                                                            "to config.json (the data may then use the names). "
+                                                            "Default for 2 classes: negative,positive.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for training. The weights depend on it "
+                                                        "(float sums), so keep it fixed to reproduce a run. "
+                                                        "Default: torch's choice (one per core).")] = None,
+) -> None:
+    """Fine-tune a checkpoint, or train a small BERT from scratch, on CPU; save the best epoch on dev."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from .finetune import FinetuneOptions, finetune
+
+    names = tuple(name.strip() for name in label_names.split(",")) if label_names else None
+    options = FinetuneOptions(
+        train=train, dev=dev, output=output, model=model, config=config.value if config else None, vocab=vocab,
+        epochs=epochs, batch_size=batch_size, lr=lr, max_seq_length=max_seq_length, seed=seed,
+        overwrite=overwrite, text_column=text_column, label_column=label_column, label_names=names,
+        num_threads=threads)
+    console = Console()
+    progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, transient=False)
+    task = None
+
+    def on_progress(report) -> None:
+        nonlocal task
+        if task is None:  # started on the first report, so an early error prints no empty bar
+            progress.start()
+            task = progress.add_task("train", total=report.total_steps, epoch=f"1/{report.epochs}", loss=0.0)
+        progress.update(task, completed=report.step, epoch=f"{report.epoch}/{report.epochs}", loss=report.loss)
+        if report.dev_accuracy is not None:
+            progress.console.print(f"epoch {report.epoch}: dev accuracy {report.dev_accuracy:.4f}")
+
+    try:
+        try:
+            result = finetune(options, on_progress=on_progress)
+        finally:
+            if task is not None:
+                progress.stop()
+    except RobertaDeployError as error:
+        typer.echo(f"error: {error.one_line()}", err=True)
+        raise typer.Exit(error.exit_code) from None
+    console.print(f"best epoch {result.best_epoch} (dev accuracy {result.best_dev_accuracy:.4f}), "
+                  f"trained in {result.train_seconds:.0f} s; checkpoint written to {result.output}")
+
+
+if __name__ == "__main__":
+    typer.run(finetune_command)
