@@ -12,12 +12,13 @@ import contextlib
 import json
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from roberta_deploy.atomic import atomic_directory
 
 VOCAB_PATH = Path("/work/shared/data/vocab/bert-base-chinese-vocab.txt")
 MODEL_SEED = 0
@@ -31,63 +32,46 @@ LABELS = ("negative", "positive")
 PEER_CALIBRATION_SAMPLES = 128  # texts for the peers' int8 calibration, as many as the bundle's
 PEER_CALIBRATION_BATCH = 8
 CENTRING_SAMPLES = 128  # texts the random classifier's decision boundary is centred on
-
-
 RECIPE_VERSION = 2  # bump when a recipe below changes, so stale cached models are not reused
 
 
 @dataclass(frozen=True)
 class ArtifactPaths:
-    """Where each prepared model lives inside the work folder."""
+    """Where each prepared model lives under the cache root (--workdir)."""
 
     cache_root: Path
 
     @property
-    def workdir(self) -> Path:
+    def folder(self) -> Path:  # one folder per recipe version: a changed recipe never reuses old models
         return self.cache_root / f"recipe-{RECIPE_VERSION}"
 
     @property
     def checkpoint(self) -> Path:  # Hugging Face folder: config, weights, vocab.txt, tokenizer_config.json
-        return self.workdir / "checkpoint"
+        return self.folder / "checkpoint"
 
     @property
     def export(self) -> Path:  # roberta-deploy export: model.onnx + tokenizer + manifest
-        return self.workdir / "export"
+        return self.folder / "export"
 
     @property
     def ort_fp32(self) -> Path:
-        return self.workdir / "onnxruntime-fp32" / "model.onnx"
+        return self.folder / "onnxruntime-fp32" / "model.onnx"
 
     @property
     def ort_int8(self) -> Path:
-        return self.workdir / "onnxruntime-int8" / "model.onnx"
+        return self.folder / "onnxruntime-int8" / "model.onnx"
 
     @property
     def openvino_int8(self) -> Path:
-        return self.workdir / "openvino-int8-nncf" / "model.xml"
+        return self.folder / "openvino-int8-nncf" / "model.xml"
 
     def bundle(self, precision: str) -> Path:
-        return self.workdir / f"bundle-openvino-{precision}"
+        return self.folder / f"bundle-openvino-{precision}"
 
 
 def log(message: str) -> None:
     """Progress goes to stderr: stdout carries the markdown table."""
     print(f"[compare] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _building(final_folder: Path):
-    """Yield a temporary sibling folder that replaces `final_folder` only if the block succeeds."""
-    final_folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{final_folder.name}.partial-", dir=final_folder.parent))
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if final_folder.exists():
-        shutil.rmtree(final_folder)
-    temporary.rename(final_folder)
 
 
 def _is_cached(folder: Path, what: str) -> bool:
@@ -101,7 +85,7 @@ def _is_cached(folder: Path, what: str) -> bool:
 def _cached(folder: Path, what: str, build: Callable[[Path], None]) -> None:
     """Build `folder` with build(temporary_folder) unless a complete copy is already cached."""
     if not _is_cached(folder, what):
-        with _building(folder) as temporary:
+        with atomic_directory(folder, overwrite=True) as temporary:
             build(temporary)
 
 

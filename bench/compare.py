@@ -5,8 +5,8 @@ Every configuration classifies the same texts from raw strings to labels, each i
 reviews/s, batch-1 latency of a 128-token review, peak RSS, label agreement with PyTorch fp32, and
 useful GFLOP/s against this machine's measured matmul ceiling. Then the project's targets are checked.
 
-    python bench/compare.py --limit 64 --latency-iterations 20      # quick
-    python bench/compare.py --output results.json --markdown table.md  # the full run in docs/benchmarks.md
+    python bench/compare.py --limit 64 --latency-iterations 20 --quiet-wait 0   # quick, while developing
+    python bench/compare.py --output results.json --markdown table.md           # a full run (~15 min)
 """
 
 from __future__ import annotations
