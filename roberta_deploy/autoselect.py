@@ -15,8 +15,7 @@ from .atomic import atomic_directory
 from .backends import get_backend
 from .build import BuildOptions, BuildResult, build_engine
 from .data import read_dataset
-from .defaults import DEMO_SAMPLES_PATH
-from .errors import NumericalCheckError, UsageError
+from .errors import NumericalCheckError, OutputExistsError, UsageError
 from .export import ExportArtifact
 from .manifest import KIND_BUNDLE, read_manifest, write_manifest
 
@@ -34,12 +33,10 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
         raise UsageError("--precision auto needs labelled texts to measure accuracy on",
                          "pass --calibration-data FILE with a label column")
     export = ExportArtifact.load(options.export_dir)
-    dataset = read_dataset(options.calibration_data or DEMO_SAMPLES_PATH, text_column=options.text_column,
+    dataset = read_dataset(options.calibration_data, text_column=options.text_column,
                            label_column=options.label_column, label_names=export.manifest["labels"],
                            require_labels=True)
     if Path(options.output).exists() and any(Path(options.output).iterdir()) and not options.overwrite:
-        from .errors import OutputExistsError
-
         raise OutputExistsError(f"output folder {options.output} already exists and is not empty",
                                 "pass --overwrite or choose another --output folder")
     backend = get_backend(options.backend)
