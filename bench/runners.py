@@ -59,7 +59,7 @@ class Runner:
     def warm_up(self, texts: Sequence[str]) -> None:
         """One batch for every runner. Static-shape peers have then seen their only shape; dynamic-shape
         engines meet some (batch, length) shapes for the first time in the timed pass, as a batch job
-        would (a second, warm pass over ChnSentiCorp dev measured about 5-7% faster)."""
+        would (a second, warm pass over ChnSentiCorp dev measured 3-7% faster)."""
         self.classify(texts[:PEER_BATCH_SIZE])
 
     def classify(self, texts: Sequence[str]) -> np.ndarray:
