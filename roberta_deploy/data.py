@@ -61,7 +61,7 @@ def read_dataset(
     """
     path = Path(path)
     if not path.is_file():
-        raise InputDataError(f"data file {path} does not exist", "check the path passed as --data")
+        raise InputDataError(f"data file {path} does not exist", "check the path given for this file")
     raw = path.read_bytes()
     try:
         content = raw.decode("utf-8-sig")
