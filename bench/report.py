@@ -6,10 +6,11 @@ import datetime
 import os
 import platform
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from roberta_deploy.manifest import library_versions
 
 from artifacts import MAX_SEQ_LENGTH
 from flops import sequence_flops
@@ -20,8 +21,6 @@ TARGET_VS_BEST_PEER = 1.5
 TARGET_VS_PYTORCH_FP32 = 12.0
 TARGET_LATENCY_P50_MS = 11.0
 TARGET_INT8_PEAK_RSS_MB = 1000.0  # 1 GB, in units of 10^6 bytes
-LIBRARIES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "openvino", "nncf", "numpy",
-             "roberta-deploy")
 CPU_FLAGS_OF_INTEREST = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -104,12 +103,7 @@ def machine_description() -> dict:
             cpu_model = line.split(":", 1)[1].strip()
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
-    versions = {}
-    for library in LIBRARIES:
-        try:
-            versions[library] = metadata.version(library)
-        except metadata.PackageNotFoundError:
-            continue
+    versions = library_versions()  # the same list every bundle manifest records
     return {"cpu_model": cpu_model, "cpus": os.cpu_count(), "cores_available": len(os.sched_getaffinity(0)),
             "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS_OF_INTEREST},
             "python": platform.python_version(), "libraries": versions, "roberta_deploy_revision": _revision(),
