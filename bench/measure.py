@@ -103,6 +103,7 @@ def measure_configuration(name: str, job: dict) -> dict:
     with CompetingLoad() as during_throughput:
         logits = runner.classify(texts)
 
+    runner.prepare_latency()
     text, seconds = job["latency_text"], job["latency_seconds"]
     with CompetingLoad() as during_latency:
         end_to_end = latencies_ms(lambda: runner.classify_one(text), job["latency_iterations"], seconds)

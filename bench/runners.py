@@ -65,6 +65,9 @@ class Runner:
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
 
+    def prepare_latency(self) -> None:
+        """Called between the throughput pass and the batch-1 phase, outside any timing."""
+
     def classify_one(self, text: str) -> int:
         raise NotImplementedError
 
@@ -241,15 +244,28 @@ class OpenVINOAsyncRunner(Runner):
 
 
 class RobertaDeployRunner(Runner):
+    """The throughput pass runs on an engine loaded with hint="throughput" (one 1-thread context per
+    core here); before the batch-1 phase it is swapped for one loaded with hint="latency" (one context
+    on every core), as a deployment would pick one or the other. One engine is held at a time."""
+
     def __init__(self, bundle: Path, threads: int, bucketing: bool):
+        self.bundle, self.threads, self.bucketing = bundle, threads, bucketing
+        self.engine = self._load("throughput")
+        self.throughput_settings = self.engine.settings
+        self.context = None
+
+    def _load(self, hint: str):
         from roberta_deploy.engine import Engine
 
-        self.engine = Engine.load(bundle, cpu_threads=threads)
-        self.bucketing = bucketing
-        self.context = self.engine.create_context()
+        return Engine.load(self.bundle, cpu_threads=self.threads, hint=hint)
 
     def classify(self, texts):
         return self.engine.predict(list(texts), bucketing=self.bucketing).logits
+
+    def prepare_latency(self):
+        self.engine = None  # released first: the two engines are never needed at once
+        self.engine = self._load("latency")
+        self.context = self.engine.create_context()
 
     def classify_one(self, text):
         return int(self.engine.predict([text], bucketing=self.bucketing).labels[0])
@@ -261,7 +277,11 @@ class RobertaDeployRunner(Runner):
     def settings(self):
         manifest = self.engine.manifest
         return {"bundle": str(self.engine.bundle_dir), "shape_profile": self.engine.profile.describe(),
-                "backend_settings": manifest["backend_settings"], "cpu_threads": self.engine.settings.cpu_threads,
-                "contexts": self.engine.settings.contexts, "bucketing": self.bucketing,
+                "backend_settings": manifest["backend_settings"],
+                "throughput": {"hint": "throughput", "contexts": self.throughput_settings.contexts,
+                               "cpu_threads": self.throughput_settings.cpu_threads},
+                "latency": {"hint": "latency", "contexts": self.engine.settings.contexts,
+                            "cpu_threads": self.engine.settings.cpu_threads},
+                "bucketing": self.bucketing,
                 "batch_size": self.engine.default_batch_size(),
                 "build_check": manifest["checks"].get("against_fp32_reference")}

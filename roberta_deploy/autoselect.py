@@ -46,9 +46,9 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
     scratch = Path(tempfile.mkdtemp(prefix=".auto-precision-", dir=Path(options.output).parent))
     try:
         def accuracy_of(bundle_dir: Path) -> float:
-            from .engine import Engine
+            from .engine import THROUGHPUT, Engine
 
-            return float((Engine.load(bundle_dir).predict(dataset.texts).labels == gold).mean())
+            return float((Engine.load(bundle_dir, hint=THROUGHPUT).predict(dataset.texts).labels == gold).mean())
 
         step("building the fp32 reference")
         reference_dir = scratch / "fp32"

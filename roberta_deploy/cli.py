@@ -199,18 +199,18 @@ def infer(
     text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: text_a, text, sentence, review)."),
     label_column: Optional[str] = typer.Option(None, help="Column holding the gold label (default: label, if present)."),
     data_format: Optional[str] = typer.Option(None, "--format", help="tsv, csv or jsonl (default: from the extension)."),
-    threads: Optional[int] = typer.Option(None, help="Contexts running concurrently (default: chosen for this machine; "
-                                                     "1 below 8 cores, where one batched call is fastest)."),
+    threads: Optional[int] = typer.Option(None, help="Contexts running concurrently (default: for throughput on this "
+                                                     "machine: one per core below 8 cores, one per 4 cores above)."),
     cpu_threads: Optional[int] = typer.Option(None, help="Total compute threads (default: all cores)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Classify every row of a data file; write predictions and accuracy."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .engine import Engine
+    from .engine import THROUGHPUT, Engine
     from .infer import PREDICTIONS_FILE, classify_dataset, write_inference_outputs
 
-    engine = Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads)
+    engine = Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads, hint=THROUGHPUT)
     dataset = load_dataset_for(engine, data, text_column, label_column, data_format)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=status_console, transient=True) as progress:

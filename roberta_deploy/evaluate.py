@@ -73,7 +73,7 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
                                             max_seq_length=options.max_seq_length), on_step=step)
     dataset = read_dataset(options.data, text_column=options.text_column, label_column=options.label_column,
                            label_names=export.manifest["labels"], require_labels=True)
-    from .engine import Engine
+    from .engine import THROUGHPUT, Engine
     from .infer import classify_dataset
 
     max_batch = max(max(options.batch_sizes), 64)
@@ -86,7 +86,7 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
             dynamic_shape=True, max_batch=max_batch, calibration_data=options.calibration_data,
             calibration_samples=options.calibration_samples), on_step=step)
         bundles[precision] = str(bundle_dir.relative_to(work))  # relative: `work` is renamed when done
-        engine = Engine.load(bundle_dir)
+        engine = Engine.load(bundle_dir, hint=THROUGHPUT)
         for batch_size in options.batch_sizes:
             step(f"scoring {precision} at batch {batch_size}")
             report = classify_dataset(engine, dataset, batch_size=batch_size, bucketing=options.bucketing)

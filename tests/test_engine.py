@@ -5,7 +5,7 @@ import pytest
 
 from roberta_deploy.batching import plan_batches
 from roberta_deploy.data import read_dataset
-from roberta_deploy.engine import Engine
+from roberta_deploy.engine import Engine, default_contexts
 from roberta_deploy.errors import InputDataError, ShapeError, UsageError
 from roberta_deploy.precision import TOLERANCES
 
@@ -86,6 +86,19 @@ def test_context_rejects_bad_arrays(bundle_factory):
         context.run(np.ones((1, 8), np.int64), np.ones((1, 9), np.int64))
 
 
+def test_the_throughput_hint_runs_one_context_per_core_and_predicts_the_same(bundle_factory, dev_texts,
+                                                                            reference_logits):
+    assert default_contexts(2, "throughput", "openvino") == 2
+    assert default_contexts(16, "throughput", "openvino") == 4
+    assert default_contexts(2, "latency", "openvino") == default_contexts(2, "throughput", "onnxruntime") == 1
+    with pytest.raises(UsageError, match="unknown performance hint 'fast'"):
+        default_contexts(2, "fast")
+    engine = Engine.load(bundle_factory("openvino", "fp32"), cpu_threads=2, hint="throughput")
+    assert (engine.settings.contexts, engine.settings.cpu_threads) == (2, 2)
+    predictions = engine.predict(dev_texts, batch_size=8)
+    assert np.abs(predictions.logits - reference_logits).max() <= TOLERANCES["fp32"].bound(reference_logits)
+
+
 def test_empty_text_and_oversubscription_are_errors(bundle_factory):
     engine = Engine.load(bundle_factory("onnxruntime", "fp32"))
     with pytest.raises(InputDataError, match="text 1 is empty"):
@@ -110,14 +123,19 @@ def test_plans_respect_the_token_budget_and_cover_every_index():
     for plan in plans:
         assert plan.padded_length * len(plan.indices) <= 1024
         assert len(plan.indices) <= 32
-        assert plan.padded_length % 8 == 0 or plan.padded_length == 128
-        assert lengths[plan.indices].max() <= plan.padded_length
+        assert lengths[plan.indices].max() == plan.padded_length  # padded only to its longest text
     unbucketed = plan_batches(lengths, max_batch_size=32, max_seq_length=128)
     padded_bucketed = sum(plan.padded_length * len(plan.indices) for plan in plans)
     assert padded_bucketed < 500 * 128 == sum(plan.padded_length * len(plan.indices)
                                                for plan in plan_batches(lengths, max_batch_size=32, max_seq_length=128,
                                                                         sort_by_length=False))
     assert len(unbucketed) >= 500 // 32
+
+
+def test_a_pad_multiple_rounds_padded_lengths_up():
+    lengths = np.array([3, 9, 17, 30, 126])
+    plans = plan_batches(lengths, max_batch_size=2, max_seq_length=128, pad_multiple=8)
+    assert [plan.padded_length for plan in plans] == [16, 32, 128]
 
 
 def test_static_buckets_pad_to_compiled_lengths():
