@@ -43,6 +43,11 @@ class InferenceQueue:
                              f"pass --batch-size {profile.max_batch} or less, or rebuild with a larger --max-batch")
         if not profile.dynamic and batch_size != profile.max_batch:
             batch_size = profile.max_batch  # a static engine computes its full batch anyway
+        if max_batch_tokens is None and profile.dynamic and bucketing:
+            # Tokens in flight across the contexts stay what one full-length batch holds. With two
+            # contexts, 2,048 tokens each instead of 4,096 peaked at 925 MB instead of 1,014 MB on the
+            # BERT-base int8 engine over ChnSentiCorp dev, at the same speed.
+            max_batch_tokens = max(engine.max_seq_length, batch_size * engine.max_seq_length // len(self.contexts))
         count = len(texts)
         logits = np.zeros((count, len(engine.label_names)), dtype=np.float32)
         truncated = np.zeros(count, dtype=bool)

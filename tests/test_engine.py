@@ -76,6 +76,17 @@ def test_the_queue_feeds_several_contexts_in_order(bundle_factory, dev_texts, re
     assert np.abs(predictions.logits - reference_logits).max() <= TOLERANCES["fp32"].absolute
 
 
+def test_contexts_share_one_full_batch_of_tokens_by_default(bundle_factory):
+    from roberta_deploy.batch_queue import InferenceQueue
+
+    engine = Engine.load(bundle_factory("openvino", "fp32"), contexts=2)
+    long_texts = ["好" * 300] * 12  # every one truncated to max_seq_length
+    for contexts, rows_allowed in ((1, 8), (2, 4)):
+        rows_seen: list[int] = []
+        InferenceQueue(engine, contexts=contexts).run(long_texts, batch_size=8, on_batch_done=rows_seen.append)
+        assert sum(rows_seen) == 12 and max(rows_seen) == rows_allowed
+
+
 def test_context_rejects_bad_arrays(bundle_factory):
     context = Engine.load(bundle_factory("onnxruntime", "fp32")).create_context()
     with pytest.raises(ShapeError, match="must be 2-D"):
