@@ -146,9 +146,9 @@ def test_plans_respect_the_token_budget_and_cover_every_index():
 def test_a_pad_multiple_rounds_padded_lengths_up():
     lengths = np.array([3, 9, 17, 30, 126])
     plans = plan_batches(lengths, max_batch_size=2, max_seq_length=128, pad_multiple=8)
-    assert [plan.padded_length for plan in plans] == [16, 32, 128]
+    assert [plan.padded_length for plan in plans] == [128, 32, 16]  # longest first
 
 
 def test_static_buckets_pad_to_compiled_lengths():
     plans = plan_batches(np.array([5, 20, 40, 100]), max_batch_size=2, max_seq_length=128, bucket_lengths=(32, 64, 128))
-    assert [(plan.indices.tolist(), plan.padded_length) for plan in plans] == [([0, 1], 32), ([2, 3], 128)]
+    assert [(plan.indices.tolist(), plan.padded_length) for plan in plans] == [([2, 3], 128), ([0, 1], 32)]
