@@ -266,7 +266,10 @@ def evaluate_command(
 @reports_errors
 def perf(
     bundle: Path = typer.Option(..., help="Bundle folder."),
-    threads: int = typer.Option(1, help="Concurrent contexts, each on its own thread (like trtexec --threads / benchmark_app -nstreams)."),
+    hint: str = typer.Option("latency", help="latency: one context on every core; throughput: one 1-thread context per core "
+                                             "below 8 cores (like benchmark_app -hint)."),
+    threads: Optional[int] = typer.Option(None, help="Concurrent contexts, each on its own thread (like trtexec --threads / "
+                                                     "benchmark_app -nstreams; default: from --hint)."),
     cpu_threads: Optional[int] = typer.Option(None, help="Total compute threads, split between contexts (default: all cores)."),
     iterations: int = typer.Option(0, help="Minimum timed calls (0: time by --duration only)."),
     duration: float = typer.Option(10.0, help="Minimum timed seconds."),
@@ -280,13 +283,13 @@ def perf(
     from .atomic import atomic_write_json
     from .perf import PerfOptions, run_benchmark
 
-    report = run_benchmark(PerfOptions(bundle=bundle, threads=threads, cpu_threads=cpu_threads, iterations=iterations,
+    report = run_benchmark(PerfOptions(bundle=bundle, threads=threads, hint=hint, cpu_threads=cpu_threads, iterations=iterations,
                                        duration=duration, warmup=warmup, batch_size=batch_size, seq_len=seq_len,
                                        data=data))
     latency = report["latency_ms"]
     shape = f"real lengths from {data}" if data else f"seq {report['seq_len']}"
     table = Table(title=f"perf {report['backend']} {report['precision']}: batch {batch_size}, {shape}, "
-                        f"{threads} context(s) on {report['cpu_threads']} CPU threads")
+                        f"{report['threads']} context(s) on {report['cpu_threads']} CPU threads ({hint} hint)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [("load time", f"{report['load_seconds']:.2f} s"), ("first inference", f"{report['first_inference_ms']:.1f} ms"),

@@ -17,7 +17,8 @@ from .errors import UsageError
 @dataclass(frozen=True)
 class PerfOptions:
     bundle: Path
-    threads: int = 1  # concurrent contexts, each driven by its own thread (trtexec --threads/--streams)
+    threads: int | None = None  # concurrent contexts, each on its own thread; default from `hint`
+    hint: str = "latency"  # benchmark_app -hint: latency (one context, every core) or throughput
     cpu_threads: int | None = None  # total compute threads; default all cores, split between contexts
     iterations: int = 0  # minimum timed calls over all threads; 0: run for `duration` only
     duration: float = 10.0  # minimum timed seconds; both minimums must be met
@@ -38,17 +39,18 @@ def percentiles(samples_ms: list[float]) -> dict:
 def run_benchmark(options: PerfOptions) -> dict:
     from .engine import Engine
 
-    if options.threads < 1 or options.batch_size < 1:
+    if (options.threads is not None and options.threads < 1) or options.batch_size < 1:
         raise UsageError("--threads and --batch-size must be at least 1", "pass positive values")
     if options.iterations < 0 or options.duration < 0 or options.warmup < 0:
         raise UsageError("--iterations, --duration and --warmup cannot be negative", "pass zero or more")
     if options.iterations == 0 and options.duration == 0:
         raise UsageError("neither --iterations nor --duration is set", "pass --iterations N or --duration S")
     started = time.perf_counter()
-    engine = Engine.load(options.bundle, contexts=options.threads, cpu_threads=options.cpu_threads)
+    engine = Engine.load(options.bundle, contexts=options.threads, cpu_threads=options.cpu_threads,
+                         hint=options.hint)
     load_seconds = time.perf_counter() - started
     batches = _input_batches(engine, options)
-    contexts = [engine.create_context() for _ in range(options.threads)]
+    contexts = [engine.create_context() for _ in range(engine.settings.contexts)]
 
     first_started = time.perf_counter()
     contexts[0].run(*batches[0])
@@ -63,7 +65,7 @@ def run_benchmark(options: PerfOptions) -> dict:
     shapes = [tuple(batch[0].shape) for batch in batches]
     return {
         "bundle": str(options.bundle), "backend": engine.backend, "precision": engine.precision,
-        "shape_profile": engine.profile.describe(), "threads": options.threads,
+        "shape_profile": engine.profile.describe(), "hint": options.hint, "threads": len(contexts),
         "cpu_threads": engine.settings.cpu_threads, "batch_size": options.batch_size,
         "input": "data" if options.data else "random", "data": str(options.data) if options.data else None,
         "seq_len": None if options.data else (options.seq_len or engine.max_seq_length),

@@ -54,7 +54,8 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
             step(f"perf {precision}: batch 1, full length")
             latency = run_benchmark(replace(base, batch_size=1))
             step(f"perf {precision}: batch {max(options.batch_sizes)}, real lengths")
-            throughput = run_benchmark(replace(base, batch_size=max(options.batch_sizes), data=options.data))
+            throughput = run_benchmark(replace(base, batch_size=max(options.batch_sizes), data=options.data,
+                                               hint="throughput"))
             for name, result in (("latency", latency), ("throughput", throughput)):
                 result["bundle"] = str(Path(options.output) / bundle)
                 (perf_dir / f"{precision}-{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -69,10 +69,13 @@ def test_perf_reports_latency_and_uses_real_lengths_with_data(cli_bundle, dev_ts
     random_report = json.loads((tmp_path / "random.json").read_text())
     assert random_report["mean_padded_length"] == 64 and random_report["calls"] > 0
     assert random_report["sequences"] == 4 * random_report["calls"]
+    assert (random_report["hint"], random_report["threads"]) == ("latency", 1)
     result = invoke("perf", "--bundle", cli_bundle, "--duration", 0.3, "--warmup", 0, "--batch-size", 4,
-                    "--data", dev_tsv, "--json", tmp_path / "data.json", "--iterations", 5)
+                    "--data", dev_tsv, "--json", tmp_path / "data.json", "--iterations", 5,
+                    "--hint", "throughput", "--cpu-threads", 2)
     assert result.exit_code == 0, result.output
     data_report = json.loads((tmp_path / "data.json").read_text())
+    assert (data_report["hint"], data_report["threads"]) == ("throughput", 2)  # one context per core
     assert data_report["calls"] >= 5
     assert data_report["distinct_shapes"] > 1 and data_report["mean_padded_length"] < 64
     assert data_report["useful_tokens"] < data_report["sequences"] * 64
@@ -133,6 +136,7 @@ def test_bad_flags_are_one_line_errors(cli_bundle, tiny_exports, tmp_path):
                                  "onnxruntime", "--precision", "fp16"), "onnxruntime cannot build fp16")
     assert_one_line_error(invoke("build", "--export", export, "--output", tmp_path / "b", "--static-shape",
                                  "--max-batch", 8), "describe dynamic shapes")
+    assert_one_line_error(invoke("perf", "--bundle", cli_bundle, "--hint", "fast"), "unknown performance hint 'fast'")
     assert_one_line_error(invoke("perf", "--bundle", cli_bundle, "--data", tmp_path / "x.tsv", "--seq-len", 8),
                           "--seq-len and --data")
     assert_one_line_error(invoke("infer", "--bundle", tmp_path / "nothing", "--data", export, "--output",
