@@ -15,8 +15,8 @@ from .errors import UsageError
 
 # Pad each batch only to its longest text. On ChnSentiCorp dev, rounding up to a multiple of 8
 # computed 1.046x the useful tokens against 1.017x, and the OpenVINO int8 engine classified 2-3%
-# fewer reviews/s: the kernels lose nothing on odd lengths, and the extra distinct shapes cost
-# less than the padding did (docs/benchmarks.md).
+# fewer reviews/s: the extra distinct shapes (28 against 13 at 4,096 tokens per batch) and odd
+# lengths cost less than the padding did (docs/benchmarks.md).
 DEFAULT_PAD_MULTIPLE = 1
 
 

@@ -91,11 +91,11 @@ class Engine:
              hint: str = LATENCY) -> "Engine":
         """Load and verify a bundle (every file against its manifest hash).
 
-        hint: "latency" (default; one request at a time gets every core) or "throughput" (datasets:
-        predict(), infer, eval). contexts: how many contexts run at once (sizes the backend's
-        streams); default from `default_contexts` for the hint and this machine. cpu_threads: total
-        compute threads, default every core this process may use; split between contexts, never
-        oversubscribed.
+        hint: "latency" (default; one request at a time gets every core) or "throughput" (many
+        texts through predict(); what infer, eval and run use). contexts: how many contexts run at
+        once (sizes the backend's streams); default from `default_contexts` for the hint and this
+        machine. cpu_threads: total compute threads, default every core this process may use; split
+        between contexts, never oversubscribed.
         """
         bundle_dir = Path(bundle)
         manifest = read_manifest(bundle_dir, KIND_BUNDLE)
