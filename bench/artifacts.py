@@ -151,7 +151,7 @@ def load_tokenizer(checkpoint: Path):
 
 
 def prepare_export(paths: ArtifactPaths, check_data: Path) -> None:
-    from roberta_deploy.export import ExportOptions, export_model
+    from roberta_deploy.build.export import ExportOptions, export_model
 
     if _is_cached(paths.export, "roberta-deploy export (ONNX, checked against PyTorch)"):
         return
@@ -162,7 +162,7 @@ def prepare_export(paths: ArtifactPaths, check_data: Path) -> None:
 
 def prepare_bundle(paths: ArtifactPaths, precision: str, calibration_data: Path) -> dict:
     """An OpenVINO bundle with dynamic shapes, built and verified by the package's build_engine."""
-    from roberta_deploy.build import BuildOptions, build_engine
+    from roberta_deploy.build.bundle import BuildOptions, build_engine
     from roberta_deploy.manifest import KIND_BUNDLE, read_manifest
 
     folder = paths.bundle(precision)

@@ -116,7 +116,7 @@ def prepare_artifacts(names: list[str], paths: ArtifactPaths, data: Path, calibr
 
 def token_lengths(paths: ArtifactPaths, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Tokens per text with [CLS]/[SEP], before and after truncation at MAX_SEQ_LENGTH: int64 (n,) each."""
-    from roberta_deploy.tokenization import TextEncoder
+    from roberta_deploy.runtime.tokenization import TextEncoder
 
     unlimited = TextEncoder.from_folder(paths.export / "tokenizer", max_seq_length=100_000).encode(texts).lengths
     return unlimited, np.minimum(unlimited, MAX_SEQ_LENGTH)
@@ -145,7 +145,7 @@ def describe_dataset(full_lengths: np.ndarray, useful_lengths: np.ndarray) -> di
 
 def bucketed_token_count(lengths: np.ndarray) -> int:
     """Tokens roberta-deploy computes with its default bucketing (batch 32, budget 32 x 128)."""
-    from roberta_deploy.batching import padded_token_count, plan_batches
+    from roberta_deploy.runtime.batching import padded_token_count, plan_batches
 
     return padded_token_count(plan_batches(lengths, max_batch_size=32, max_seq_length=MAX_SEQ_LENGTH))
 

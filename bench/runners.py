@@ -255,7 +255,7 @@ class RobertaDeployRunner(Runner):
         self.context = None
 
     def _load(self, hint: str):
-        from roberta_deploy.engine import Engine
+        from roberta_deploy.runtime.engine import Engine
 
         return Engine.load(self.bundle, cpu_threads=self.threads, hint=hint)
 

@@ -72,7 +72,7 @@ def export(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Export a Hugging Face sequence classifier to ONNX and check it against PyTorch."""
-    from .export import ExportOptions, export_model
+    from .build.export import ExportOptions, export_model
 
     artifact = export_model(ExportOptions(model=model, output=output, max_seq_length=max_seq_length, opset=opset,
                                           check_data=check_data, overwrite=overwrite), on_step=step_printer())
@@ -109,7 +109,7 @@ def build(
     overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
 ) -> None:
     """Build an engine bundle for one backend and precision, verified against the fp32 reference."""
-    from .build import BuildOptions, build_engine
+    from .build.bundle import BuildOptions, build_engine
     from .precision import AUTO, canonical_precision
 
     options = BuildOptions(
@@ -120,7 +120,7 @@ def build(
         verification_samples=verification_samples, allow_tolerance_failure=allow_tolerance_failure,
         overwrite=overwrite)
     if canonical_precision(precision, allow_auto=True) == AUTO:
-        from .autoselect import build_fastest_within_budget
+        from .build.autoselect import build_fastest_within_budget
 
         result = build_fastest_within_budget(options, accuracy_budget, on_step=step_printer())
     else:
@@ -207,7 +207,7 @@ def infer(
     """Classify every row of a data file; write predictions and accuracy."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .engine import THROUGHPUT, Engine
+    from .runtime.engine import THROUGHPUT, Engine
     from .infer import PREDICTIONS_FILE, classify_dataset, write_inference_outputs
 
     engine = Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads, hint=THROUGHPUT)

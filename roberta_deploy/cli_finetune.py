@@ -62,7 +62,7 @@ def finetune_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    from .finetune import FinetuneOptions, finetune
+    from .train.finetune import FinetuneOptions, finetune
 
     names = tuple(name.strip() for name in label_names.split(",")) if label_names else None
     options = FinetuneOptions(

@@ -12,11 +12,11 @@ import numpy as np
 
 from .atomic import atomic_directory
 from .backends import get_backend
-from .build import BuildOptions, build_engine
+from .build.bundle import BuildOptions, build_engine
 from .data import read_dataset
 from .defaults import DEFAULT_MAX_SEQ_LENGTH
 from .errors import UnsupportedPrecisionError, UsageError
-from .export import ExportArtifact, ExportOptions, export_model
+from .build.export import ExportArtifact, ExportOptions, export_model
 
 ACCURACY_MARKDOWN = "accuracy.md"
 ACCURACY_JSON = "accuracy.json"
@@ -73,7 +73,7 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
                                             max_seq_length=options.max_seq_length), on_step=step)
     dataset = read_dataset(options.data, text_column=options.text_column, label_column=options.label_column,
                            label_names=export.manifest["labels"], require_labels=True)
-    from .engine import THROUGHPUT, Engine
+    from .runtime.engine import THROUGHPUT, Engine
     from .infer import classify_dataset
 
     max_batch = max(max(options.batch_sizes), 64)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .atomic import atomic_directory
 from .data import Dataset
-from .engine import Engine, Predictions
+from .runtime.engine import Engine, Predictions
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -28,7 +28,7 @@ def classify_dataset(engine: Engine, dataset: Dataset, *, batch_size: int | None
                      max_batch_tokens: int | None = None, bucketing: bool = True,
                      on_batch_done: Callable[[int], None] | None = None) -> InferenceReport:
     """Classify every row of `dataset` (the last partial batch included) and compute its metrics."""
-    from .batch_queue import InferenceQueue
+    from .runtime.batch_queue import InferenceQueue
 
     started = time.perf_counter()
     predictions = InferenceQueue(engine).run(dataset.texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens,

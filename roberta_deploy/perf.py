@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .batching import plan_batches
+from .runtime.batching import plan_batches
 from .data import read_dataset
 from .errors import UsageError
 
@@ -37,7 +37,7 @@ def percentiles(samples_ms: list[float]) -> dict:
 
 
 def run_benchmark(options: PerfOptions) -> dict:
-    from .engine import Engine
+    from .runtime.engine import Engine
 
     if (options.threads is not None and options.threads < 1) or options.batch_size < 1:
         raise UsageError("--threads and --batch-size must be at least 1", "pass positive values")

@@ -78,7 +78,7 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_exports(tiny_checkpoints, tmp_path_factory, dev_tsv) -> dict:
-    from roberta_deploy.export import ExportOptions, export_model
+    from roberta_deploy.build.export import ExportOptions, export_model
 
     root = tmp_path_factory.mktemp("exports")
     return {name: export_model(ExportOptions(model=str(folder), output=root / name, check_data=dev_tsv))
@@ -88,7 +88,7 @@ def tiny_exports(tiny_checkpoints, tmp_path_factory, dev_tsv) -> dict:
 @pytest.fixture(scope="session")
 def bundle_factory(tiny_exports, tmp_path_factory, dev_tsv):
     """Build (once per distinct request) a bundle of the tiny BERT export."""
-    from roberta_deploy.build import BuildOptions, build_engine
+    from roberta_deploy.build.bundle import BuildOptions, build_engine
 
     root = tmp_path_factory.mktemp("bundles")
     cache: dict = {}

@@ -4,8 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from roberta_deploy.build import BuildOptions, build_engine
-from roberta_deploy.engine import Engine
+from roberta_deploy.build.bundle import BuildOptions, build_engine
+from roberta_deploy.runtime.engine import Engine
 from roberta_deploy.errors import BundleError, ShapeError, UnsupportedPrecisionError, UsageError
 from roberta_deploy.precision import TOLERANCES
 
@@ -35,8 +35,11 @@ def test_other_architectures_build_and_run(bundle_factory, model):
 @pytest.mark.parametrize("backend, precision, alternative", [
     ("onnxruntime", "fp16", "fp32"), ("onnxruntime", "bf16", "--backend openvino --precision bf16"),
     ("openvino", "force_float16", "bf16")])
-def test_combinations_that_cannot_run_are_rejected_with_the_alternative(tiny_exports, tmp_path, backend,
-                                                                       precision, alternative):
+def test_combinations_that_cannot_run_are_rejected_with_the_alternative(tiny_exports, tmp_path, monkeypatch,
+                                                                       backend, precision, alternative):
+    # A CPU with AVX512-FP16 (some Xeons) offers fp16; report one without it so the refusal runs everywhere.
+    from roberta_deploy.backends import openvino as openvino_backend
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: {"FP32", "BF16", "INT8"})
     with pytest.raises(UnsupportedPrecisionError) as caught:
         build_engine(BuildOptions(export_dir=tiny_exports["bert"].folder, output=tmp_path / "b", backend=backend,
                                   precision=precision))

@@ -3,9 +3,9 @@ import threading
 import numpy as np
 import pytest
 
-from roberta_deploy.batching import plan_batches
+from roberta_deploy.runtime.batching import plan_batches
 from roberta_deploy.data import read_dataset
-from roberta_deploy.engine import Engine, default_contexts
+from roberta_deploy.runtime.engine import Engine, default_contexts
 from roberta_deploy.errors import InputDataError, ShapeError, UsageError
 from roberta_deploy.precision import TOLERANCES
 
@@ -69,7 +69,7 @@ def test_contexts_run_concurrently_from_threads(bundle_factory, dev_texts, refer
 
 
 def test_the_queue_feeds_several_contexts_in_order(bundle_factory, dev_texts, reference_logits):
-    from roberta_deploy.batch_queue import InferenceQueue
+    from roberta_deploy.runtime.batch_queue import InferenceQueue
 
     engine = Engine.load(bundle_factory("openvino", "fp32"), contexts=2)
     predictions = InferenceQueue(engine, contexts=2).run(dev_texts, batch_size=7)
@@ -77,7 +77,7 @@ def test_the_queue_feeds_several_contexts_in_order(bundle_factory, dev_texts, re
 
 
 def test_contexts_share_one_full_batch_of_tokens_by_default(bundle_factory):
-    from roberta_deploy.batch_queue import InferenceQueue
+    from roberta_deploy.runtime.batch_queue import InferenceQueue
 
     engine = Engine.load(bundle_factory("openvino", "fp32"), contexts=2)
     long_texts = ["好" * 300] * 12  # every one truncated to max_seq_length

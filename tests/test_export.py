@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from roberta_deploy.errors import BundleError, ModelLoadError, UsageError
-from roberta_deploy.export import ExportArtifact, ExportOptions, export_model
+from roberta_deploy.build.export import ExportArtifact, ExportOptions, export_model
 
 
 @pytest.mark.parametrize("model", ["bert", "roberta", "distilbert"])

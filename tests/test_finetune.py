@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from roberta_deploy.checkpoint import check_tokenizer_on_texts
+from roberta_deploy.build.checkpoint import check_tokenizer_on_texts
 from roberta_deploy.data import read_dataset
 from roberta_deploy.errors import InputDataError, OutputExistsError, UsageError
-from roberta_deploy.finetune import FinetuneOptions, finetune
+from roberta_deploy.train.finetune import FinetuneOptions, finetune
 
 SHARED_DATA = Path(os.environ.get("ROBERTA_DEPLOY_SHARED_DATA")
                    or Path(__file__).resolve().parents[2] / "shared" / "data")

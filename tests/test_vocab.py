@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from roberta_deploy.checkpoint import check_tokenizer_on_texts
+from roberta_deploy.build.checkpoint import check_tokenizer_on_texts
 from roberta_deploy.data import read_dataset
 from roberta_deploy.errors import InputDataError
-from roberta_deploy.vocab import (
+from roberta_deploy.train.vocab import (
     REQUIRED_SPECIAL_TOKENS,
     SPECIAL_TOKEN_IDS,
     generate_vocab,

@@ -5,16 +5,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..export import ExportArtifact
 from ..shapes import ShapeProfile
+
+if TYPE_CHECKING:  # the runtime loads backends; only a build hands them an export
+    from ..build.export import ExportArtifact
 
 
 @dataclass(frozen=True)
 class BuildRequest:
-    export: ExportArtifact
+    export: "ExportArtifact"
     precision: str  # canonical: fp32, fp16, bf16 or int8
     profile: ShapeProfile
     calibration_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)  # int8 only

@@ -11,13 +11,13 @@ from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_directory
-from .backends import get_backend
-from .build import BuildOptions, BuildResult, build_engine
-from .data import read_dataset
-from .errors import NumericalCheckError, OutputExistsError, UsageError
+from ..atomic import atomic_directory
+from ..backends import get_backend
+from .bundle import BuildOptions, BuildResult, build_engine
+from ..data import read_dataset
+from ..errors import NumericalCheckError, OutputExistsError, UsageError
 from .export import ExportArtifact
-from .manifest import KIND_BUNDLE, read_manifest, write_manifest
+from ..manifest import KIND_BUNDLE, read_manifest, write_manifest
 
 # Measured on this CPU class (NOTES.md): int8 (rest bf16) 111 seq/s, bf16 84, fp32 17 at BERT-base.
 FASTEST_FIRST = ("int8", "bf16", "fp16", "fp32")
@@ -46,7 +46,7 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
     scratch = Path(tempfile.mkdtemp(prefix=".auto-precision-", dir=Path(options.output).parent))
     try:
         def accuracy_of(bundle_dir: Path) -> float:
-            from .engine import THROUGHPUT, Engine
+            from ..runtime.engine import THROUGHPUT, Engine
 
             return float((Engine.load(bundle_dir, hint=THROUGHPUT).predict(dataset.texts).labels == gold).mean())
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 # Files whose bytes define a checkpoint's behaviour; their hash identifies the source model.
 IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt")

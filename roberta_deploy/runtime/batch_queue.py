@@ -14,7 +14,7 @@ import numpy as np
 
 from .batching import plan_batches
 from .engine import Engine, Predictions
-from .errors import UsageError
+from ..errors import UsageError
 
 TOKENIZE_CHUNK = 2048  # texts per tokenizer call: large enough to bucket well, small enough to start fast
 _STOP = object()

@@ -15,14 +15,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .atomic import atomic_directory
+from ..atomic import atomic_directory
 from .checkpoint import (check_tokenizer_on_texts, checkpoint_hash, load_fast_tokenizer, quiet_transformers,
                          resolve_checkpoint)
-from .data import read_dataset
-from .defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
-from .errors import ModelLoadError, NumericalCheckError, UsageError
-from .manifest import KIND_EXPORT, read_manifest, write_manifest
-from .tokenization import TOKENIZER_FILE, TOKENIZER_META_FILE, TextEncoder
+from ..data import read_dataset
+from ..defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
+from ..errors import ModelLoadError, NumericalCheckError, UsageError
+from ..manifest import KIND_EXPORT, read_manifest, write_manifest
+from ..runtime.tokenization import TOKENIZER_FILE, TOKENIZER_META_FILE, TextEncoder
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"

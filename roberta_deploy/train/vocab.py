@@ -14,7 +14,7 @@ import shutil
 import unicodedata
 from pathlib import Path
 
-from .errors import InputDataError, ModelLoadError
+from ..errors import InputDataError, ModelLoadError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 REQUIRED_SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)

@@ -11,15 +11,15 @@ from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_directory
-from .backends import get_backend
-from .data import Dataset, read_dataset
-from .defaults import DEMO_SAMPLES_PATH
-from .errors import NumericalCheckError, UnsupportedPrecisionError, UsageError
+from ..atomic import atomic_directory
+from ..backends import get_backend
+from ..data import Dataset, read_dataset
+from ..defaults import DEMO_SAMPLES_PATH
+from ..errors import NumericalCheckError, UnsupportedPrecisionError, UsageError
 from .export import TOKENIZER_DIR, ExportArtifact, onnx_reference_logits
-from .manifest import KIND_BUNDLE, write_manifest
-from .precision import TOLERANCES, canonical_precision
-from .shapes import ShapeProfile
+from ..manifest import KIND_BUNDLE, write_manifest
+from ..precision import TOLERANCES, canonical_precision
+from ..shapes import ShapeProfile
 
 CALIBRATION_BATCH = 8
 VERIFICATION_BATCH = 16
@@ -82,7 +82,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
     input_names = export.manifest["inputs"]
 
     with atomic_directory(options.output, overwrite=options.overwrite) as work:
-        from .backends.base import BuildRequest
+        from ..backends.base import BuildRequest
 
         calibration_feeds = []
         if precision == "int8":
@@ -156,7 +156,7 @@ def _padded_feeds(encoder, texts, profile: ShapeProfile, input_names, batch_rows
 
 def verify_bundle(bundle_dir: Path, export: ExportArtifact, held_back: Dataset, precision: str) -> dict:
     """Run the bundle through the runtime API and the fp32 ONNX reference on the same padded inputs."""
-    from .engine import Engine
+    from ..runtime.engine import Engine
 
     engine = Engine.load(bundle_dir)
     context = engine.create_context()

@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .atomic import atomic_directory
-from .checkpoint import check_tokenizer_on_texts, load_fast_tokenizer, quiet_transformers, resolve_checkpoint
-from .manifest import file_sha256
-from .data import Dataset, read_dataset
-from .errors import InputDataError, ModelLoadError, UsageError
+from ..atomic import atomic_directory
+from ..build.checkpoint import check_tokenizer_on_texts, load_fast_tokenizer, quiet_transformers, resolve_checkpoint
+from ..manifest import file_sha256
+from ..data import Dataset, read_dataset
+from ..errors import InputDataError, ModelLoadError, UsageError
 from .vocab import tokenizer_from_vocab, validate_vocab, write_vocab
 
 MANIFEST_NAME = "finetune.json"

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BundleError, InputDataError
+from ..errors import BundleError, InputDataError
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_META_FILE = "tokenizer_meta.json"

@@ -14,11 +14,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import get_backend
-from .backends.base import RuntimeSettings
-from .errors import NumericalCheckError, ShapeError, UsageError
-from .manifest import KIND_BUNDLE, read_manifest
-from .shapes import ShapeProfile
+from ..backends import get_backend
+from ..backends.base import RuntimeSettings
+from ..errors import NumericalCheckError, ShapeError, UsageError
+from ..manifest import KIND_BUNDLE, read_manifest
+from ..shapes import ShapeProfile
 from .tokenization import TextEncoder
 
 TOKENIZER_DIR = "tokenizer"

@@ -1,0 +1,1 @@
+"""Training: fine-tuning on CPU and generating a BERT vocab for models trained from scratch."""
