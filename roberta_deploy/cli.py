@@ -319,7 +319,7 @@ def run(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """The whole pipeline: export, build fp32 and the fast precisions, eval, perf, one summary table."""
-    from .pipeline import SUMMARY_MARKDOWN, RunOptions, run_pipeline
+    from .run import SUMMARY_MARKDOWN, RunOptions, run_pipeline
     from .precision import parse_precision_list
 
     output = output or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")

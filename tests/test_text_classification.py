@@ -1,0 +1,107 @@
+"""roberta_deploy.pipeline against the unmodified transformers text-classification pipeline."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import roberta_deploy
+from roberta_deploy.errors import InputDataError, UsageError
+from roberta_deploy.precision import TOLERANCES
+
+TEXTS = ["房间干净整洁，床很舒服，前台服务热情。", "隔音太差了，一晚上没睡好。", "位置不错", "早餐一般，价格偏贵，不会再来。"]
+CALLS = [{}, {"top_k": None}, {"top_k": 1}, {"top_k": 2}, {"function_to_apply": "sigmoid"},
+         {"function_to_apply": "none", "top_k": None}]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoints):
+    return tiny_checkpoints["bert"]
+
+
+@pytest.fixture(scope="module")
+def ours(checkpoint, tmp_path_factory):
+    with roberta_deploy.pipeline(checkpoint, build_dir=tmp_path_factory.mktemp("pipeline")) as classifier:
+        yield classifier
+
+
+@pytest.fixture(scope="module")
+def theirs(checkpoint):
+    import transformers
+
+    return transformers.pipeline("text-classification", model=str(checkpoint), device="cpu")
+
+
+def assert_same(ours_result, theirs_result, tolerance):
+    """Same nesting, same labels in the same order, scores within `tolerance`."""
+    assert type(ours_result) is type(theirs_result)
+    if isinstance(theirs_result, list):
+        assert len(ours_result) == len(theirs_result)
+        for mine, other in zip(ours_result, theirs_result):
+            assert_same(mine, other, tolerance)
+        return
+    assert set(ours_result) == {"label", "score"} and type(ours_result["score"]) is float
+    assert ours_result["label"] == theirs_result["label"]
+    assert abs(ours_result["score"] - theirs_result["score"]) <= tolerance
+
+
+@pytest.mark.parametrize("kwargs", CALLS, ids=lambda kwargs: ",".join(f"{k}={v}" for k, v in kwargs.items()) or "default")
+@pytest.mark.parametrize("single", [True, False], ids=["str", "list"])
+def test_results_match_transformers_pipeline(ours, theirs, kwargs, single):
+    inputs = TEXTS[0] if single else TEXTS
+    theirs_result = theirs(inputs, **kwargs)
+    logits = np.asarray(theirs(TEXTS, top_k=None, function_to_apply="none"), dtype=object)
+    bound = TOLERANCES["fp32"].bound(np.array([[entry["score"] for entry in row] for row in logits]))
+    assert_same(ours(inputs, **kwargs), theirs_result, bound)
+
+
+def test_label_names_come_from_the_manifest(ours):
+    assert ours.label_names == ("negative", "positive")
+    assert {entry["label"] for entry in ours(TEXTS[0], top_k=None)} == {"negative", "positive"}
+    assert ours([]) == []
+
+
+def test_defaults_given_at_construction_apply_to_every_call(ours, checkpoint):
+    with roberta_deploy.pipeline(ours.bundle_dir, top_k=None, function_to_apply="none") as raw:
+        result = raw(TEXTS)
+        assert [len(row) for row in result] == [2] * len(TEXTS)
+        logits = raw.engine.predict(TEXTS).logits
+        assert [row[0]["score"] for row in result] == pytest.approx(logits.max(axis=1).tolist(), abs=1e-6)
+        assert raw(TEXTS, top_k=1)[0][0]["score"] == result[0][0]["score"]
+
+
+def test_an_export_folder_is_built_into_a_temporary_bundle_that_close_removes(tiny_exports):
+    classifier = roberta_deploy.pipeline(tiny_exports["bert"].folder, backend="onnxruntime")
+    built = classifier.bundle_dir
+    assert built.is_dir() and classifier.engine.backend == "onnxruntime"
+    assert classifier("位置不错")[0]["label"] in ("negative", "positive")
+    classifier.close()
+    assert not built.exists()
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda p: p(TEXTS, top_k=0), UsageError, "top_k=0"),
+    (lambda p: p(TEXTS, function_to_apply="relu"), UsageError, "function_to_apply='relu'"),
+    (lambda p: p([TEXTS[0], 3]), InputDataError, "input 1 is a int"),
+    (lambda p: p({"text": "a", "text_pair": "b"}), UsageError, "text pairs"),
+    (lambda p: p(["   "]), InputDataError, "empty"),
+])
+def test_bad_calls_raise_typed_errors(ours, call, error, fragment):
+    with pytest.raises(error, match=None) as raised:
+        call(ours)
+    assert fragment in raised.value.problem
+
+
+def test_importing_the_package_and_loading_a_bundle_never_imports_build_code(ours):
+    code = ("import sys, roberta_deploy\n"
+            "assert 'numpy' not in sys.modules, 'import roberta_deploy stays light'\n"
+            f"classifier = roberta_deploy.pipeline({str(ours.bundle_dir)!r})\n"
+            "print(classifier('位置不错')[0]['label'])\n"
+            "heavy = [name for name in ('torch', 'transformers', 'nncf', 'roberta_deploy.build.export',"
+            " 'roberta_deploy.build.bundle') if name in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("negative", "positive")
+    assert roberta_deploy.__version__ and roberta_deploy.__version__ != "None"
