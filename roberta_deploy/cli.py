@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -13,15 +14,28 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from . import __version__
 from .defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
-from .errors import RobertaDeployError, UsageError
+from .errors import EXIT_CODES, RobertaDeployError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export, build, evaluate, benchmark and run BERT-family text classifiers on "
-                       "OpenVINO and ONNX Runtime.")
-console = Console()
-status_console = Console(stderr=True)
+                       "OpenVINO and ONNX Runtime.",
+                  epilog="Exit codes: " + "; ".join(f"{code} {meaning.split(':')[0]}" for code, meaning in EXIT_CODES.items())
+                  + ".")
+# Nothing printed is read as markup (a fix such as pip install 'roberta-deploy[openvino]' keeps its
+# brackets, and so do user paths), and lines are never hard-wrapped: piped output stays greppable.
+# Off a terminal, tables take their natural width instead of squeezing figures into 80 columns.
+PIPE_WIDTH = 1000
+console = Console(markup=False, highlight=False, soft_wrap=True,  # results, on stdout
+                  width=None if sys.stdout.isatty() else PIPE_WIDTH)
+status_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True,  # steps, progress; -q hides
+                         width=None if sys.stderr.isatty() else PIPE_WIDTH)
+error_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True,  # errors; never hidden
+                        width=None if sys.stderr.isatty() else PIPE_WIDTH)
+STDIO = Path("-")  # `--data -` reads stdin; `--json -` and `--output -` write stdout
 
 BACKEND_HELP = "Engine to build for: openvino (fastest on Intel CPUs, bf16/int8) or onnxruntime (portable)."
 PRECISION_HELP = ("fp32, fp16, bf16 or int8 (aliases force_float32, force_float16, qint8_mixed_float16). "
@@ -36,19 +50,48 @@ def reports_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except RobertaDeployError as error:
-            status_console.print(f"[red]error:[/red] {error.one_line()}", highlight=False, soft_wrap=True)
+            error_console.print(Text.assemble(("error:", "red"), " ", error.one_line()))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
-            status_console.print("interrupted; nothing was written")
-            raise typer.Exit(130) from None
+            error_console.print("interrupted; nothing was written")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 
 
 def step_printer(prefix: str = "") -> Callable[[str], None]:
     started = time.perf_counter()
-    return lambda message: status_console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {prefix}{message}",
-                                                highlight=False)
+    return lambda message: status_console.print(
+        Text.assemble((f"{time.perf_counter() - started:6.1f}s", "dim"), f" {prefix}{message}"))
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"roberta-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                help="Log what the library does to stderr; -v also lets OpenVINO, NNCF, ONNX Runtime "
+                                     "and transformers print their own progress and advice, -vv adds debug detail."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print results and errors only: no steps, no progress bars."),
+) -> None:
+    """Export, build, evaluate, benchmark and run BERT-family text classifiers on OpenVINO and ONNX Runtime."""
+    if verbose and quiet:
+        raise typer.BadParameter("-v and -q contradict each other; pass one")
+    status_console.quiet = quiet
+    if verbose:
+        # The application configures logging; the library only logs (and lets third-party output
+        # through when its own logger is enabled at INFO, see roberta_deploy.logs).
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
 def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -127,7 +170,7 @@ def build(
         result = build_engine(options, on_step=step_printer())
     manifest = result.manifest
     check = manifest["checks"]["against_fp32_reference"]
-    verdict = "passed" if check["passed"] else "[red]FAILED (kept: --allow-tolerance-failure)[/red]"
+    verdict = "passed" if check["passed"] else "FAILED (kept: --allow-tolerance-failure)"
     selection = manifest.get("precision_selection")
     if selection:
         for candidate in selection["candidates"]:
@@ -181,35 +224,67 @@ def inspect(
 
 
 def load_dataset_for(engine, data: Path, text_column, label_column, data_format):
+    """Read --data; `-` reads stdin (format from --data-format, else guessed from the first line)."""
     from .data import read_dataset
 
-    return read_dataset(data, text_column=text_column, label_column=label_column,
-                        label_names=engine.label_names, data_format=data_format)
+    if data != STDIO:
+        return read_dataset(data, text_column=text_column, label_column=label_column,
+                            label_names=engine.label_names, data_format=data_format)
+    return read_stdin_dataset(lambda path, fmt: read_dataset(path, text_column=text_column, label_column=label_column,
+                                                             label_names=engine.label_names, data_format=fmt),
+                              data_format)
+
+
+def read_stdin_dataset(read: Callable, data_format: Optional[str]):
+    """stdin through the same reader as files: its bytes go to a private temporary file first."""
+    import dataclasses
+    import tempfile
+
+    from .errors import InputDataError
+
+    content = sys.stdin.buffer.read()
+    first_line = content.lstrip()[:4096].split(b"\n", 1)[0]
+    data_format = data_format or ("jsonl" if first_line.startswith(b"{") else
+                                  "tsv" if b"\t" in first_line or b"," not in first_line else "csv")
+    with tempfile.TemporaryDirectory(prefix="roberta-deploy-stdin-") as folder:
+        path = Path(folder) / f"stdin.{data_format}"
+        path.write_bytes(content)
+        try:
+            dataset = read(path, data_format)
+        except InputDataError as error:
+            raise InputDataError(error.problem.replace(str(path), "<stdin>"), error.fix) from None
+    return dataclasses.replace(dataset, source="<stdin>")
 
 
 @app.command()
 @reports_errors
 def infer(
     bundle: Path = typer.Option(..., help="Bundle folder written by `roberta-deploy build`."),
-    data: Path = typer.Option(..., help="TSV (label<TAB>text_a with header), CSV or JSONL; labels optional."),
-    output: Path = typer.Option(..., help="Folder for predictions.jsonl and metrics.json."),
+    data: Path = typer.Option(..., help="TSV (label<TAB>text_a with header), CSV or JSONL; labels optional; - reads stdin."),
+    output: Path = typer.Option(..., help="Folder for predictions and metrics.json; - writes the predictions to "
+                                          "stdout (and the summary to stderr)."),
+    output_format: str = typer.Option("jsonl", "--format", help="Predictions as jsonl (every field) or csv "
+                                                                "(one probability column per label)."),
     batch_size: Optional[int] = typer.Option(None, help="Texts per engine call (default: 32, or the static batch)."),
     max_batch_tokens: Optional[int] = typer.Option(None, help="Token budget per batch (padded length x rows); bounds memory and latency."),
     bucketing: bool = typer.Option(True, help="Sort by length and pad each batch only to its longest text (1.5x fewer padded tokens on ChnSentiCorp)."),
     text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: text_a, text, sentence, review)."),
     label_column: Optional[str] = typer.Option(None, help="Column holding the gold label (default: label, if present)."),
-    data_format: Optional[str] = typer.Option(None, "--format", help="tsv, csv or jsonl (default: from the extension)."),
+    data_format: Optional[str] = typer.Option(None, "--data-format", help="Input as tsv, csv or jsonl (default: from the "
+                                                                          "extension; for stdin, from the first line)."),
     threads: Optional[int] = typer.Option(None, help="Contexts running concurrently (default: for throughput on this "
                                                      "machine: one per core below 8 cores, one per 4 cores above)."),
     cpu_threads: Optional[int] = typer.Option(None, help="Total compute threads (default: all cores)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
-    """Classify every row of a data file; write predictions and accuracy."""
+    """Classify every row of a data file; write predictions, accuracy and per-class metrics."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .runtime.engine import THROUGHPUT, Engine
-    from .infer import PREDICTIONS_FILE, classify_dataset, write_inference_outputs
+    from .infer import (check_output_format, classify_dataset, prediction_rows, predictions_file,
+                        write_inference_outputs, write_predictions)
 
+    check_output_format(output_format)
     engine = Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads, hint=THROUGHPUT)
     dataset = load_dataset_for(engine, data, text_column, label_column, data_format)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -217,13 +292,37 @@ def infer(
         task = progress.add_task("classifying", total=len(dataset))
         report = classify_dataset(engine, dataset, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                                   bucketing=bucketing, on_batch_done=lambda rows: progress.advance(task, rows))
-    write_inference_outputs(report, dataset, output, overwrite=overwrite)
+    # With predictions on stdout, the summary goes to stderr so the two never mix.
+    summary_console = error_console if output == STDIO else console
+    if output == STDIO:
+        write_predictions(sys.stdout, prediction_rows(report.predictions, dataset), output_format, engine.label_names)
+        sys.stdout.flush()
+    else:
+        write_inference_outputs(report, dataset, output, overwrite=overwrite, output_format=output_format)
     metrics = report.metrics
     if "accuracy" in metrics:
-        console.print(f"accuracy: {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['examples']})")
-    console.print(f"classified {metrics['examples']} texts in {metrics['elapsed_seconds']:.2f}s "
-                  f"({metrics['texts_per_second']:.1f} texts/s); {metrics['truncated']} truncated at "
-                  f"{engine.max_seq_length} tokens; wrote {output / PREDICTIONS_FILE}")
+        summary_console.print(f"accuracy: {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['examples']}); "
+                              f"macro-F1 {metrics['macro_f1']:.4f}")
+        summary_console.print(per_class_table(metrics))
+    written = "stdout" if output == STDIO else output / predictions_file(output_format)
+    summary_console.print(f"classified {metrics['examples']} texts in {metrics['elapsed_seconds']:.2f}s "
+                          f"({metrics['texts_per_second']:.1f} texts/s); {metrics['truncated']} truncated at "
+                          f"{engine.max_seq_length} tokens; wrote {written}")
+
+
+def per_class_table(metrics: dict, title: str | None = None) -> Table:
+    """Precision, recall, F1 and support per label, then the confusion matrix's row for that label."""
+    names = metrics["confusion_matrix"]["labels"]
+    table = Table(title=title)
+    for column in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name in names:
+        table.add_column(f"-> {name}", justify="right")
+    for name, values in zip(names, metrics["confusion_matrix"]["values"]):
+        row = metrics["per_class"][name]
+        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]),
+                      *(str(value) for value in values))
+    return table
 
 
 @app.command("eval")
@@ -252,20 +351,29 @@ def evaluate_command(
         calibration_data=calibration_data, bucketing=bucketing, overwrite=overwrite,
         text_column=text_column, label_column=label_column), on_step=step_printer())
     table = Table(title=f"accuracy on {data} ({report['rows'][0]['examples']} texts, {backend})")
-    for column in ("precision", "batch", "accuracy", "correct", "agreement w/ fp32", "max |diff| vs fp32", "truncated"):
+    for column in ("precision", "batch", "accuracy", "macro-F1", "correct", "agreement w/ fp32", "max |diff| vs fp32",
+                   "truncated"):
         table.add_column(column, justify="right")
     for row in report["rows"]:
-        table.add_row(row["precision"], str(row["batch_size"]), f"{row['accuracy']:.4f}",
+        table.add_row(row["precision"], str(row["batch_size"]), f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}",
                       f"{row['correct']}/{row['examples']}", f"{row['agreement_with_fp32']:.4f}",
                       f"{row['max_abs_logit_diff_vs_fp32']:.3g}", str(row["truncated"]))
     console.print(table)
+    largest_batch = max(row["batch_size"] for row in report["rows"])
+    for row in report["rows"]:
+        if row["batch_size"] == largest_batch:
+            console.print(per_class_table(row, title=f"{row['precision']} per class (batch {largest_batch})"))
     console.print(f"wrote {output / ACCURACY_MARKDOWN}")
 
 
 @app.command()
 @reports_errors
 def perf(
-    bundle: Path = typer.Option(..., help="Bundle folder."),
+    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folder(s); several (or --compare) measure each "
+                                                              "under the same settings into one table."),
+    bundle: Optional[Path] = typer.Option(None, help="Bundle folder (the same as giving it as an argument)."),
+    compare: bool = typer.Option(False, "--compare", help="Run every bundle given under the same settings, one after "
+                                                          "the other, and print one table: --compare B1 B2 ..."),
     hint: str = typer.Option("latency", help="latency: one context on every core; throughput: one 1-thread context per core "
                                              "below 8 cores (like benchmark_app -hint)."),
     threads: Optional[int] = typer.Option(None, help="Concurrent contexts, each on its own thread (like trtexec --threads / "
@@ -277,31 +385,119 @@ def perf(
     batch_size: int = typer.Option(1, help="Texts per call."),
     seq_len: Optional[int] = typer.Option(None, help="Padded length of random inputs (default: the bundle's max)."),
     data: Optional[Path] = typer.Option(None, help="Use real texts: batches take their real, bucketed token lengths."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON."),
+    percentiles: str = typer.Option("50,90,95,99", help="Latency percentiles to report (benchmark_app "
+                                                        "-latency_percentile), e.g. 50,90,99,99.9."),
+    export_times: Optional[Path] = typer.Option(None, "--export-times", help="Write every timed call (context, start, "
+                                                                             "latency, shape) as JSON, like trtexec "
+                                                                             "--exportTimes; - for stdout."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (with host, CPU and "
+                                                                  "library versions) as JSON; - for stdout."),
 ) -> None:
     """Benchmark a bundle: load and first-inference time, throughput, latency percentiles."""
-    from .atomic import atomic_write_json
-    from .perf import PerfOptions, run_benchmark
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    report = run_benchmark(PerfOptions(bundle=bundle, threads=threads, hint=hint, cpu_threads=cpu_threads, iterations=iterations,
-                                       duration=duration, warmup=warmup, batch_size=batch_size, seq_len=seq_len,
-                                       data=data))
-    latency = report["latency_ms"]
-    shape = f"real lengths from {data}" if data else f"seq {report['seq_len']}"
-    table = Table(title=f"perf {report['backend']} {report['precision']}: batch {batch_size}, {shape}, "
-                        f"{report['threads']} context(s) on {report['cpu_threads']} CPU threads ({hint} hint)")
+    from .perf import PerfOptions, compare_bundles, parse_percentiles, run_benchmark
+
+    chosen = ([bundle] if bundle else []) + list(bundles or [])
+    if not chosen:
+        raise UsageError("no bundle given", "pass a bundle folder: roberta-deploy perf BUNDLE (or --bundle BUNDLE)")
+    if STDIO in (json_path, export_times) and json_path == export_times:
+        raise UsageError("--json - and --export-times - would both write stdout", "send one of them to a file")
+    options = PerfOptions(bundle=chosen[0], threads=threads, hint=hint, cpu_threads=cpu_threads, iterations=iterations,
+                          duration=duration, warmup=warmup, batch_size=batch_size, seq_len=seq_len, data=data,
+                          percentiles=parse_percentiles(percentiles), record_times=export_times is not None)
+    # With JSON on stdout, the table goes to stderr so stdout stays one JSON document.
+    table_console = error_console if STDIO in (json_path, export_times) else console
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=status_console,
+                  transient=True) as progress:
+        task = progress.add_task("loading", total=None)
+
+        def on_progress(phase: str, elapsed: float, planned: float) -> None:
+            progress.update(task, description=f"{prefix}{phase}", completed=min(elapsed, planned) if planned else None,
+                            total=planned or None)
+
+        prefix = ""
+        if compare or len(chosen) > 1:
+            def on_bundle(number: int, path: Path) -> None:
+                nonlocal prefix
+                prefix = f"{number + 1}/{len(chosen)} {path.name}: "
+                progress.update(task, description=f"{prefix}loading", completed=0, total=None)
+
+            report = compare_bundles(chosen, options, on_progress, on_bundle)
+        else:
+            report = run_benchmark(options, on_progress)
+    if report.get("mode") == "compare":
+        table_console.print(compare_table(report, options))
+        runs = report["runs"]
+    else:
+        table_console.print(perf_table(report, options))
+        runs = [report]
+    if export_times:
+        times = [{"bundle": run["bundle"], "times": run.pop("times")} for run in runs]
+        write_json_output(export_times, times if len(times) > 1 else times[0])
+    if json_path:
+        write_json_output(json_path, report)
+
+
+def write_json_output(path: Path, payload) -> None:
+    from .atomic import atomic_write_json
+
+    if path == STDIO:
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    else:
+        atomic_write_json(path, payload)
+
+
+def perf_table(report: dict, options) -> Table:
+    shape = f"real lengths from {options.data}" if options.data else f"seq {report['seq_len']}"
+    table = Table(title=f"perf {report['backend']} {report['precision']}: batch {options.batch_size}, {shape}, "
+                        f"{report['threads']} context(s) on {report['cpu_threads']} CPU threads ({options.hint} hint); "
+                        f"{report['host']['cpu_model']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    latency = report["latency_ms"]
     rows = [("load time", f"{report['load_seconds']:.2f} s"), ("first inference", f"{report['first_inference_ms']:.1f} ms"),
             ("timed calls", f"{report['calls']} in {report['wall_seconds']:.2f} s"),
             ("throughput", f"{report['throughput_sequences_per_second']:.1f} seq/s "
                            f"({report['throughput_tokens_per_second']:.0f} tokens/s)")]
-    rows += [(f"latency {name}", f"{latency[name]:.2f} ms") for name in ("min", "mean", "median", "p90", "p95", "p99", "max")]
+    names = percentile_names(options)
+    rows += [(f"latency {name}", f"{latency[name]:.2f} ms")
+             for name in ("min", "mean", *(() if "p50" in names else ("median",)), *names, "max")]
     for name, value in rows:
         table.add_row(name, value)
-    console.print(table)
-    if json_path:
-        atomic_write_json(json_path, report)
+    return table
+
+
+def percentile_names(options) -> list[str]:
+    from .perf import percentile_name
+
+    return [percentile_name(value) for value in options.percentiles]
+
+
+def compare_table(report: dict, options) -> Table:
+    first = report["runs"][0]
+    shape = f"real lengths from {options.data}" if options.data else f"seq {first['seq_len']}"
+    table = Table(title=f"perf --compare: batch {options.batch_size}, {shape}, {options.hint} hint; "
+                        f"{report['host']['cpu_model']}")
+    names = percentile_names(options)
+    for column in ("bundle", "engine", "contexts", "seq/s", "vs first", *(f"{name} ms" for name in names), "load s"):
+        table.add_column(column, justify="left" if column in ("bundle", "engine") else "right", no_wrap=True)
+    labels = short_names([Path(run["bundle"]) for run in report["runs"]])
+    for label, run in zip(labels, report["runs"]):
+        table.add_row(label, f"{run['backend']} {run['precision']}", str(run["threads"]),
+                      f"{run['throughput_sequences_per_second']:.1f}", f"{run['throughput_vs_first']:.2f}x",
+                      *(f"{run['latency_ms'][name]:.2f}" for name in names), f"{run['load_seconds']:.2f}")
+    return table
+
+
+def short_names(paths: list[Path]) -> list[str]:
+    """The last path parts that tell the bundles apart: `int8` and `fp32`, not two absolute paths."""
+    for depth in range(1, max(len(path.parts) for path in paths) + 1):
+        names = [str(Path(*path.parts[-depth:])) for path in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(path) for path in paths]
 
 
 @app.command()

@@ -68,3 +68,15 @@ class OutputExistsError(RobertaDeployError):
     """An output folder already holds something we would overwrite."""
 
     exit_code = 2
+
+
+# What each exit code of the command line means; README's "Exit codes" table mirrors it (a test checks).
+EXIT_CODES = {
+    0: "success",
+    1: "any other library error",
+    2: "bad flags or input: a usage error, a malformed data file, a precision or shape this engine does not run, "
+       "an output that already exists",
+    3: "a checkpoint, export or bundle that cannot be loaded: missing, corrupt or from a newer schema",
+    4: "a numerical check failed: outputs drifted past their precision's tolerance",
+    130: "interrupted (Ctrl-C); nothing was written",
+}

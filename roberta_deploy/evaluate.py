@@ -16,6 +16,7 @@ from .build.bundle import BuildOptions, build_engine
 from .data import read_dataset
 from .defaults import DEFAULT_MAX_SEQ_LENGTH
 from .errors import UnsupportedPrecisionError, UsageError
+from .metrics import per_class_markdown
 from .build.export import ExportArtifact, ExportOptions, export_model
 
 ACCURACY_MARKDOWN = "accuracy.md"
@@ -97,6 +98,8 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
             rows.append({
                 "precision": precision, "batch_size": batch_size, "accuracy": report.metrics["accuracy"],
                 "correct": report.metrics["correct"], "examples": report.metrics["examples"],
+                "macro_f1": report.metrics["macro_f1"], "per_class": report.metrics["per_class"],
+                "confusion_matrix": report.metrics["confusion_matrix"],
                 "agreement_with_fp32": float((logits.argmax(1) == reference.argmax(1)).mean()),
                 "max_abs_logit_diff_vs_fp32": float(np.abs(logits - reference).max()),
                 "truncated": report.metrics["truncated"], "texts_per_second": report.metrics["texts_per_second"],
@@ -115,10 +118,15 @@ def accuracy_markdown(report: dict) -> str:
     lines = [f"# Accuracy of {report['model']} on {report['data']}", "",
              f"Backend {report['backend']}, max_seq_length {report['max_seq_length']}, "
              f"length bucketing {'on' if report['bucketing'] else 'off'}.", "",
-             "| precision | batch | accuracy | correct | agreement with fp32 | max abs logit diff vs fp32 | truncated |",
-             "|---|---|---|---|---|---|---|"]
+             "| precision | batch | accuracy | macro-F1 | correct | agreement with fp32 | max abs logit diff vs fp32 "
+             "| truncated |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
-        lines.append(f"| {row['precision']} | {row['batch_size']} | {row['accuracy']:.4f} | "
+        lines.append(f"| {row['precision']} | {row['batch_size']} | {row['accuracy']:.4f} | {row['macro_f1']:.4f} | "
                      f"{row['correct']}/{row['examples']} | {row['agreement_with_fp32']:.4f} | "
                      f"{row['max_abs_logit_diff_vs_fp32']:.4g} | {row['truncated']} |")
+    largest_batch = max(row["batch_size"] for row in report["rows"])
+    for row in report["rows"]:
+        if row["batch_size"] == largest_batch:
+            lines += ["", f"## {row['precision']}: per class (batch {largest_batch})", "", per_class_markdown(row).rstrip()]
     return "\n".join(lines) + "\n"

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
 from .atomic import atomic_directory
 from .data import Dataset
+from .errors import UsageError
+from .metrics import classification_metrics
 from .runtime.engine import Engine, Predictions
 
-PREDICTIONS_FILE = "predictions.jsonl"
+PREDICTIONS_FILE = "predictions.jsonl"  # with --format csv: predictions.csv
 METRICS_FILE = "metrics.json"
+OUTPUT_FORMATS = ("jsonl", "csv")
+CSV_COLUMNS = ("index", "line", "text", "label", "label_name", "score", "truncated", "gold")
+
+
+def predictions_file(output_format: str) -> str:
+    return f"predictions.{output_format}"
+
+
+def check_output_format(output_format: str) -> str:
+    if output_format not in OUTPUT_FORMATS:
+        raise UsageError(f"--format {output_format!r} is not a predictions format",
+                         "use --format jsonl or --format csv (the input's format is --data-format)")
+    return output_format
 
 
 @dataclass(frozen=True)
@@ -53,30 +69,50 @@ def summarize(predictions: Predictions, dataset: Dataset, elapsed_seconds: float
         "texts_per_second": round(count / elapsed_seconds, 2) if elapsed_seconds > 0 else None,
     }
     if dataset.labels is not None:
-        gold = np.asarray(dataset.labels)
-        correct = int((predictions.labels == gold).sum())
-        labels = len(predictions.label_names)
-        confusion = np.zeros((labels, labels), dtype=np.int64)
-        np.add.at(confusion, (gold, predictions.labels), 1)
-        metrics.update({"accuracy": correct / count, "correct": correct,
-                        "confusion_matrix": {"rows": "gold", "columns": "predicted", "values": confusion.tolist()}})
+        metrics.update(classification_metrics(dataset.labels, predictions.labels, predictions.label_names))
     return metrics
 
 
-def write_inference_outputs(report: InferenceReport, dataset: Dataset, output: Path, overwrite: bool = False) -> None:
-    """predictions.jsonl: one line per input row, in input order; metrics.json: the summary."""
-    predictions = report.predictions
+def prediction_rows(predictions: Predictions, dataset: Dataset) -> Iterator[dict]:
+    """One dict per input row, in input order: the label, its name, its score (softmax probability),
+    every probability, whether the text was truncated, and the gold label when the data has one."""
+    labels = predictions.labels  # computed once: per-row access would make writing quadratic
     probabilities = predictions.probabilities
+    truncated = predictions.truncated
+    names = predictions.label_names
+    for index, text in enumerate(dataset.texts):
+        label = int(labels[index])
+        row = {"index": index, "line": dataset.line_numbers[index], "text": text, "label": label,
+               "label_name": names[label], "score": round(float(probabilities[index, label]), 6),
+               "probabilities": [round(float(value), 6) for value in probabilities[index]],
+               "truncated": bool(truncated[index])}
+        if dataset.labels is not None:
+            row["gold"] = dataset.labels[index]
+        yield row
+
+
+def write_predictions(handle: TextIO, rows: Iterator[dict], output_format: str, label_names: Sequence[str]) -> None:
+    """jsonl: every field; csv: the fields of CSV_COLUMNS, then `probability_<label>` per label."""
+    if output_format == "jsonl":
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    writer = None
+    for row in rows:
+        if writer is None:
+            probability_columns = [f"probability_{name}" for name in label_names]
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow([column for column in CSV_COLUMNS if column in row] + probability_columns)
+        writer.writerow([row[column] for column in CSV_COLUMNS if column in row] + row["probabilities"])
+
+
+def write_inference_outputs(report: InferenceReport, dataset: Dataset, output: Path, overwrite: bool = False,
+                            output_format: str = "jsonl") -> None:
+    """predictions.jsonl (or .csv): one line per input row, in input order; metrics.json: the summary."""
+    check_output_format(output_format)
     with atomic_directory(output, overwrite=overwrite) as work:
-        with open(work / PREDICTIONS_FILE, "w", encoding="utf-8") as handle:
-            for index, text in enumerate(dataset.texts):
-                label = int(predictions.labels[index])
-                row = {"index": index, "line": dataset.line_numbers[index], "text": text, "label": label,
-                       "label_name": predictions.label_names[label],
-                       "probabilities": [round(float(value), 6) for value in probabilities[index]],
-                       "truncated": bool(predictions.truncated[index])}
-                if dataset.labels is not None:
-                    row["gold"] = dataset.labels[index]
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with open(work / predictions_file(output_format), "w", encoding="utf-8", newline="") as handle:
+            write_predictions(handle, prediction_rows(report.predictions, dataset), output_format,
+                              report.predictions.label_names)
         (work / METRICS_FILE).write_text(json.dumps(report.metrics, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")

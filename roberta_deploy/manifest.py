@@ -15,6 +15,9 @@ from pathlib import Path
 
 from .atomic import atomic_write_json
 from .errors import BundleError
+from .logs import get_logger
+
+logger = get_logger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -87,6 +90,7 @@ def read_manifest(folder: str | Path, kind: str, verify_files: bool = True) -> d
                           "pass an export folder to build and a bundle to infer/perf/inspect")
     if verify_files:
         verify_manifest_files(folder, manifest, rebuild)
+        logger.info("%s %s: %d files match their manifest hashes", kind, folder, len(manifest.get("files", {})))
     return manifest
 
 

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import datetime
+import math
+import os
+import platform
+import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .runtime.batching import plan_batches
 from .data import read_dataset
 from .errors import UsageError
+from .manifest import library_versions
+
+DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+# CPU flags that decide low-precision speed, as /proc/cpuinfo spells them.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+               "amx_bf16", "amx_int8")
+PROGRESS_INTERVAL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -27,24 +40,89 @@ class PerfOptions:
     seq_len: int | None = None  # padded length of random inputs; default the bundle's max
     data: Path | None = None  # real texts: batches take their real token lengths (bucketed like infer)
     seed: int = 0
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES  # reported as p50, p90, ... (benchmark_app -latency_percentile)
+    record_times: bool = False  # keep every timed call (trtexec --exportTimes) under report["times"]
 
 
-def percentiles(samples_ms: list[float]) -> dict:
+def percentile_name(value: float) -> str:
+    return f"p{value:g}"
+
+
+def parse_percentiles(text: str) -> tuple[float, ...]:
+    """'50,90,99.9' -> (50.0, 90.0, 99.9); each in (0, 100]."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--percentiles {text!r} is not a comma-separated list of numbers",
+                         "pass e.g. --percentiles 50,90,99,99.9") from None
+    if not values or not all(math.isfinite(value) and 0 < value <= 100 for value in values):
+        raise UsageError(f"--percentiles {text!r} needs numbers above 0 and at most 100",
+                         "pass e.g. --percentiles 50,90,99,99.9")
+    return tuple(dict.fromkeys(values))
+
+
+def percentiles(samples_ms: list[float], requested: tuple[float, ...] = DEFAULT_PERCENTILES) -> dict:
     values = np.asarray(samples_ms, dtype=np.float64)
-    return {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
-            "median": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90)),
-            "p95": float(np.percentile(values, 95)), "p99": float(np.percentile(values, 99))}
+    summary = {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
+               "median": float(np.percentile(values, 50)), "stdev": float(values.std())}
+    for value in sorted(set(requested) | {90.0, 95.0, 99.0}):
+        summary[percentile_name(value)] = float(np.percentile(values, value))
+    return summary
 
 
-def run_benchmark(options: PerfOptions) -> dict:
-    from .runtime.engine import Engine
+def host_description() -> dict:
+    """The machine a measurement ran on: what benchmark_app and trtexec print before their numbers."""
+    cpu_model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and cpu_model is None:
+                    cpu_model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux
+        pass
+    try:
+        import psutil
 
+        physical_cores, memory_bytes = psutil.cpu_count(logical=False), psutil.virtual_memory().total
+    except ImportError:  # pragma: no cover - a declared dependency
+        physical_cores, memory_bytes = None, None
+    try:
+        usable_cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable_cores = os.cpu_count()
+    return {
+        "hostname": socket.gethostname(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "os": platform.platform(),
+        "cpu_model": cpu_model or platform.processor() or platform.machine(),
+        "cpu_flags": [flag for flag in SPEED_FLAGS if flag in flags],
+        "logical_cores": os.cpu_count(),
+        "physical_cores": physical_cores,
+        "usable_cores": usable_cores,
+        "memory_gib": round(memory_bytes / 2**30, 1) if memory_bytes else None,
+        "library_versions": library_versions(),
+    }
+
+
+def check_options(options: PerfOptions) -> None:
     if (options.threads is not None and options.threads < 1) or options.batch_size < 1:
         raise UsageError("--threads and --batch-size must be at least 1", "pass positive values")
     if options.iterations < 0 or options.duration < 0 or options.warmup < 0:
         raise UsageError("--iterations, --duration and --warmup cannot be negative", "pass zero or more")
     if options.iterations == 0 and options.duration == 0:
         raise UsageError("neither --iterations nor --duration is set", "pass --iterations N or --duration S")
+
+
+def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float], None] | None = None) -> dict:
+    """Measure one bundle. on_progress(phase, elapsed seconds, planned seconds) is called from this
+    thread about every 0.1 s during "warm-up" and "timing" (planned is 0 when only --iterations bound it)."""
+    from .runtime.engine import Engine
+
+    check_options(options)
     started = time.perf_counter()
     engine = Engine.load(options.bundle, contexts=options.threads, cpu_threads=options.cpu_threads,
                          hint=options.hint)
@@ -56,14 +134,17 @@ def run_benchmark(options: PerfOptions) -> dict:
     contexts[0].run(*batches[0])
     first_inference_ms = (time.perf_counter() - first_started) * 1000
 
-    _drive_contexts(contexts, batches, seconds=options.warmup, min_calls=0)
-    wall, latencies_per_thread, counters = _drive_contexts(contexts, batches, seconds=options.duration,
-                                                            min_calls=options.iterations)
-    latencies = [value for thread_latencies in latencies_per_thread for value in thread_latencies]
+    report_progress = on_progress or (lambda phase, elapsed, planned: None)
+    _drive_contexts(contexts, batches, seconds=options.warmup, min_calls=0,
+                    on_tick=lambda elapsed: report_progress("warm-up", elapsed, options.warmup))
+    wall, calls_per_thread, counters = _drive_contexts(
+        contexts, batches, seconds=options.duration, min_calls=options.iterations,
+        on_tick=lambda elapsed: report_progress("timing", elapsed, options.duration))
+    latencies = [call[1] for thread_calls in calls_per_thread for call in thread_calls]
     sequences = sum(counter[0] for counter in counters)
     tokens = sum(counter[1] for counter in counters)
     shapes = [tuple(batch[0].shape) for batch in batches]
-    return {
+    report = {
         "bundle": str(options.bundle), "backend": engine.backend, "precision": engine.precision,
         "shape_profile": engine.profile.describe(), "hint": options.hint, "threads": len(contexts),
         "cpu_threads": engine.settings.cpu_threads, "batch_size": options.batch_size,
@@ -75,36 +156,79 @@ def run_benchmark(options: PerfOptions) -> dict:
         "sequences": sequences, "useful_tokens": tokens,
         "throughput_sequences_per_second": sequences / wall if wall > 0 else None,
         "throughput_tokens_per_second": tokens / wall if wall > 0 else None,
-        "latency_ms": percentiles(latencies),
+        "latency_ms": percentiles(latencies, options.percentiles),
+        "percentiles": list(options.percentiles),
+        "host": host_description(),
     }
+    if options.record_times:
+        # One entry per timed call, ordered by start: which context ran it, when it started (ms after
+        # timing began), how long it took, and the batch shape it ran.
+        report["times"] = sorted(({"context": number, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4),
+                                   "batch": call[2], "seq_len": call[3]}
+                                  for number, thread_calls in enumerate(calls_per_thread) for call in thread_calls),
+                                 key=lambda entry: entry["start_ms"])
+    return report
 
 
-def _drive_contexts(contexts, batches, *, seconds: float, min_calls: int):
+def compare_bundles(bundles: list[Path], options: PerfOptions,
+                    on_progress: Callable[[str, float, float], None] | None = None,
+                    on_bundle: Callable[[int, Path], None] | None = None) -> dict:
+    """The same measurement for each bundle in turn (trtexec/benchmark_app runs side by side), one after
+    the other in this process so every bundle sees the same machine state and settings."""
+    if len(bundles) < 2:
+        raise UsageError("--compare needs two or more bundles", "pass them after --compare: --compare B1 B2 ...")
+    check_options(options)
+    runs = []
+    for number, bundle in enumerate(bundles):
+        if on_bundle is not None:
+            on_bundle(number, bundle)
+        runs.append(run_benchmark(replace(options, bundle=bundle), on_progress))
+    baseline = runs[0]["throughput_sequences_per_second"] or 0.0
+    for run in runs:
+        run["throughput_vs_first"] = (run["throughput_sequences_per_second"] / baseline) if baseline else None
+    return {"mode": "compare", "host": runs[0]["host"], "runs": runs}
+
+
+def _drive_contexts(contexts, batches, *, seconds: float, min_calls: int,
+                    on_tick: Callable[[float], None] | None = None):
     """Each context runs on its own thread until `seconds` have passed and the threads together
-    made at least `min_calls` calls. Returns (wall seconds, latencies per thread, [sequences, tokens] per thread)."""
+    made at least `min_calls` calls; this thread reports progress meanwhile. Returns (wall seconds,
+    per thread a list of (start ms, latency ms, batch, seq) per call, [sequences, tokens] per thread)."""
     per_thread = -(-min_calls // len(contexts))
-    latencies_per_thread: list[list[float]] = [[] for _ in contexts]
+    calls_per_thread: list[list[tuple[float, float, int, int]]] = [[] for _ in contexts]
     counters = [[0, 0] for _ in contexts]
-    deadline = time.perf_counter() + seconds
+    errors: list[BaseException] = []
+    started = time.perf_counter()
+    deadline = started + seconds
 
     def drive(number: int) -> None:
         position = number  # threads start at different batches so they do not run in lock-step
-        while len(latencies_per_thread[number]) < per_thread or time.perf_counter() < deadline:
-            batch = batches[position % len(batches)]
-            call_started = time.perf_counter()
-            contexts[number].run(*batch)
-            latencies_per_thread[number].append((time.perf_counter() - call_started) * 1000)
-            counters[number][0] += batch[0].shape[0]
-            counters[number][1] += int(batch[1].sum())
-            position += len(contexts)
+        calls = calls_per_thread[number]
+        try:
+            while len(calls) < per_thread or time.perf_counter() < deadline:
+                batch = batches[position % len(batches)]
+                call_started = time.perf_counter()
+                contexts[number].run(*batch)
+                finished = time.perf_counter()
+                calls.append(((call_started - started) * 1000, (finished - call_started) * 1000,
+                              batch[0].shape[0], batch[0].shape[1]))
+                counters[number][0] += batch[0].shape[0]
+                counters[number][1] += int(batch[1].sum())
+                position += len(contexts)
+        except BaseException as error:  # raised in the caller's thread below
+            errors.append(error)
 
-    threads = [threading.Thread(target=drive, args=(number,)) for number in range(len(contexts))]
-    started = time.perf_counter()
+    threads = [threading.Thread(target=drive, args=(number,), daemon=True) for number in range(len(contexts))]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-    return time.perf_counter() - started, latencies_per_thread, counters
+        while thread.is_alive():
+            thread.join(PROGRESS_INTERVAL_SECONDS)
+            if on_tick is not None:
+                on_tick(time.perf_counter() - started)
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - started, calls_per_thread, counters
 
 
 def _input_batches(engine, options: PerfOptions) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

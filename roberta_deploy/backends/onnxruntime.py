@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import BundleError
+from ..logs import third_party_output_wanted
 from .base import Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
 MODEL_FILE = "model.onnx"
@@ -81,6 +82,10 @@ def _quantize_static(request: BuildRequest, destination: Path) -> None:
 def _root_warnings_hidden():
     """quantize_static logs advice through the root logger, which Python prints to stderr when nothing
     is configured; the library must not print, so those records are dropped for the call."""
+    if third_party_output_wanted():
+        yield
+        return
+
     def drop(record: logging.LogRecord) -> bool:
         return not record.name == "root"
 

@@ -8,6 +8,7 @@ import numpy as np
 import openvino as ov
 
 from ..errors import BundleError
+from ..logs import third_party_output_wanted
 from .base import Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
 MODEL_XML = "model.xml"
@@ -71,17 +72,22 @@ def _quantize_with_nncf(model, calibration_feeds: list[dict]):
 
     import nncf
 
+    if third_party_output_wanted():
+        return _nncf_quantize(nncf, model, calibration_feeds)
     nncf_logger = logging.getLogger("nncf")
     previous_level = nncf_logger.level
     nncf_logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return nncf.quantize(model, nncf.Dataset(calibration_feeds), model_type=nncf.ModelType.TRANSFORMER,
-                                 subset_size=len(calibration_feeds),
-                                 ignored_scope=nncf.IgnoredScope(patterns=list(KEEP_IN_HIGHER_PRECISION),
-                                                                 validate=False))
+            return _nncf_quantize(nncf, model, calibration_feeds)
     finally:
         nncf_logger.setLevel(previous_level)
+
+
+def _nncf_quantize(nncf, model, calibration_feeds: list[dict]):
+    return nncf.quantize(model, nncf.Dataset(calibration_feeds), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(calibration_feeds),
+                         ignored_scope=nncf.IgnoredScope(patterns=list(KEEP_IN_HIGHER_PRECISION), validate=False))
 
 
 def _inference_precision(precision: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ModelLoadError
+from ..logs import third_party_output_wanted
 
 # Files whose bytes define a checkpoint's behaviour; their hash identifies the source model.
 IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt")
@@ -48,6 +49,9 @@ def quiet_transformers():
     while we load and restored after."""
     from transformers.utils import logging as transformers_logging
 
+    if third_party_output_wanted():
+        yield
+        return
     was_enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
