@@ -343,6 +343,7 @@ def evaluate_command(
 ) -> None:
     """Accuracy table across precisions and batch sizes (builds what it needs)."""
     from .evaluate import ACCURACY_MARKDOWN, EvalOptions, evaluate
+    from .report import REPORT_HTML
     from .precision import parse_precision_list
 
     report = evaluate(EvalOptions(
@@ -363,7 +364,7 @@ def evaluate_command(
     for row in report["rows"]:
         if row["batch_size"] == largest_batch:
             console.print(per_class_table(row, title=f"{row['precision']} per class (batch {largest_batch})"))
-    console.print(f"wrote {output / ACCURACY_MARKDOWN}")
+    console.print(f"wrote {output / ACCURACY_MARKDOWN} and {output / REPORT_HTML}")
 
 
 @app.command()
@@ -512,9 +513,12 @@ def run(
     max_seq_length: int = typer.Option(DEFAULT_MAX_SEQ_LENGTH, help="Longest input in tokens."),
     calibration_data: Optional[Path] = typer.Option(None, help="int8 calibration texts (default: bundled samples)."),
     perf_seconds: float = typer.Option(3.0, help="Timed seconds per perf measurement."),
+    sweep: bool = typer.Option(True, help="Also measure throughput per batch size and per sequence length (a quarter "
+                                          "of --perf-seconds each) for the charts in report.html."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
-    """The whole pipeline: export, build fp32 and the fast precisions, eval, perf, one summary table."""
+    """The whole pipeline: export, build fp32 and the fast precisions, eval, perf, summary.md and report.html."""
+    from .report import REPORT_HTML
     from .run import SUMMARY_MARKDOWN, RunOptions, run_pipeline
     from .precision import parse_precision_list
 
@@ -523,7 +527,8 @@ def run(
         model=model, data=data, output=output, backend=backend,
         precisions=tuple(parse_precision_list(precisions)) if precisions else None,
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"), max_seq_length=max_seq_length,
-        calibration_data=calibration_data, perf_seconds=perf_seconds, overwrite=overwrite), on_step=step_printer())
+        calibration_data=calibration_data, perf_seconds=perf_seconds, sweep=sweep, overwrite=overwrite),
+        on_step=step_printer())
     table = Table(title=f"{summary['backend']}: {summary['examples']} texts from {data}")
     for column in ("precision", "accuracy", "agreement w/ fp32", "batch-1 p50 ms", "batch-1 p99 ms", "texts/s batched"):
         table.add_column(column, justify="right")
@@ -532,7 +537,7 @@ def run(
                       f"{row['latency_p50_ms_batch1']:.2f}", f"{row['latency_p99_ms_batch1']:.2f}",
                       f"{row['throughput_texts_per_second']:.1f}")
     console.print(table)
-    console.print(f"wrote {output / SUMMARY_MARKDOWN}")
+    console.print(f"wrote {output / SUMMARY_MARKDOWN} and {output / REPORT_HTML}")
 
 
 def _register_finetune() -> None:

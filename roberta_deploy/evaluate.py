@@ -17,6 +17,7 @@ from .data import read_dataset
 from .defaults import DEFAULT_MAX_SEQ_LENGTH
 from .errors import UnsupportedPrecisionError, UsageError
 from .metrics import per_class_markdown
+from .report import REPORT_HTML, eval_report_html
 from .build.export import ExportArtifact, ExportOptions, export_model
 
 ACCURACY_MARKDOWN = "accuracy.md"
@@ -54,7 +55,9 @@ def check_precisions(backend_name: str, precisions) -> list[str]:
 
 def evaluate(options: EvalOptions, on_step: Callable[[str], None] | None = None) -> dict:
     with atomic_directory(options.output, overwrite=options.overwrite) as work:
-        return evaluate_into(work, options, on_step)
+        report = evaluate_into(work, options, on_step)
+        (work / REPORT_HTML).write_text(eval_report_html(report), encoding="utf-8")
+        return report
 
 
 def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], None] | None = None) -> dict:

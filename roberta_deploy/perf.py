@@ -189,6 +189,31 @@ def compare_bundles(bundles: list[Path], options: PerfOptions,
     return {"mode": "compare", "host": runs[0]["host"], "runs": runs}
 
 
+def measure_shapes(bundle: Path, shapes: list[tuple[int, int]], *, seconds: float, warmup: float,
+                   hint: str = "throughput", percentiles_wanted: tuple[float, ...] = DEFAULT_PERCENTILES,
+                   on_shape: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Throughput and latency at each (batch, seq) of random full-length ids, on one loaded engine:
+    the sweep behind report.html's throughput per batch size and per sequence length."""
+    from .runtime.engine import Engine
+
+    engine = Engine.load(bundle, hint=hint)
+    contexts = [engine.create_context() for _ in range(engine.settings.contexts)]
+    results = []
+    for batch_size, seq_len in shapes:
+        if on_shape is not None:
+            on_shape(batch_size, seq_len)
+        batches = _input_batches(engine, PerfOptions(bundle=bundle, batch_size=batch_size, seq_len=seq_len))
+        contexts[0].run(*batches[0])
+        _drive_contexts(contexts, batches, seconds=warmup, min_calls=0)
+        wall, calls_per_thread, counters = _drive_contexts(contexts, batches, seconds=seconds, min_calls=len(contexts))
+        latencies = [call[1] for thread_calls in calls_per_thread for call in thread_calls]
+        sequences = sum(counter[0] for counter in counters)
+        results.append({"batch_size": batch_size, "seq_len": seq_len, "calls": len(latencies),
+                        "throughput_sequences_per_second": sequences / wall if wall > 0 else None,
+                        "latency_ms": percentiles(latencies, percentiles_wanted)})
+    return results
+
+
 def _drive_contexts(contexts, batches, *, seconds: float, min_calls: int,
                     on_tick: Callable[[float], None] | None = None):
     """Each context runs on its own thread until `seconds` have passed and the threads together

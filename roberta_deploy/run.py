@@ -11,8 +11,10 @@ from .atomic import atomic_directory
 from .backends import get_backend
 from .defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from .evaluate import EvalOptions, evaluate_into
-from .perf import PerfOptions, run_benchmark
+from .manifest import MANIFEST_FILE
+from .perf import PerfOptions, measure_shapes, run_benchmark
 from .precision import PRECISIONS
+from .report import REPORT_HTML, run_report_html
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"
@@ -29,7 +31,23 @@ class RunOptions:
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     calibration_data: Path | None = None
     perf_seconds: float = 3.0  # timed seconds per bundle and shape; short, since run is a demo of perf
+    sweep: bool = True  # also throughput per batch size and per sequence length, for report.html
     overwrite: bool = False
+
+
+SWEEP_BATCH_SIZES = (1, 4, 16, 64)
+SWEEP_FIXED_BATCH = 16  # the batch of the sequence-length sweep
+
+
+def sweep_shapes(max_batch: int, max_seq: int) -> list[tuple[str, int, int]]:
+    """(axis, batch, seq): batch sizes at full length, then lengths from 16 doubling to the maximum."""
+    shapes = [("batch_size", batch, max_seq) for batch in SWEEP_BATCH_SIZES if batch <= max_batch]
+    lengths, length = [], 16
+    while length < max_seq:
+        lengths.append(length)
+        length *= 2
+    shapes += [("seq_len", min(SWEEP_FIXED_BATCH, max_batch), length) for length in lengths + [max_seq]]
+    return shapes
 
 
 def offered_precisions(backend_name: str) -> tuple[str, ...]:
@@ -47,7 +65,7 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
             calibration_data=options.calibration_data), on_step)
         perf_dir = work / "perf"
         perf_dir.mkdir()
-        rows = []
+        rows, perf_runs, sweeps = [], {}, {}
         for precision, bundle in accuracy["bundles"].items():
             bundle_path = work / bundle
             base = PerfOptions(bundle=bundle_path, duration=options.perf_seconds, warmup=1.0)
@@ -59,6 +77,14 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
             for name, result in (("latency", latency), ("throughput", throughput)):
                 result["bundle"] = str(Path(options.output) / bundle)
                 (perf_dir / f"{precision}-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+            perf_runs[precision] = {"latency": latency, "throughput": throughput}
+            if options.sweep:
+                step(f"perf {precision}: throughput per batch size and per sequence length")
+                shapes = sweep_shapes(bundle_max_batch(work / bundle), accuracy["max_seq_length"])
+                points = measure_shapes(bundle_path, [(batch, seq) for _, batch, seq in shapes],
+                                        seconds=max(0.05, options.perf_seconds / 4), warmup=0.1)
+                sweeps[precision] = [{**point, "sweep": axis} for (axis, _, _), point in zip(shapes, points)]
+                (perf_dir / f"{precision}-sweep.json").write_text(json.dumps(sweeps[precision], indent=2) + "\n")
             accuracy_row = next(row for row in accuracy["rows"]
                                 if row["precision"] == precision and row["batch_size"] == max(options.batch_sizes))
             rows.append({"precision": precision, "accuracy": accuracy_row["accuracy"],
@@ -72,7 +98,13 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
                    "rows": rows}
         (work / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         (work / SUMMARY_MARKDOWN).write_text(summary_markdown(summary))
+        (work / REPORT_HTML).write_text(run_report_html(summary, accuracy, perf_runs, sweeps), encoding="utf-8")
     return summary
+
+
+def bundle_max_batch(bundle_dir: Path) -> int:
+    manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    return int(manifest["shape_profile"]["max_batch"])
 
 
 def summary_markdown(summary: dict) -> str:

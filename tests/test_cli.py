@@ -94,6 +94,10 @@ def test_eval_writes_the_accuracy_table(tiny_checkpoints, dev_tsv, tmp_path):
     fp32 = report["rows"][:2]
     assert fp32[0]["correct"] == fp32[1]["correct"]  # batch size changes nothing at fp32
     assert "| int8 | 32 |" in (tmp_path / "eval" / "accuracy.md").read_text()
+    from test_report import assert_self_contained_with_charts
+
+    assert_self_contained_with_charts((tmp_path / "eval" / "report.html").read_text(encoding="utf-8"),
+                                      ["chart-accuracy", "chart-throughput-batch", "chart-confusion-int8"])
 
 
 def test_build_auto_picks_a_precision_and_records_why(tiny_exports, dev_tsv, tmp_path):

@@ -1,0 +1,255 @@
+"""report.html: one self-contained page (inline SVG charts, no scripts, no outside files) for `run` and `eval`.
+
+Charts are drawn with matplotlib, imported only here and only when a page is drawn; without it (the
+`report` extra) the page keeps its tables and says how to get the charts.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+from typing import Callable
+
+REPORT_HTML = "report.html"
+INSTALL_CHARTS = "pip install 'roberta-deploy[report]'"
+COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #222; line-height: 1.45; padding: 0 1rem; }
+h1 { font-size: 1.5rem; margin-bottom: 0.2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+.meta { color: #555; font-size: 0.9rem; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
+.charts { display: flex; flex-wrap: wrap; gap: 1.2rem; }
+figure { margin: 0; flex: 1 1 480px; max-width: 540px; } figure.small { flex: 0 1 340px; } figure svg { width: 100%; height: auto; }
+td.text { text-align: left; } tbody th { text-align: left; font-weight: 600; }
+figcaption { font-size: 0.85rem; color: #444; margin-top: 0.2rem; }
+.note { background: #fff8e1; border: 1px solid #f0d98c; padding: 0.5rem 0.8rem; font-size: 0.9rem; }
+"""
+
+
+def run_report_html(summary: dict, accuracy: dict, perf_runs: dict[str, dict], sweeps: dict[str, list[dict]]) -> str:
+    """The `run` page. perf_runs: {precision: {"latency": perf report, "throughput": perf report}};
+    sweeps: {precision: measure_shapes results}."""
+    host = next(iter(perf_runs.values()))["latency"].get("host", {}) if perf_runs else {}
+    precisions = [row["precision"] for row in summary["rows"]]
+    charts = _Charts()
+    charts.bars("chart-accuracy", "Accuracy and agreement with fp32 per precision", precisions,
+                {"accuracy": [row["accuracy"] for row in summary["rows"]],
+                 "agreement with fp32": [row["agreement_with_fp32"] for row in summary["rows"]]},
+                ylabel="share of texts", zoom_to_data=True)
+    percentile_names = [name for name in ("p50", "p90", "p95", "p99") if all(
+        name in perf_runs[precision]["latency"]["latency_ms"] for precision in precisions)]
+    charts.bars("chart-latency", "Batch-1 latency percentiles per precision (full length)", percentile_names,
+                {precision: [perf_runs[precision]["latency"]["latency_ms"][name] for name in percentile_names]
+                 for precision in precisions}, ylabel="ms")
+    if sweeps:
+        for axis, other, chart_id, title in (
+                ("batch_size", "seq_len", "chart-throughput-batch", "Throughput per batch size"),
+                ("seq_len", "batch_size", "chart-throughput-seq", "Throughput per sequence length")):
+            series = {}
+            for precision, points in sweeps.items():
+                chosen = [point for point in points if point.get("sweep") == axis]
+                series[precision] = ([point[axis] for point in chosen],
+                                     [point["throughput_sequences_per_second"] for point in chosen])
+            fixed = next((point[other] for points in sweeps.values() for point in points if point.get("sweep") == axis),
+                         None)
+            label = {"batch_size": "batch size", "seq_len": "sequence length (tokens)"}
+            charts.lines(chart_id, f"{title} ({label[other]} {fixed}, random ids)", series, xlabel=label[axis],
+                         ylabel="sequences / s")
+    table = _table(["precision", "accuracy", "agreement with fp32", "max |diff| vs fp32", "batch-1 p50 ms",
+                    "batch-1 p99 ms", "texts/s batched"],
+                   [[row["precision"], f"{row['accuracy']:.4f}", f"{row['agreement_with_fp32']:.4f}",
+                     f"{row['max_abs_logit_diff_vs_fp32']:.3g}", f"{row['latency_p50_ms_batch1']:.2f}",
+                     f"{row['latency_p99_ms_batch1']:.2f}", f"{row['throughput_texts_per_second']:.1f}"]
+                    for row in summary["rows"]])
+    body = [f"<h1>roberta-deploy run: {_e(summary['backend'])}</h1>",
+            _meta(f"{summary['examples']} texts from {summary['data']}; model {summary['model']}; "
+                  f"max_seq_length {summary['max_seq_length']}", host),
+            "<h2>Summary</h2>", table, "<h2>Charts</h2>", charts.html(),
+            *_per_class_sections(accuracy), _host_section(host)]
+    return _page(f"roberta-deploy run: {summary['backend']}", body)
+
+
+def eval_report_html(report: dict) -> str:
+    """The `eval` page: accuracy, agreement and throughput per precision and batch size, per-class metrics."""
+    rows = report["rows"]
+    precisions = list(dict.fromkeys(row["precision"] for row in rows))
+    batch_sizes = sorted({row["batch_size"] for row in rows})
+    largest = max(batch_sizes)
+    at_largest = {row["precision"]: row for row in rows if row["batch_size"] == largest}
+    charts = _Charts()
+    charts.bars("chart-accuracy", f"Accuracy, macro-F1 and agreement with fp32 (batch {largest})", precisions,
+                {"accuracy": [at_largest[p]["accuracy"] for p in precisions],
+                 "macro-F1": [at_largest[p]["macro_f1"] for p in precisions],
+                 "agreement with fp32": [at_largest[p]["agreement_with_fp32"] for p in precisions]},
+                ylabel="share of texts", zoom_to_data=True)
+    charts.lines("chart-throughput-batch", "End-to-end throughput per batch size (real texts, bucketed)",
+                 {precision: (batch_sizes, [next(row["texts_per_second"] for row in rows
+                                                 if row["precision"] == precision and row["batch_size"] == size)
+                                            for size in batch_sizes]) for precision in precisions},
+                 xlabel="batch size", ylabel="texts / s")
+    for precision in precisions:
+        charts.confusion(f"chart-confusion-{precision}", f"Confusion matrix, {precision} (batch {largest})",
+                         at_largest[precision]["confusion_matrix"])
+    table = _table(["precision", "batch", "accuracy", "macro-F1", "correct", "agreement with fp32",
+                    "max |diff| vs fp32", "texts/s", "truncated"],
+                   [[row["precision"], row["batch_size"], f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}",
+                     f"{row['correct']}/{row['examples']}", f"{row['agreement_with_fp32']:.4f}",
+                     f"{row['max_abs_logit_diff_vs_fp32']:.3g}", f"{row['texts_per_second']:.1f}", row["truncated"]]
+                    for row in rows])
+    body = [f"<h1>roberta-deploy eval: {_e(report['backend'])}</h1>",
+            _meta(f"{rows[0]['examples']} texts from {report['data']}; model {report['model']}; "
+                  f"max_seq_length {report['max_seq_length']}", {}),
+            "<h2>Accuracy</h2>", table, "<h2>Charts</h2>", charts.html(), *_per_class_sections(report)]
+    return _page(f"roberta-deploy eval: {report['backend']}", body)
+
+
+class _Charts:
+    """Collects inline SVG figures; drawing is skipped (with a note) when matplotlib is missing."""
+
+    def __init__(self):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            self.available = False
+        else:
+            self.available = True
+        self.figures: list[str] = []
+
+    def _draw(self, chart_id: str, caption: str, paint: Callable, size: tuple[float, float] = (5.4, 3.2)) -> None:
+        if not self.available:
+            return
+        import matplotlib
+        from matplotlib.figure import Figure
+
+        # rc_context: settings for this figure only; nothing process-wide changes.
+        with matplotlib.rc_context({"svg.fonttype": "path", "font.size": 9, "axes.spines.top": False,
+                                    "axes.spines.right": False, "svg.hashsalt": chart_id}):
+            figure = Figure(figsize=size, layout="constrained")
+            paint(figure.add_subplot())
+            buffer = io.StringIO()
+            figure.savefig(buffer, format="svg", metadata={"Date": None})
+        svg = buffer.getvalue()
+        svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+        svg = re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1', svg, count=1)
+        svg = svg.replace("<svg", f'<svg role="img" aria-label="{_e(caption)}"', 1)
+        small = ' class="small"' if size[0] < 4 else ""
+        self.figures.append(f'<figure id="{chart_id}"{small}>{svg}<figcaption>{_e(caption)}</figcaption></figure>')
+
+    def bars(self, chart_id: str, caption: str, groups: list[str], series: dict[str, list[float]], *, ylabel: str,
+             zoom_to_data: bool = False) -> None:
+        def paint(axes):
+            width = 0.8 / max(1, len(series))
+            for number, (name, values) in enumerate(series.items()):
+                positions = [index + (number - (len(series) - 1) / 2) * width for index in range(len(groups))]
+                bars = axes.bar(positions, values, width, label=name, color=COLORS[number % len(COLORS)])
+                axes.bar_label(bars, fmt="%.3g" if not zoom_to_data else "%.4f", fontsize=7 if len(series) < 3 else 6,
+                               padding=1, rotation=0 if len(series) < 3 else 90)
+            axes.set_xticks(range(len(groups)), groups)
+            axes.set_ylabel(ylabel)
+            values = [value for row in series.values() for value in row]
+            if zoom_to_data and values:
+                low = min(values)
+                axes.set_ylim(max(0.0, low - (1 - low) * 0.5 - 0.01), 1.0 + (1 - low) * 0.15 + 0.005)
+            else:
+                axes.set_ylim(0, max(values, default=1) * 1.15)
+            # Above the axes, so it never hides a bar.
+            axes.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series))
+            axes.grid(axis="y", alpha=0.3)
+
+        self._draw(chart_id, caption, paint)
+
+    def lines(self, chart_id: str, caption: str, series: dict[str, tuple[list, list]], *, xlabel: str,
+              ylabel: str) -> None:
+        def paint(axes):
+            for number, (name, (xs, ys)) in enumerate(series.items()):
+                axes.plot(xs, ys, marker="o", label=name, color=COLORS[number % len(COLORS)])
+            xs_all = sorted({x for xs, _ in series.values() for x in xs})
+            if xs_all and xs_all[-1] / max(1, xs_all[0]) >= 8:
+                axes.set_xscale("log", base=2)
+            axes.set_xticks(xs_all, [str(x) for x in xs_all])
+            axes.set_xlabel(xlabel)
+            axes.set_ylabel(ylabel)
+            axes.set_ylim(bottom=0)
+            axes.legend(fontsize=8, frameon=False)
+            axes.grid(alpha=0.3)
+
+        self._draw(chart_id, caption, paint)
+
+    def confusion(self, chart_id: str, caption: str, confusion: dict) -> None:
+        def paint(axes):
+            values = confusion["values"]
+            labels = confusion["labels"]
+            axes.imshow(values, cmap="Blues")
+            peak = max(max(row) for row in values) or 1
+            for row, row_values in enumerate(values):
+                for column, value in enumerate(row_values):
+                    axes.text(column, row, str(value), ha="center", va="center",
+                              color="white" if value > peak / 2 else "black")
+            axes.set_xticks(range(len(labels)), labels)
+            axes.set_yticks(range(len(labels)), labels)
+            axes.set_xlabel("predicted")
+            axes.set_ylabel("gold")
+
+        self._draw(chart_id, caption, paint, size=(3.4, 2.9))
+
+    def html(self) -> str:
+        if not self.available:
+            return f'<p class="note">Charts need matplotlib: {_e(INSTALL_CHARTS)}</p>'
+        return '<div class="charts">' + "".join(self.figures) + "</div>"
+
+
+def _per_class_sections(report: dict) -> list[str]:
+    rows = report["rows"]
+    largest = max(row["batch_size"] for row in rows)
+    sections = [f"<h2>Per class (batch {largest})</h2>"]
+    for row in rows:
+        if row["batch_size"] != largest or "per_class" not in row:
+            continue
+        names = row["confusion_matrix"]["labels"]
+        body = [[name, f"{values['precision']:.4f}", f"{values['recall']:.4f}", f"{values['f1']:.4f}",
+                 values["support"], *counts]
+                for (name, values), counts in zip(row["per_class"].items(), row["confusion_matrix"]["values"])]
+        body.append(["macro", "", "", f"{row['macro_f1']:.4f}", sum(v["support"] for v in row["per_class"].values()),
+                     *[""] * len(names)])
+        sections += [f"<h3>{_e(row['precision'])}</h3>",
+                     _table(["label", "precision", "recall", "F1", "support", *(f"predicted {n}" for n in names)], body)]
+    return sections
+
+
+def _host_section(host: dict) -> str:
+    if not host:
+        return ""
+    versions = ", ".join(f"{name} {version}" for name, version in host.get("library_versions", {}).items())
+    rows = [["CPU", host.get("cpu_model")], ["speed flags", " ".join(host.get("cpu_flags", [])) or "none"],
+            ["cores (logical / physical / usable)",
+             f"{host.get('logical_cores')} / {host.get('physical_cores')} / {host.get('usable_cores')}"],
+            ["memory", f"{host.get('memory_gib')} GiB"], ["OS", host.get("os")], ["libraries", versions],
+            ["measured", host.get("date")]]
+    body = "".join(f"<tr><th>{_e(name)}</th><td class=\"text\">{_e(value)}</td></tr>" for name, value in rows)
+    return f"<h2>Machine</h2><table>{body}</table>"
+
+
+def _meta(text: str, host: dict) -> str:
+    where = f" Measured {host['date']} on {host['cpu_model']}." if host.get("date") else ""
+    return f'<p class="meta">{_e(text)}.{_e(where)}</p>'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_e(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _page(title: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(part for part in body if part) + "\n</body></html>\n")
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
