@@ -37,7 +37,9 @@ error_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=Tr
                         width=None if sys.stderr.isatty() else PIPE_WIDTH)
 STDIO = Path("-")  # `--data -` reads stdin; `--json -` and `--output -` write stdout
 
-BACKEND_HELP = "Engine to build for: openvino (fastest on Intel CPUs, bf16/int8) or onnxruntime (portable)."
+BACKEND_HELP = ("Engine to build for: openvino (fastest on Intel CPUs, bf16/int8), onnxruntime (portable) or "
+                "torch (PyTorch; the only one for --device cuda).")
+DEVICE_HELP = "cpu, cuda or cuda:N (cuda needs --backend torch and an NVIDIA GPU)."
 PRECISION_HELP = ("fp32, fp16, bf16 or int8 (aliases force_float32, force_float16, qint8_mixed_float16). "
                   "Lower precision is faster; each is checked against fp32 within its tolerance.")
 
@@ -131,6 +133,7 @@ def build(
     output: Path = typer.Option(..., help="Bundle folder to write."),
     backend: str = typer.Option("openvino", help=BACKEND_HELP),
     precision: str = typer.Option("fp32", help=PRECISION_HELP + " `auto` picks the fastest within --accuracy-budget."),
+    device: str = typer.Option("cpu", help=DEVICE_HELP + " The bundle is verified there and runs there by default."),
     dynamic_shape: bool = typer.Option(True, "--dynamic-shape/--static-shape",
                                        help="Dynamic: any batch/sequence in the ranges (needed for length bucketing). "
                                             "Static: fixed shapes compiled once; inputs are padded up to them."),
@@ -156,7 +159,8 @@ def build(
     from .precision import AUTO, canonical_precision
 
     options = BuildOptions(
-        export_dir=export, output=output, backend=backend, precision=precision, dynamic_shape=dynamic_shape,
+        export_dir=export, output=output, backend=backend, precision=precision, device=device,
+        dynamic_shape=dynamic_shape,
         batch_size=batch_size, max_seq_length=max_seq_length, min_batch=min_batch, max_batch=max_batch,
         min_seq=min_seq, max_seq=max_seq, seq_buckets=parse_int_list(seq_buckets, "--seq-buckets") if seq_buckets else (),
         calibration_data=calibration_data, calibration_samples=calibration_samples,
@@ -275,6 +279,7 @@ def infer(
     threads: Optional[int] = typer.Option(None, help="Contexts running concurrently (default: for throughput on this "
                                                      "machine: one per core below 8 cores, one per 4 cores above)."),
     cpu_threads: Optional[int] = typer.Option(None, help="Total compute threads (default: all cores)."),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP + " Default: the device the bundle was built for."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Classify every row of a data file; write predictions, accuracy and per-class metrics."""
@@ -285,7 +290,7 @@ def infer(
                         write_inference_outputs, write_predictions)
 
     check_output_format(output_format)
-    engine = Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads, hint=THROUGHPUT)
+    engine = Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads, hint=THROUGHPUT, device=device)
     dataset = load_dataset_for(engine, data, text_column, label_column, data_format)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=status_console, transient=True) as progress:
@@ -332,6 +337,7 @@ def evaluate_command(
     data: Path = typer.Option(DEMO_SAMPLES_PATH, help="Labelled texts; every row is scored."),
     output: Path = typer.Option(..., help="Folder for the export, bundles and accuracy.md/json."),
     backend: str = typer.Option("openvino", help=BACKEND_HELP),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
     precisions: str = typer.Option("fp32,bf16,int8", help="Comma-separated precisions; fp32 is always the reference."),
     batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes; results must not depend on them."),
     max_seq_length: int = typer.Option(DEFAULT_MAX_SEQ_LENGTH, help="Longest input in tokens."),
@@ -347,11 +353,12 @@ def evaluate_command(
     from .precision import parse_precision_list
 
     report = evaluate(EvalOptions(
-        model=model, data=data, output=output, backend=backend, precisions=tuple(parse_precision_list(precisions)),
+        model=model, data=data, output=output, backend=backend, device=device,
+        precisions=tuple(parse_precision_list(precisions)),
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"), max_seq_length=max_seq_length,
         calibration_data=calibration_data, bucketing=bucketing, overwrite=overwrite,
         text_column=text_column, label_column=label_column), on_step=step_printer())
-    table = Table(title=f"accuracy on {data} ({report['rows'][0]['examples']} texts, {backend})")
+    table = Table(title=f"accuracy on {data} ({report['rows'][0]['examples']} texts, {backend} on {report['device']})")
     for column in ("precision", "batch", "accuracy", "macro-F1", "correct", "agreement w/ fp32", "max |diff| vs fp32",
                    "truncated"):
         table.add_column(column, justify="right")
@@ -391,8 +398,10 @@ def perf(
     export_times: Optional[Path] = typer.Option(None, "--export-times", help="Write every timed call (context, start, "
                                                                              "latency, shape) as JSON, like trtexec "
                                                                              "--exportTimes; - for stdout."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (with host, CPU and "
-                                                                  "library versions) as JSON; - for stdout."),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP + " Default: the device the bundle was built for."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (with host, CPU, "
+                                                                  "device (a GPU's name and memory) and library "
+                                                                  "versions) as JSON; - for stdout."),
 ) -> None:
     """Benchmark a bundle: load and first-inference time, throughput, latency percentiles."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -406,7 +415,8 @@ def perf(
         raise UsageError("--json - and --export-times - would both write stdout", "send one of them to a file")
     options = PerfOptions(bundle=chosen[0], threads=threads, hint=hint, cpu_threads=cpu_threads, iterations=iterations,
                           duration=duration, warmup=warmup, batch_size=batch_size, seq_len=seq_len, data=data,
-                          percentiles=parse_percentiles(percentiles), record_times=export_times is not None)
+                          percentiles=parse_percentiles(percentiles), record_times=export_times is not None,
+                          device=device)
     # With JSON on stdout, the table goes to stderr so stdout stays one JSON document.
     table_console = error_console if STDIO in (json_path, export_times) else console
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=status_console,
@@ -452,9 +462,11 @@ def write_json_output(path: Path, payload) -> None:
 
 def perf_table(report: dict, options) -> Table:
     shape = f"real lengths from {options.data}" if options.data else f"seq {report['seq_len']}"
+    device = report["device"]
+    where = (f"{report['cpu_threads']} CPU threads; {report['host']['cpu_model']}" if device["device"] == "cpu"
+             else f"{device['device']} ({device.get('name')})")
     table = Table(title=f"perf {report['backend']} {report['precision']}: batch {options.batch_size}, {shape}, "
-                        f"{report['threads']} context(s) on {report['cpu_threads']} CPU threads ({options.hint} hint); "
-                        f"{report['host']['cpu_model']}")
+                        f"{report['threads']} context(s) on {where} ({options.hint} hint)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     latency = report["latency_ms"]
@@ -508,6 +520,7 @@ def run(
     data: Path = typer.Option(DEMO_SAMPLES_PATH, help="Labelled texts (default: the bundled sample reviews)."),
     output: Optional[Path] = typer.Option(None, help="Folder for everything (default: runs/run-<time>)."),
     backend: str = typer.Option("openvino", help=BACKEND_HELP),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
     precisions: Optional[str] = typer.Option(None, help="Comma-separated (default: fp32 and every faster precision the backend runs here)."),
     batch_sizes: str = typer.Option("1,32", help="Batch sizes for the accuracy table; the largest is used for throughput."),
     max_seq_length: int = typer.Option(DEFAULT_MAX_SEQ_LENGTH, help="Longest input in tokens."),
@@ -524,7 +537,7 @@ def run(
 
     output = output or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     summary = run_pipeline(RunOptions(
-        model=model, data=data, output=output, backend=backend,
+        model=model, data=data, output=output, backend=backend, device=device,
         precisions=tuple(parse_precision_list(precisions)) if precisions else None,
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"), max_seq_length=max_seq_length,
         calibration_data=calibration_data, perf_seconds=perf_seconds, sweep=sweep, overwrite=overwrite),

@@ -12,6 +12,7 @@ import numpy as np
 
 from .atomic import atomic_directory
 from .backends import get_backend
+from .backends.base import canonical_device
 from .build.bundle import BuildOptions, build_engine
 from .data import read_dataset
 from .defaults import DEFAULT_MAX_SEQ_LENGTH
@@ -30,6 +31,7 @@ class EvalOptions:
     data: Path  # labelled texts; every row is scored
     output: Path
     backend: str = "openvino"
+    device: str = "cpu"  # where every bundle is built, verified and scored: cpu, cuda or cuda:N
     precisions: tuple[str, ...] = ("fp32", "bf16", "int8")  # fp32 is always added: it is the reference
     batch_sizes: tuple[int, ...] = (1, 32)
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
@@ -42,12 +44,14 @@ class EvalOptions:
     label_column: str | None = None
 
 
-def check_precisions(backend_name: str, precisions) -> list[str]:
+def check_precisions(backend_name: str, precisions, device: str = "cpu") -> list[str]:
     """fp32 first (the reference), then the rest; reject what the backend cannot run before any work."""
     backend = get_backend(backend_name)
+    device = canonical_device(device)
+    backend.check_device(device)
     ordered = ["fp32"] + [precision for precision in precisions if precision != "fp32"]
     for precision in ordered:
-        reason = backend.unsupported_reason(precision)
+        reason = backend.unsupported_reason(precision, device)
         if reason:
             raise UnsupportedPrecisionError(f"{backend.name} cannot run {precision} here", reason)
     return ordered
@@ -63,7 +67,7 @@ def evaluate(options: EvalOptions, on_step: Callable[[str], None] | None = None)
 def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], None] | None = None) -> dict:
     """Export and build under `work`, score every row, write accuracy.md/json; return the report."""
     step = on_step or (lambda message: None)
-    precisions = check_precisions(options.backend, options.precisions)
+    precisions = check_precisions(options.backend, options.precisions, options.device)
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise UsageError("batch sizes must be positive", "pass --batch-sizes such as 1,32")
     if options.export_dir is not None:
@@ -87,7 +91,7 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
         step(f"building {precision}")
         result = build_engine(BuildOptions(
             export_dir=export.folder, output=bundle_dir, backend=options.backend, precision=precision,
-            dynamic_shape=True, max_batch=max_batch, calibration_data=options.calibration_data,
+            device=options.device, dynamic_shape=True, max_batch=max_batch, calibration_data=options.calibration_data,
             calibration_samples=options.calibration_samples), on_step=step)
         bundles[precision] = str(bundle_dir.relative_to(work))  # relative: `work` is renamed when done
         engine = Engine.load(bundle_dir, hint=THROUGHPUT)
@@ -109,6 +113,7 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
                 "build_check": result.manifest["checks"]["against_fp32_reference"],
             })
     report = {"model": export.manifest["source_model"], "data": str(options.data), "backend": options.backend,
+              "device": canonical_device(options.device),
               "max_seq_length": export.manifest["max_seq_length"], "bucketing": options.bucketing,
               "export": str(export.folder.relative_to(work)) if export.folder.is_relative_to(work) else str(export.folder),
               "bundles": bundles, "rows": rows}
@@ -119,7 +124,7 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
 
 def accuracy_markdown(report: dict) -> str:
     lines = [f"# Accuracy of {report['model']} on {report['data']}", "",
-             f"Backend {report['backend']}, max_seq_length {report['max_seq_length']}, "
+             f"Backend {report['backend']} on {report.get('device', 'cpu')}, max_seq_length {report['max_seq_length']}, "
              f"length bucketing {'on' if report['bucketing'] else 'off'}.", "",
              "| precision | batch | accuracy | macro-F1 | correct | agreement with fp32 | max abs logit diff vs fp32 "
              "| truncated |",

@@ -39,6 +39,7 @@ class PerfOptions:
     batch_size: int = 1
     seq_len: int | None = None  # padded length of random inputs; default the bundle's max
     data: Path | None = None  # real texts: batches take their real token lengths (bucketed like infer)
+    device: str | None = None  # cpu, cuda or cuda:N; default the device the bundle was built for
     seed: int = 0
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES  # reported as p50, p90, ... (benchmark_app -latency_percentile)
     record_times: bool = False  # keep every timed call (trtexec --exportTimes) under report["times"]
@@ -125,7 +126,7 @@ def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float
     check_options(options)
     started = time.perf_counter()
     engine = Engine.load(options.bundle, contexts=options.threads, cpu_threads=options.cpu_threads,
-                         hint=options.hint)
+                         hint=options.hint, device=options.device)
     load_seconds = time.perf_counter() - started
     batches = _input_batches(engine, options)
     contexts = [engine.create_context() for _ in range(engine.settings.contexts)]
@@ -146,6 +147,7 @@ def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float
     shapes = [tuple(batch[0].shape) for batch in batches]
     report = {
         "bundle": str(options.bundle), "backend": engine.backend, "precision": engine.precision,
+        "device": engine.device_info(),
         "shape_profile": engine.profile.describe(), "hint": options.hint, "threads": len(contexts),
         "cpu_threads": engine.settings.cpu_threads, "batch_size": options.batch_size,
         "input": "data" if options.data else "random", "data": str(options.data) if options.data else None,

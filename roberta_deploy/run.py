@@ -9,11 +9,11 @@ from typing import Callable
 
 from .atomic import atomic_directory
 from .backends import get_backend
+from .backends.base import canonical_device
 from .defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from .evaluate import EvalOptions, evaluate_into
 from .manifest import MANIFEST_FILE
 from .perf import PerfOptions, measure_shapes, run_benchmark
-from .precision import PRECISIONS
 from .report import REPORT_HTML, run_report_html
 
 SUMMARY_JSON = "summary.json"
@@ -26,6 +26,7 @@ class RunOptions:
     data: Path = DEMO_SAMPLES_PATH
     output: Path = Path("runs/latest")
     backend: str = "openvino"
+    device: str = "cpu"  # cpu, cuda or cuda:N (torch backend)
     precisions: tuple[str, ...] | None = None  # None: fp32 plus every faster precision the backend runs here
     batch_sizes: tuple[int, ...] = (1, 32)
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
@@ -50,17 +51,17 @@ def sweep_shapes(max_batch: int, max_seq: int) -> list[tuple[str, int, int]]:
     return shapes
 
 
-def offered_precisions(backend_name: str) -> tuple[str, ...]:
-    backend = get_backend(backend_name)
-    return tuple(precision for precision in PRECISIONS if backend.unsupported_reason(precision) is None)
+def offered_precisions(backend_name: str, device: str = "cpu") -> tuple[str, ...]:
+    return get_backend(backend_name).precisions(canonical_device(device))
 
 
 def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = None) -> dict:
     step = on_step or (lambda message: None)
-    precisions = options.precisions or offered_precisions(options.backend)
+    precisions = options.precisions or offered_precisions(options.backend, options.device)
     with atomic_directory(options.output, overwrite=options.overwrite) as work:
         accuracy = evaluate_into(work, EvalOptions(
-            model=options.model, data=options.data, output=work, backend=options.backend, precisions=precisions,
+            model=options.model, data=options.data, output=work, backend=options.backend, device=options.device,
+            precisions=precisions,
             batch_sizes=options.batch_sizes, max_seq_length=options.max_seq_length,
             calibration_data=options.calibration_data), on_step)
         perf_dir = work / "perf"
@@ -94,6 +95,7 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
                          "latency_p99_ms_batch1": latency["latency_ms"]["p99"],
                          "throughput_texts_per_second": throughput["throughput_sequences_per_second"]})
         summary = {"model": options.model, "data": str(options.data), "backend": options.backend,
+                   "device": accuracy["device"],
                    "examples": accuracy["rows"][0]["examples"], "max_seq_length": accuracy["max_seq_length"],
                    "rows": rows}
         (work / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -5,21 +5,25 @@ from __future__ import annotations
 from ..errors import UsageError
 from .base import Backend
 
-BACKENDS = ("openvino", "onnxruntime")
+BACKENDS = ("openvino", "onnxruntime", "torch")
 DEFAULT_BACKEND = "openvino"  # fastest measured on this CPU at every precision
 _INSTALL_HINTS = {"openvino": "pip install 'roberta-deploy[openvino]'",
-                  "onnxruntime": "pip install 'roberta-deploy[onnxruntime]'"}
+                  "onnxruntime": "pip install 'roberta-deploy[onnxruntime]'",
+                  "torch": "pip install 'roberta-deploy[torch]'"}
 
 
 def get_backend(name: str) -> Backend:
     key = name.strip().lower().replace("_", "").replace("-", "")
-    key = {"ov": "openvino", "ort": "onnxruntime"}.get(key, key)
+    key = {"ov": "openvino", "ort": "onnxruntime", "pytorch": "torch"}.get(key, key)
     if key not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
     try:
         if key == "openvino":
             from .openvino import OpenVINOBackend
             return OpenVINOBackend()
+        if key == "torch":
+            from .torch import TorchBackend
+            return TorchBackend()
         from .onnxruntime import ONNXRuntimeBackend
         return ONNXRuntimeBackend()
     except ImportError as error:

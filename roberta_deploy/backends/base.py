@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,10 +10,29 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import UsageError
+from ..precision import PRECISIONS
 from ..shapes import ShapeProfile
 
 if TYPE_CHECKING:  # the runtime loads backends; only a build hands them an export
     from ..build.export import ExportArtifact
+
+CPU = "cpu"
+CUDA = "cuda"
+
+
+def canonical_device(name: str) -> str:
+    """'cpu', 'cuda' or 'cuda:N' ('gpu' is taken for 'cuda'); UsageError for anything else."""
+    key = name.strip().lower()
+    key = CUDA + key[3:] if key.startswith("gpu") else key
+    if key == CPU or re.fullmatch(r"cuda(:\d+)?", key):
+        return key
+    raise UsageError(f"unknown device {name!r}", "use cpu, cuda or cuda:N")
+
+
+def device_kind(device: str) -> str:
+    """'cuda:1' -> 'cuda'."""
+    return device.split(":")[0]
 
 
 @dataclass(frozen=True)
@@ -21,14 +41,17 @@ class BuildRequest:
     precision: str  # canonical: fp32, fp16, bf16 or int8
     profile: ShapeProfile
     calibration_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)  # int8 only
+    device: str = CPU  # where the bundle will run and is verified
+    checkpoint: Path | None = None  # the export's source checkpoint, for backends that ship its weights
 
 
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """How a loaded engine shares the CPU: `contexts` concurrent runners over `cpu_threads` threads."""
+    """How a loaded engine shares its device: `contexts` concurrent runners over `cpu_threads` threads."""
 
     contexts: int
     cpu_threads: int
+    device: str = CPU  # canonical: cpu, cuda or cuda:N
 
 
 class Runner(ABC):
@@ -43,14 +66,32 @@ class LoadedEngine(ABC):
     @abstractmethod
     def create_runner(self) -> Runner: ...
 
+    def device_info(self) -> dict:
+        """What the engine computes on, for reports (perf's JSON): at least {"device": ...}."""
+        return {"device": CPU}
+
 
 class Backend(ABC):
     name: str
     engine_files: tuple[str, ...]
+    devices: tuple[str, ...] = (CPU,)  # device kinds this backend can run on
+    builds_from_checkpoint = False  # True: build needs the export's source checkpoint (BuildRequest.checkpoint)
 
     @abstractmethod
-    def unsupported_reason(self, precision: str) -> str | None:
-        """None when this backend runs `precision` well here; otherwise why not and what to use instead."""
+    def unsupported_reason(self, precision: str, device: str = CPU) -> str | None:
+        """None when this backend runs `precision` well on `device` here; otherwise why not and what to
+        use instead. `device` has passed check_device."""
+
+    def check_device(self, device: str) -> None:
+        """Raise UsageError when this backend cannot run on `device` (canonical) on this machine."""
+        if device_kind(device) not in self.devices:
+            raise UsageError(f"the {self.name} backend runs on {', '.join(self.devices)} only, not {device}",
+                             "use --backend torch for --device cuda, or --device cpu")
+
+    def precisions(self, device: str = CPU) -> tuple[str, ...]:
+        """The precisions this backend computes on `device` on this machine (in PRECISIONS order)."""
+        self.check_device(device)
+        return tuple(precision for precision in PRECISIONS if self.unsupported_reason(precision, device) is None)
 
     @abstractmethod
     def build(self, request: BuildRequest, output_dir: Path) -> dict:

@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from ..errors import BundleError
 from ..logs import third_party_output_wanted
-from .base import Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
+from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
 MODEL_FILE = "model.onnx"
 
@@ -20,7 +20,7 @@ class ONNXRuntimeBackend(Backend):
     name = "onnxruntime"
     engine_files = (MODEL_FILE,)
 
-    def unsupported_reason(self, precision: str) -> str | None:
+    def unsupported_reason(self, precision: str, device: str = CPU) -> str | None:
         if precision == "fp16":
             return ("ONNX Runtime's CPU provider runs fp16 no faster than fp32 here; "
                     "use --precision int8 or fp32, or --backend openvino --precision bf16")

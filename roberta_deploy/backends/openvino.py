@@ -9,7 +9,7 @@ import openvino as ov
 
 from ..errors import BundleError
 from ..logs import third_party_output_wanted
-from .base import Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
+from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
 MODEL_XML = "model.xml"
 MODEL_BIN = "model.bin"
@@ -25,7 +25,7 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     engine_files = (MODEL_XML, MODEL_BIN)
 
-    def unsupported_reason(self, precision: str) -> str | None:
+    def unsupported_reason(self, precision: str, device: str = CPU) -> str | None:
         capabilities = cpu_capabilities()
         if precision == "fp16" and "FP16" not in capabilities:
             return "this CPU has no fp16 arithmetic (OpenVINO reports no FP16 capability); use --precision bf16"

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..atomic import atomic_directory
 from ..backends import get_backend
+from ..backends.base import canonical_device
 from .bundle import BuildOptions, BuildResult, build_engine
 from ..data import read_dataset
 from ..errors import NumericalCheckError, OutputExistsError, UsageError
@@ -39,8 +40,8 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
     if Path(options.output).exists() and any(Path(options.output).iterdir()) and not options.overwrite:
         raise OutputExistsError(f"output folder {options.output} already exists and is not empty",
                                 "pass --overwrite or choose another --output folder")
-    backend = get_backend(options.backend)
-    candidates = [precision for precision in FASTEST_FIRST if backend.unsupported_reason(precision) is None]
+    offered = get_backend(options.backend).precisions(canonical_device(options.device))
+    candidates = [precision for precision in FASTEST_FIRST if precision in offered]
     gold = np.asarray(dataset.labels)
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".auto-precision-", dir=Path(options.output).parent))

@@ -13,9 +13,11 @@ import numpy as np
 
 from ..atomic import atomic_directory
 from ..backends import get_backend
+from ..backends.base import CPU, canonical_device
 from ..data import Dataset, read_dataset
 from ..defaults import DEMO_SAMPLES_PATH
-from ..errors import NumericalCheckError, UnsupportedPrecisionError, UsageError
+from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionError, UsageError
+from .checkpoint import checkpoint_hash, resolve_checkpoint
 from .export import TOKENIZER_DIR, ExportArtifact, onnx_reference_logits
 from ..manifest import KIND_BUNDLE, write_manifest
 from ..precision import TOLERANCES, canonical_precision
@@ -32,6 +34,7 @@ class BuildOptions:
     output: Path
     backend: str = "openvino"
     precision: str = "fp32"  # fp32, fp16, bf16, int8, or a vendor alias
+    device: str = CPU  # where the bundle runs and is verified: cpu, or cuda[:N] (torch backend)
     dynamic_shape: bool = True  # dynamic: any shape in the ranges; static: fixed shapes, compiled once
     batch_size: int = 32  # static batch; for dynamic, the default max batch is max(batch_size, 64)
     max_seq_length: int | None = None  # defaults to the export's
@@ -61,9 +64,13 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
     export = ExportArtifact.load(options.export_dir)
     precision = canonical_precision(options.precision)
     backend = get_backend(options.backend)
-    reason = backend.unsupported_reason(precision)
+    device = canonical_device(options.device)
+    backend.check_device(device)
+    reason = backend.unsupported_reason(precision, device)
     if reason:
-        raise UnsupportedPrecisionError(f"{backend.name} cannot build {precision} here", reason)
+        raise UnsupportedPrecisionError(f"{backend.name} cannot build {precision} "
+                                        f"{'here' if device == CPU else 'on ' + device}", reason)
+    checkpoint = source_checkpoint(export) if backend.builds_from_checkpoint else None
     max_seq_length = options.max_seq_length or export.manifest["max_seq_length"]
     if max_seq_length > export.manifest["max_seq_length"]:
         raise UsageError(f"--max-seq-length {max_seq_length} exceeds the export's {export.manifest['max_seq_length']}",
@@ -89,7 +96,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
             calibration_feeds = _padded_feeds(encoder, calibration.texts, profile, input_names, CALIBRATION_BATCH)
         step(f"building {backend.name} {precision} ({profile.describe()})")
         request = BuildRequest(export=export, precision=precision, profile=profile,
-                               calibration_feeds=calibration_feeds)
+                               calibration_feeds=calibration_feeds, device=device, checkpoint=checkpoint)
         backend_settings = backend.build(request, work)
         shutil.copytree(export.tokenizer_dir, work / TOKENIZER_DIR)
         content = {
@@ -100,6 +107,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
                                                                       "num_hidden_layers", "vocab_size", "created")},
             "backend": backend.name,
             "precision": precision,
+            "device": device,
             "backend_settings": backend_settings,
             "shape_profile": profile.to_dict(),
             "inputs": input_names,
@@ -120,6 +128,17 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
                 "use a higher precision, more --calibration-samples, or --allow-tolerance-failure to keep it")
         manifest = write_manifest(work, KIND_BUNDLE, content)
     return BuildResult(Path(options.output), manifest)
+
+
+def source_checkpoint(export: ExportArtifact) -> Path:
+    """The checkpoint the export was made from, as it was then (same hash): for backends that ship
+    its weights instead of the ONNX graph."""
+    source = export.manifest["source_model"]
+    folder = resolve_checkpoint(source)
+    if checkpoint_hash(folder) != export.manifest["source_model_sha256"]:
+        raise ModelLoadError(f"the checkpoint {source} changed since {export.folder} was exported from it",
+                             "re-export it (roberta-deploy export), or restore the checkpoint")
+    return folder
 
 
 def split_calibration(dataset: Dataset, calibration_count: int, held_back_count: int) -> tuple[Dataset, Dataset]:

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..backends import get_backend
-from ..backends.base import RuntimeSettings
+from ..backends.base import CPU, RuntimeSettings, canonical_device
 from ..errors import NumericalCheckError, ShapeError, UsageError
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..shapes import ShapeProfile
@@ -44,12 +44,13 @@ def default_contexts(cores: int, hint: str = LATENCY, backend: str = "openvino")
     throughput: below 8 cores one context per core, each on one thread. On this project's 2-core
     machine, two 1-thread streams over bucketed batches classified ChnSentiCorp dev 3% faster than one
     2-thread stream (docs/benchmarks.md): no barrier between threads inside each layer. From 8 cores,
-    one context per 4 cores keeps each stream's GEMMs wide enough to scale. ONNX Runtime stays at one:
-    its contexts share a session and its thread pool, so more of them only queue.
+    one context per 4 cores keeps each stream's GEMMs wide enough to scale. ONNX Runtime and PyTorch
+    stay at one: their contexts share one thread pool (a session's; PyTorch's process-wide one), so more
+    of them only queue; on a GPU one context keeps it fed from pre-tokenized batches.
     """
     if hint not in PERFORMANCE_HINTS:
         raise UsageError(f"unknown performance hint {hint!r}", f"use one of {', '.join(PERFORMANCE_HINTS)}")
-    if hint == LATENCY or backend == "onnxruntime":
+    if hint == LATENCY or backend in ("onnxruntime", "torch"):
         return 1
     return cores if cores < 8 else cores // 4
 
@@ -75,7 +76,7 @@ class Predictions:
 class Engine:
     """A bundle loaded for inference. Create one per device; share it between threads."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict, contexts: int, cpu_threads: int):
+    def __init__(self, bundle_dir: Path, manifest: dict, contexts: int, cpu_threads: int, device: str = CPU):
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.profile = ShapeProfile.from_dict(manifest["shape_profile"])
@@ -83,19 +84,23 @@ class Engine:
         self.label_names: tuple[str, ...] = tuple(manifest["labels"])
         self.max_seq_length: int = self.profile.max_seq
         self.encoder = TextEncoder.from_folder(bundle_dir / TOKENIZER_DIR, self.max_seq_length)
-        self.settings = RuntimeSettings(contexts=contexts, cpu_threads=cpu_threads)
-        self._backend_engine = get_backend(manifest["backend"]).load(bundle_dir, manifest, self.settings)
+        self.settings = RuntimeSettings(contexts=contexts, cpu_threads=cpu_threads, device=device)
+        backend = get_backend(manifest["backend"])
+        backend.check_device(device)
+        self._backend_engine = backend.load(bundle_dir, manifest, self.settings)
 
     @classmethod
     def load(cls, bundle: str | Path, *, contexts: int | None = None, cpu_threads: int | None = None,
-             hint: str = LATENCY) -> "Engine":
+             hint: str = LATENCY, device: str | None = None) -> "Engine":
         """Load and verify a bundle (every file against its manifest hash).
 
         hint: "latency" (default; one request at a time gets every core) or "throughput" (many
         texts through predict(); what infer, eval and run use). contexts: how many contexts run at
         once (sizes the backend's streams); default from `default_contexts` for the hint and this
         machine. cpu_threads: total compute threads, default every core this process may use; split
-        between contexts, never oversubscribed.
+        between contexts, never oversubscribed (a torch engine on the CPU computes on PyTorch's own
+        process-wide pool, torch.get_num_threads(), which the library leaves as the process set it).
+        device: cpu, cuda or cuda:N; default the device the bundle was built and verified on.
         """
         bundle_dir = Path(bundle)
         manifest = read_manifest(bundle_dir, KIND_BUNDLE)
@@ -107,7 +112,8 @@ class Engine:
         if contexts > cpu_threads:
             raise UsageError(f"{contexts} contexts on {cpu_threads} CPU threads would oversubscribe the CPU",
                              f"use at most {cpu_threads} contexts, or raise --cpu-threads")
-        return cls(bundle_dir, manifest, contexts, cpu_threads)
+        return cls(bundle_dir, manifest, contexts, cpu_threads,
+                   canonical_device(device or manifest.get("device", CPU)))
 
     @property
     def precision(self) -> str:
@@ -116,6 +122,14 @@ class Engine:
     @property
     def backend(self) -> str:
         return self.manifest["backend"]
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    def device_info(self) -> dict:
+        """What this engine computes on: {"device": ...} plus, for a GPU, its name and memory."""
+        return self._backend_engine.device_info()
 
     def create_context(self) -> "Context":
         return Context(self)
