@@ -91,9 +91,9 @@ def load_classifier(folder: Path, attention: str = ATTENTION):
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load {folder} as a sequence classifier: {error}".splitlines()[0],
                              "check that the weights match config.json") from None
-    missing = sorted(set(info.get("missing_keys", ())) | set(info.get("mismatched_keys", ())))
+    missing = sorted({str(key) for name in ("missing_keys", "mismatched_keys") for key in info.get(name, ())})
     if missing:  # transformers would fill these with random numbers and carry on
-        raise ModelLoadError(f"{folder} lacks weights the model needs: {', '.join(map(str, missing[:3]))}",
+        raise ModelLoadError(f"{folder} lacks weights the model needs: {', '.join(missing[:3])}",
                              "rebuild the bundle from a complete checkpoint")
     return model.float().eval()
 
@@ -177,6 +177,8 @@ class TorchEngine(LoadedEngine):
         except ModelLoadError as error:
             raise BundleError(error.problem, "rebuild the bundle") from None
         self.model = model.to(device=self.device, dtype=self.dtype)
+        if self.device.type == CUDA:  # runners compute on their own streams: the weights must have arrived
+            torch.cuda.synchronize(self.device)
         self.pad_token_id = int(self.model.config.pad_token_id or 0)
         self.boolean_mask = self.model.config._attn_implementation == "sdpa"
         self.uses_cuda_graphs = self.device.type == CUDA
@@ -206,7 +208,8 @@ class TorchEngine(LoadedEngine):
             properties = torch.cuda.get_device_properties(self.device)
             info.update({"name": properties.name, "memory_bytes": int(properties.total_memory),
                          "compute_capability": f"{properties.major}.{properties.minor}",
-                         "cuda": torch.version.cuda, "cuda_graphs": dict(self.graph_stats)})
+                         "cuda": torch.version.cuda, "cuda_graphs": {
+                             **self.graph_stats, "capture_failures": list(self.graph_stats["capture_failures"])}})
         else:
             info.update({"name": _cpu_name(), "torch_threads": torch.get_num_threads(),
                          "native_bf16": cpu_has_native_bf16()})
