@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, ModelLoadError, UnsupportedPrecisionError, UsageError
+from ..logs import third_party_output_wanted
 from ..shapes import ShapeProfile
 from .base import CPU, CUDA, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner, device_kind
 
@@ -67,9 +68,13 @@ def cpu_has_native_bf16() -> bool:
 @contextlib.contextmanager
 def _quiet_transformers():
     """transformers draws a "Loading weights" progress bar; the library must not print, so it is off
-    while we load and restored after (as build/checkpoint.quiet_transformers does for the build)."""
+    while we load and restored after, unless the application asked for other libraries' output (the
+    rule of build/checkpoint.quiet_transformers, which the runtime may not import)."""
     from transformers.utils import logging as transformers_logging
 
+    if third_party_output_wanted():
+        yield
+        return
     was_enabled = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
