@@ -125,8 +125,8 @@ def corrupt_copy(bundle, tmp_path, edit):
 
 def test_missing_or_corrupt_bundle_files_are_detected_by_hash(bundle_factory, tmp_path):
     bundle = bundle_factory("openvino", "fp32")
-    missing = corrupt_copy(bundle, tmp_path / "a", lambda folder: (folder / "model.bin").unlink())
-    with pytest.raises(BundleError, match="missing model.bin"):
+    missing = corrupt_copy(bundle, tmp_path / "a", lambda folder: (folder / "openvino_model.bin").unlink())
+    with pytest.raises(BundleError, match="missing openvino_model.bin"):
         Engine.load(missing)
 
     def flip_byte(folder):

@@ -154,10 +154,10 @@ def test_corrupt_bundle_is_one_line(cli_bundle, tmp_path, dev_tsv):
 
     copy = tmp_path / "bundle"
     shutil.copytree(cli_bundle, copy)
-    with open(copy / "model.bin", "r+b") as handle:
+    with open(copy / "openvino_model.bin", "r+b") as handle:
         handle.write(b"garbage")
     assert_one_line_error(invoke("infer", "--bundle", copy, "--data", dev_tsv, "--output", tmp_path / "o"),
-                          "model.bin is corrupt", "rebuild the bundle")
+                          "openvino_model.bin is corrupt", "rebuild the bundle")
     assert not (tmp_path / "o").exists()
 
 

@@ -11,8 +11,10 @@ from ..errors import BundleError
 from ..logs import third_party_output_wanted
 from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
-MODEL_XML = "model.xml"
-MODEL_BIN = "model.bin"
+# The names optimum-intel's OVModel*.from_pretrained looks for, so a bundle loads there as it is.
+MODEL_XML = "openvino_model.xml"
+MODEL_BIN = "openvino_model.bin"
+LEGACY_MODEL_XML, LEGACY_MODEL_BIN = "model.xml", "model.bin"  # bundles built before the rename
 # The pooler and classifier are a sliver of the compute, and every error there lands on the logits directly.
 KEEP_IN_HIGHER_PRECISION = (".*pooler.*", ".*classifier.*", ".*pre_classifier.*")
 
@@ -109,10 +111,12 @@ class OpenVINOEngine(LoadedEngine):
             "NUM_STREAMS": str(settings.contexts),
             "INFERENCE_NUM_THREADS": settings.cpu_threads,
         }
+        xml_name, bin_name = ((LEGACY_MODEL_XML, LEGACY_MODEL_BIN) if LEGACY_MODEL_XML in manifest.get("files", {})
+                              else (MODEL_XML, MODEL_BIN))
         try:
-            model = core.read_model(str(bundle_dir / MODEL_XML), str(bundle_dir / MODEL_BIN))
+            model = core.read_model(str(bundle_dir / xml_name), str(bundle_dir / bin_name))
         except RuntimeError as error:
-            raise BundleError(f"OpenVINO cannot read {bundle_dir / MODEL_XML}: {str(error).splitlines()[0]}",
+            raise BundleError(f"OpenVINO cannot read {bundle_dir / xml_name}: {str(error).splitlines()[0]}",
                               "rebuild the bundle") from None
         self.compiled: dict[int | None, ov.CompiledModel] = {}
         if profile.dynamic or len(profile.static_seq_lengths) == 1:

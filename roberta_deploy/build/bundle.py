@@ -19,6 +19,7 @@ from ..defaults import DEMO_SAMPLES_PATH
 from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionError, UsageError
 from .checkpoint import checkpoint_hash, resolve_checkpoint
 from .export import TOKENIZER_DIR, ExportArtifact, onnx_reference_logits
+from .loader_files import write_loader_files
 from ..manifest import KIND_BUNDLE, write_manifest
 from ..precision import TOLERANCES, canonical_precision
 from ..shapes import ShapeProfile
@@ -99,6 +100,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
                                calibration_feeds=calibration_feeds, device=device, checkpoint=checkpoint)
         backend_settings = backend.build(request, work)
         shutil.copytree(export.tokenizer_dir, work / TOKENIZER_DIR)
+        write_loader_files(export, work)
         content = {
             "source_model": export.manifest["source_model"],
             "source_model_sha256": export.manifest["source_model_sha256"],

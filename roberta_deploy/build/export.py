@@ -122,6 +122,7 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
         step("writing tokenizer")
         tokenizer_dir = work / TOKENIZER_DIR
         tokenizer.save_pretrained(str(tokenizer_dir))
+        config.save_pretrained(str(work))  # config.json: what transformers and Optimum read (id2label, model_type)
         if not (tokenizer_dir / TOKENIZER_FILE).is_file():
             raise ModelLoadError("the tokenizer did not save a tokenizer.json", "use a checkpoint with a fast tokenizer")
         meta = {"pad_token_id": int(tokenizer.pad_token_id), "unk_token_id": tokenizer.unk_token_id,
