@@ -105,3 +105,17 @@ def test_importing_the_package_and_loading_a_bundle_never_imports_build_code(our
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("negative", "positive")
     assert roberta_deploy.__version__ and roberta_deploy.__version__ != "None"
+
+
+def test_calls_from_several_threads_at_once_get_their_own_results(ours):
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [[TEXTS[(start + offset) % len(TEXTS)] for offset in range(3)] for start in range(8)]
+    expected = [ours(texts) for texts in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(ours, texts) for texts in inputs]
+        results = [future.result(timeout=120) for future in futures]  # a hang fails here, not forever
+    # Concurrent calls may share batches (other padding), so scores agree to fp32 noise, labels exactly.
+    for result, wanted in zip(results, expected):
+        assert [entry["label"] for entry in result] == [entry["label"] for entry in wanted]
+        assert [entry["score"] for entry in result] == pytest.approx([entry["score"] for entry in wanted], abs=1e-5)
