@@ -52,7 +52,8 @@ def pipeline(model: str | Path, *, backend: str = DEFAULT_BACKEND, precision: st
     A bundle is loaded and verified as it is (`backend`, `precision` and `max_seq_length` are then
     read from its manifest). An export or a checkpoint is exported and built first, at `precision` for
     `backend`, into `build_dir` (kept; load `build_dir/bundle` next time) or into a temporary folder
-    removed when the pipeline is closed. `top_k` and `function_to_apply` are call defaults, as in
+    removed when the pipeline is closed; `calibration_data` (real texts, TSV/CSV/JSONL) then feeds the
+    export's parity check and int8 calibration. `top_k` and `function_to_apply` are call defaults, as in
     transformers; `hint`, `cpu_threads` and `batch_size` size the engine (see `Engine.load`).
     """
     source = Path(model)
@@ -102,7 +103,8 @@ def _build_bundle(model: str, kind: str | None, root: Path, *, backend: str, pre
     export_dir = Path(model)
     if kind != KIND_EXPORT:
         export_dir = root / EXPORT_SUBDIR
-        export_model(ExportOptions(model=model, output=export_dir, max_seq_length=max_seq_length), on_step=on_step)
+        export_model(ExportOptions(model=model, output=export_dir, max_seq_length=max_seq_length,
+                                   check_data=Path(calibration_data) if calibration_data else None), on_step=on_step)
     bundle = root / BUNDLE_SUBDIR
     build_engine(BuildOptions(export_dir=export_dir, output=bundle, backend=backend, precision=precision,
                               calibration_data=Path(calibration_data) if calibration_data else None),

@@ -1,5 +1,6 @@
 """roberta_deploy.pipeline against the unmodified transformers text-classification pipeline."""
 
+import json
 import subprocess
 import sys
 
@@ -21,8 +22,12 @@ def checkpoint(tiny_checkpoints):
 
 
 @pytest.fixture(scope="module")
-def ours(checkpoint, tmp_path_factory):
-    with roberta_deploy.pipeline(checkpoint, build_dir=tmp_path_factory.mktemp("pipeline")) as classifier:
+def ours(checkpoint, tmp_path_factory, dev_tsv):
+    build_dir = tmp_path_factory.mktemp("pipeline")
+    with roberta_deploy.pipeline(checkpoint, build_dir=build_dir, calibration_data=dev_tsv) as classifier:
+        assert classifier.bundle_dir == build_dir / "bundle"
+        export_manifest = json.loads((build_dir / "export" / "manifest.json").read_text(encoding="utf-8"))
+        assert export_manifest["checks"]["onnx_vs_pytorch"]["text_source"] == str(dev_tsv)
         yield classifier
 
 
