@@ -1,0 +1,1 @@
+"""The build layer: checkpoint -> ONNX export -> engine bundle, each verified against the stage before."""
