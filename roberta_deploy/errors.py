@@ -70,6 +70,19 @@ class OutputExistsError(RobertaDeployError):
     exit_code = 2
 
 
+class OverloadedError(RobertaDeployError):
+    """More work is waiting than the batcher accepts; retry later (a server answers 429; exit code 1)."""
+
+
+class NotReadyError(RobertaDeployError):
+    """The batcher has not started, or is closing (a server answers 503; exit code 1)."""
+
+
+class BackendError(RobertaDeployError):
+    """The engine failed while computing a batch; only that batch's requests fail (a server answers 424;
+    exit code 1)."""
+
+
 # What each exit code of the command line means; README's "Exit codes" table mirrors it (a test checks).
 EXIT_CODES = {
     0: "success",

@@ -15,7 +15,8 @@ from .atomic import atomic_directory
 from .data import Dataset
 from .errors import UsageError
 from .metrics import classification_metrics
-from .runtime.engine import Engine, Predictions
+from .runtime.engine import Engine
+from .runtime.results import Predictions
 
 PREDICTIONS_FILE = "predictions.jsonl"  # with --format csv: predictions.csv
 METRICS_FILE = "metrics.json"
@@ -44,11 +45,9 @@ def classify_dataset(engine: Engine, dataset: Dataset, *, batch_size: int | None
                      max_batch_tokens: int | None = None, bucketing: bool = True,
                      on_batch_done: Callable[[int], None] | None = None) -> InferenceReport:
     """Classify every row of `dataset` (the last partial batch included) and compute its metrics."""
-    from .runtime.batch_queue import InferenceQueue
-
     started = time.perf_counter()
-    predictions = InferenceQueue(engine).run(dataset.texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                             bucketing=bucketing, on_batch_done=on_batch_done)
+    predictions = engine.batcher.run(dataset.texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                     bucketing=bucketing, on_batch_done=on_batch_done)
     elapsed = time.perf_counter() - started
     metrics = summarize(predictions, dataset, elapsed)
     metrics.update({"bundle": str(engine.bundle_dir), "backend": engine.backend, "precision": engine.precision,

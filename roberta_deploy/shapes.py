@@ -73,18 +73,16 @@ class ShapeProfile:
         return f"static batch {self.max_batch}, sequence {lengths}"
 
     def fit(self, batch: int, seq: int) -> tuple[int, int]:
-        """The shape the engine will run for an input of (batch, seq); ShapeError if none fits."""
+        """The shape the engine will run for an input of (batch, seq), padded up where the engine needs a
+        larger one; ShapeError if none fits."""
         if batch > self.max_batch or seq > self.max_seq:
             fix = ("split the input into smaller batches, or rebuild with a larger "
                    + ("--max-batch/--max-seq" if self.dynamic else "--batch-size/--max-seq-length, or --dynamic-shape"))
             raise ShapeError(f"input shape ({batch}, {seq}) is outside the bundle's {self.describe()}", fix)
         if batch < 1 or seq < 1:
             raise ShapeError(f"input shape ({batch}, {seq}) is empty", "pass at least one token of one text")
-        if self.dynamic:
-            if batch < self.min_batch or seq < self.min_seq:
-                raise ShapeError(f"input shape ({batch}, {seq}) is below the bundle's {self.describe()}",
-                                 "pad the input, or rebuild with a smaller --min-batch/--min-seq")
-            return batch, seq
+        if self.dynamic:  # below the minimum: padded up (filler rows, masked columns)
+            return max(batch, self.min_batch), max(seq, self.min_seq)
         return self.max_batch, next(length for length in self.static_seq_lengths if length >= seq)
 
     def bucket_lengths(self) -> tuple[int, ...] | None:

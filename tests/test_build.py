@@ -97,8 +97,11 @@ def test_dynamic_ranges_are_enforced(bundle_factory):
     context = engine.create_context()
     ok = np.ones((2, 4), np.int64)
     assert context.run(ok, ok).shape == (2, 2)
-    with pytest.raises(ShapeError, match="below"):
-        context.run(np.ones((1, 8), np.int64), np.ones((1, 8), np.int64))
+    # Below the minimum (2, 4): padded up inside, filler rows dropped, masked columns change nothing.
+    one = context.run(np.array([[101, 2000]]), np.ones((1, 2), np.int64))
+    padded = context.run(np.array([[101, 2000, 0, 0]] * 2), np.array([[1, 1, 0, 0]] * 2))
+    assert one.shape == (1, 2)
+    assert np.abs(one - padded[:1]).max() <= TOLERANCES["fp32"].absolute
     with pytest.raises(ShapeError, match="outside"):
         context.run(np.ones((9, 8), np.int64), np.ones((9, 8), np.int64))
 
@@ -171,3 +174,27 @@ def test_drift_past_tolerance_fails_the_build_and_leaves_nothing(tiny_exports, t
                                      backend="onnxruntime", precision="int8", calibration_samples=16,
                                      allow_tolerance_failure=True))
     assert kept.manifest["checks"]["against_fp32_reference"]["passed"] is False
+
+
+def test_verification_reads_real_rows_against_their_own_gold_labels_when_min_batch_is_large(
+        bundle_factory, dev_tsv):
+    from roberta_deploy.build.bundle import _padded_batches, split_calibration
+    from roberta_deploy.data import read_dataset
+
+    bundle = bundle_factory("onnxruntime", "fp32", min_batch=20, max_batch=64)
+    engine = Engine.load(bundle)
+    texts = read_dataset(dev_tsv).texts[:50]
+    batches = _padded_batches(engine.encoder, texts, engine.profile, engine.input_names, 16)
+    assert [batch.texts for batch in batches] == [16, 16, 16, 2]
+    assert all(batch.feeds["input_ids"].shape[0] == 20 for batch in batches)  # filler rows up to min_batch
+    encoded = engine.encoder.encode(texts)
+    real_rows = np.concatenate([batch.feeds["input_ids"][:batch.texts] for batch in batches])
+    for row, ids in zip(real_rows, encoded.token_ids):
+        assert row[:len(ids)].tolist() == ids.tolist()
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    check = manifest["checks"]["against_fp32_reference"]
+    _, held_back = split_calibration(read_dataset(dev_tsv, label_names=engine.label_names), 64, 64)
+    labels = engine.predict(held_back.texts).labels
+    assert check["texts"] == 64
+    assert check["accuracy"] == pytest.approx(float((labels == np.asarray(held_back.labels)).mean()))

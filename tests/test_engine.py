@@ -5,6 +5,7 @@ import pytest
 
 from roberta_deploy.runtime.batching import plan_batches
 from roberta_deploy.data import read_dataset
+from roberta_deploy.runtime import Batcher, Prediction
 from roberta_deploy.runtime.engine import Engine, default_contexts
 from roberta_deploy.errors import InputDataError, ShapeError, UsageError
 from roberta_deploy.precision import TOLERANCES
@@ -68,23 +69,43 @@ def test_contexts_run_concurrently_from_threads(bundle_factory, dev_texts, refer
     assert np.abs(logits - reference_logits).max() <= TOLERANCES["fp32"].absolute
 
 
-def test_the_queue_feeds_several_contexts_in_order(bundle_factory, dev_texts, reference_logits):
-    from roberta_deploy.runtime.batch_queue import InferenceQueue
-
+def test_the_batcher_feeds_several_contexts_in_order(bundle_factory, dev_texts, reference_logits):
     engine = Engine.load(bundle_factory("openvino", "fp32"), contexts=2)
-    predictions = InferenceQueue(engine, contexts=2).run(dev_texts, batch_size=7)
+    with Batcher(engine, contexts=2) as batcher:
+        predictions = batcher.run(dev_texts, batch_size=7)
     assert np.abs(predictions.logits - reference_logits).max() <= TOLERANCES["fp32"].absolute
 
 
-def test_contexts_share_one_full_batch_of_tokens_by_default(bundle_factory):
-    from roberta_deploy.runtime.batch_queue import InferenceQueue
+def test_concurrent_submits_on_a_real_bundle_match_the_reference(bundle_factory, dev_texts, reference_logits):
+    engine = Engine.load(bundle_factory("openvino", "fp32"), contexts=2)
+    with Batcher(engine, max_wait_ms=1) as batcher:
+        futures = [(start, batcher.submit(dev_texts[start:start + 5])) for start in range(0, len(dev_texts), 5)]
+        results = {start: future.result(timeout=60) for start, future in futures}
+    logits = np.concatenate([results[start].logits for start in sorted(results)])
+    assert np.abs(logits - reference_logits).max() <= TOLERANCES["fp32"].absolute
 
+
+def test_contexts_share_one_full_batch_of_tokens_by_default(bundle_factory):
     engine = Engine.load(bundle_factory("openvino", "fp32"), contexts=2)
     long_texts = ["好" * 300] * 12  # every one truncated to max_seq_length
     for contexts, rows_allowed in ((1, 8), (2, 4)):
         rows_seen: list[int] = []
-        InferenceQueue(engine, contexts=contexts).run(long_texts, batch_size=8, on_batch_done=rows_seen.append)
+        with Batcher(engine, contexts=contexts) as batcher:
+            batcher.run(long_texts, batch_size=8, on_batch_done=rows_seen.append)
         assert sum(rows_seen) == 12 and max(rows_seen) == rows_allowed
+
+
+def test_predict_takes_one_string_as_one_text_and_reuses_one_batcher(bundle_factory, dev_texts, reference_logits):
+    engine = Engine.load(bundle_factory("onnxruntime", "fp32"))
+    single = engine.predict(dev_texts[0])
+    assert isinstance(single, Prediction)
+    assert abs(single.logits - reference_logits[0]).max() <= TOLERANCES["fp32"].absolute
+    assert single.label == int(reference_logits[0].argmax()) and single.label_name in engine.label_names
+    batcher = engine.batcher
+    engine.predict(dev_texts[:3])
+    assert engine.batcher is batcher  # one long-lived batcher, not one per call
+    engine.close()
+    assert not batcher.running
 
 
 def test_context_rejects_bad_arrays(bundle_factory):

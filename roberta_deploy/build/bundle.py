@@ -17,8 +17,9 @@ from ..backends.base import CPU, canonical_device
 from ..data import Dataset, read_dataset
 from ..defaults import DEMO_SAMPLES_PATH
 from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionError, UsageError
+from ..runtime.tokenization import TOKENIZER_DIR, pad_to_shape
 from .checkpoint import checkpoint_hash, resolve_checkpoint
-from .export import TOKENIZER_DIR, ExportArtifact, onnx_reference_logits
+from .export import ExportArtifact, onnx_reference_logits
 from .loader_files import write_loader_files
 from ..manifest import KIND_BUNDLE, write_manifest
 from ..precision import TOLERANCES, canonical_precision
@@ -94,7 +95,8 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
 
         calibration_feeds = []
         if precision == "int8":
-            calibration_feeds = _padded_feeds(encoder, calibration.texts, profile, input_names, CALIBRATION_BATCH)
+            calibration_feeds = [batch.feeds for batch in _padded_batches(encoder, calibration.texts, profile,
+                                                                          input_names, CALIBRATION_BATCH)]
         step(f"building {backend.name} {precision} ({profile.describe()})")
         request = BuildRequest(export=export, precision=precision, profile=profile,
                                calibration_feeds=calibration_feeds, device=device, checkpoint=checkpoint)
@@ -159,20 +161,27 @@ def _subset(dataset: Dataset, indices: list[int]) -> Dataset:
                    line_numbers=[dataset.line_numbers[i] for i in indices])
 
 
-def _padded_feeds(encoder, texts, profile: ShapeProfile, input_names, batch_rows: int) -> list[dict]:
-    """Batches shaped as the engine will run them (static shapes padded to a compiled shape)."""
-    rows = min(batch_rows, profile.max_batch)
-    if profile.dynamic:
-        rows = max(rows, profile.min_batch)
+@dataclass(frozen=True)
+class PaddedBatch:
+    feeds: dict[str, np.ndarray]  # int64 (rows, seq) per input name, shaped as the engine runs them
+    texts: int  # the first `texts` rows are real; the rest are filler rows of a larger engine shape
+
+
+def _padded_batches(encoder, texts, profile: ShapeProfile, input_names, texts_per_batch: int) -> list[PaddedBatch]:
+    """Batches of `texts_per_batch` texts (fewer if the engine takes fewer), padded to the shape the
+    engine will run them at (static shapes, dynamic minimums). The one place that decides which rows
+    are real, so the comparison never reads filler rows."""
+    rows = min(texts_per_batch, profile.max_batch)
     encoded = encoder.encode(texts)
-    feeds = []
+    batches = []
     for start in range(0, len(texts), rows):
         indices = list(range(start, min(start + rows, len(texts))))
-        longest = int(encoded.lengths[indices].max())
-        run_rows, run_seq = profile.fit(max(len(indices), profile.min_batch if profile.dynamic else 1),
-                                        max(longest, profile.min_seq if profile.dynamic else 1))
-        feeds.append(encoder.pad(encoded, indices, run_seq, padded_batch=run_rows).as_feeds(input_names))
-    return feeds
+        inputs = encoder.pad(encoded, indices, int(encoded.lengths[indices].max()))
+        arrays = {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask,
+                  "token_type_ids": inputs.token_type_ids}
+        arrays = pad_to_shape(arrays, *profile.fit(*inputs.shape), encoder.pad_token_id)
+        batches.append(PaddedBatch({name: arrays[name] for name in input_names}, len(indices)))
+    return batches
 
 
 def verify_bundle(bundle_dir: Path, export: ExportArtifact, held_back: Dataset, precision: str) -> dict:
@@ -181,13 +190,12 @@ def verify_bundle(bundle_dir: Path, export: ExportArtifact, held_back: Dataset, 
 
     engine = Engine.load(bundle_dir)
     context = engine.create_context()
-    feeds_list = _padded_feeds(engine.encoder, held_back.texts, engine.profile, engine.input_names,
-                               VERIFICATION_BATCH)
-    real_rows = [min(VERIFICATION_BATCH, engine.profile.max_batch)] * len(feeds_list)
-    real_rows[-1] = len(held_back.texts) - sum(real_rows[:-1])
-    built = [context.run(feeds["input_ids"], feeds["attention_mask"], feeds.get("token_type_ids"))[:rows]
-             for feeds, rows in zip(feeds_list, real_rows)]
-    reference = [logits[:rows] for logits, rows in zip(onnx_reference_logits(export.onnx_path, feeds_list), real_rows)]
+    batches = _padded_batches(engine.encoder, held_back.texts, engine.profile, engine.input_names,
+                              VERIFICATION_BATCH)
+    built = [context.run(batch.feeds["input_ids"], batch.feeds["attention_mask"],
+                         batch.feeds.get("token_type_ids"))[:batch.texts] for batch in batches]
+    reference = [logits[:batch.texts] for logits, batch in
+                 zip(onnx_reference_logits(export.onnx_path, [batch.feeds for batch in batches]), batches)]
     built_logits, reference_logits = np.concatenate(built), np.concatenate(reference)
     difference = float(np.abs(built_logits - reference_logits).max())
     bound = TOLERANCES[precision].bound(reference_logits)

@@ -22,10 +22,9 @@ from ..data import read_dataset
 from ..defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
 from ..errors import ModelLoadError, NumericalCheckError, UsageError
 from ..manifest import KIND_EXPORT, read_manifest, write_manifest
-from ..runtime.tokenization import TOKENIZER_FILE, TOKENIZER_META_FILE, TextEncoder
+from ..runtime.tokenization import TOKENIZER_DIR, TOKENIZER_FILE, TOKENIZER_META_FILE, TextEncoder
 
 ONNX_FILE = "model.onnx"
-TOKENIZER_DIR = "tokenizer"
 DEFAULT_OPSET = 17
 PARITY_SAMPLES = 32
 # fp32 PyTorch vs fp32 ONNX differ only by kernel order; anything larger is a wrong graph.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,9 +18,9 @@ from ..backends.base import CPU, RuntimeSettings, canonical_device
 from ..errors import NumericalCheckError, ShapeError, UsageError
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..shapes import ShapeProfile
-from .tokenization import TextEncoder
-
-TOKENIZER_DIR = "tokenizer"
+from .batcher import Batcher
+from .results import Prediction, Predictions
+from .tokenization import TOKENIZER_DIR, TextEncoder, pad_to_shape
 
 
 def available_cores() -> int:
@@ -55,24 +54,6 @@ def default_contexts(cores: int, hint: str = LATENCY, backend: str = "openvino")
     return cores if cores < 8 else cores // 4
 
 
-@dataclass(frozen=True)
-class Predictions:
-    logits: np.ndarray  # float32 (n, labels)
-    truncated: np.ndarray  # bool (n,): text was cut at max_seq_length
-    token_lengths: np.ndarray  # int64 (n,): tokens used, specials included
-    label_names: tuple[str, ...]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.logits.argmax(axis=1)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
-        exponentials = np.exp(shifted)
-        return exponentials / exponentials.sum(axis=1, keepdims=True)
-
-
 class Engine:
     """A bundle loaded for inference. Create one per device; share it between threads."""
 
@@ -88,6 +69,8 @@ class Engine:
         backend = get_backend(manifest["backend"])
         backend.check_device(device)
         self._backend_engine = backend.load(bundle_dir, manifest, self.settings)
+        self._batcher: Batcher | None = None
+        self._batcher_lock = threading.Lock()
 
     @classmethod
     def load(cls, bundle: str | Path, *, contexts: int | None = None, cpu_threads: int | None = None,
@@ -134,13 +117,36 @@ class Engine:
     def create_context(self) -> "Context":
         return Context(self)
 
-    def predict(self, texts: Sequence[str], *, batch_size: int | None = None, max_batch_tokens: int | None = None,
-                bucketing: bool = True) -> Predictions:
-        """Tokenize, batch (length-bucketed by default) and classify `texts`; results in input order."""
-        from .batch_queue import InferenceQueue
+    @property
+    def batcher(self) -> Batcher:
+        """The engine's own long-lived Batcher, started (contexts warmed up) on first use."""
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = Batcher(self).start()
+            return self._batcher
 
-        return InferenceQueue(self).run(texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                        bucketing=bucketing)
+    def predict(self, texts: Sequence[str] | str, *, batch_size: int | None = None,
+                max_batch_tokens: int | None = None, bucketing: bool = True) -> Predictions | Prediction:
+        """Tokenize, batch (length-bucketed by default) and classify `texts`; results in input order.
+
+        A single string is one text and gets one Prediction back; a list gets Predictions.
+        """
+        if isinstance(texts, str):
+            return self.batcher.run([texts])[0]
+        return self.batcher.run(texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens, bucketing=bucketing)
+
+    def close(self) -> None:
+        """Stop the engine's batcher after it finished what it accepted (predict() starts a new one)."""
+        with self._batcher_lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close(drain=True)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def default_batch_size(self) -> int:
         return self.profile.max_batch if not self.profile.dynamic else min(self.profile.max_batch, 32)
@@ -158,7 +164,8 @@ class Context:
             token_type_ids: np.ndarray | None = None) -> np.ndarray:
         """input_ids, attention_mask, token_type_ids: int64 (batch, seq) -> float32 logits (batch, labels).
 
-        Static engines pad the batch up to their compiled shape and drop the filler rows.
+        Inputs smaller than the engine accepts (static shapes, or a dynamic minimum) are padded up and
+        the filler rows dropped from the result.
         """
         input_ids = _as_int64_matrix("input_ids", input_ids)
         attention_mask = _as_int64_matrix("attention_mask", attention_mask)
@@ -175,7 +182,7 @@ class Context:
         run_batch, run_seq = self.engine.profile.fit(batch, seq)
         arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if (run_batch, run_seq) != (batch, seq):
-            arrays = _pad_to(arrays, run_batch, run_seq, self.engine.encoder.pad_token_id)
+            arrays = pad_to_shape(arrays, run_batch, run_seq, self.engine.encoder.pad_token_id)
         feeds = {name: arrays[name] for name in self.engine.input_names}
         with self._lock:
             logits = self._runner.infer(feeds)[:batch]
@@ -192,15 +199,3 @@ def _as_int64_matrix(name: str, array) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         raise ShapeError(f"{name} must hold integers, got {array.dtype}", "pass int64 token ids")
     return np.ascontiguousarray(array, dtype=np.int64)
-
-
-def _pad_to(arrays: dict[str, np.ndarray], rows: int, columns: int, pad_token_id: int) -> dict[str, np.ndarray]:
-    batch, seq = arrays["input_ids"].shape
-    padded = {}
-    for name, array in arrays.items():
-        fill = pad_token_id if name == "input_ids" else 0
-        target = np.full((rows, columns), fill, dtype=np.int64)
-        target[:batch, :seq] = array
-        padded[name] = target
-    padded["attention_mask"][batch:, 0] = 1  # filler rows attend to one token, so no row is all-masked
-    return padded

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import BundleError, InputDataError
 
+TOKENIZER_DIR = "tokenizer"  # inside an export folder and a bundle
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_META_FILE = "tokenizer_meta.json"
 
@@ -87,14 +88,10 @@ class TextEncoder:
                                 count=len(encodings))
         return EncodedTexts(token_ids=token_ids, type_ids=type_ids, truncated=truncated)
 
-    def pad(self, encoded: EncodedTexts, indices: Sequence[int], padded_length: int,
-            padded_batch: int | None = None) -> ModelInputs:
-        """Pad the texts at `indices` to (padded_batch or len(indices), padded_length).
-
-        Rows past len(indices) are filler for static shapes: one [PAD] with attention 1, so no row
-        has an all-zero mask (which some kernels turn into NaN); their outputs are discarded.
-        """
-        rows = padded_batch or len(indices)
+    def pad(self, encoded: EncodedTexts, indices: Sequence[int], padded_length: int) -> ModelInputs:
+        """Pad the texts at `indices` to (len(indices), padded_length); Context.run pads further
+        (filler rows) when the engine needs a larger shape."""
+        rows = len(indices)
         input_ids = np.full((rows, padded_length), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((rows, padded_length), dtype=np.int64)
         token_type_ids = np.zeros((rows, padded_length), dtype=np.int64)
@@ -104,7 +101,6 @@ class TextEncoder:
             input_ids[row, :length] = ids
             attention_mask[row, :length] = 1
             token_type_ids[row, :length] = encoded.type_ids[index]
-        attention_mask[len(indices):, 0] = 1
         return ModelInputs(input_ids, attention_mask, token_type_ids)
 
     def encode_padded(self, texts: Sequence[str], padded_length: int | None = None) -> ModelInputs:
@@ -112,3 +108,20 @@ class TextEncoder:
         encoded = self.encode(texts)
         length = padded_length or int(encoded.lengths.max())
         return self.pad(encoded, range(len(texts)), length)
+
+
+def pad_to_shape(arrays: dict[str, np.ndarray], rows: int, columns: int, pad_token_id: int) -> dict[str, np.ndarray]:
+    """Pad int64 (batch, seq) model inputs up to (rows, columns), for engines that need a larger shape.
+
+    Rows past the batch are filler: one [PAD] with attention 1, so no row has an all-zero mask (which
+    some kernels turn into NaN); their outputs are discarded.
+    """
+    batch, seq = arrays["input_ids"].shape
+    padded = {}
+    for name, array in arrays.items():
+        fill = pad_token_id if name == "input_ids" else 0
+        target = np.full((rows, columns), fill, dtype=np.int64)
+        target[:batch, :seq] = array
+        padded[name] = target
+    padded["attention_mask"][batch:, 0] = 1
+    return padded

@@ -1,0 +1,102 @@
+"""What the runtime hands back: predictions for many texts, one text, one request, one batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 (n, labels) -> probabilities of the same shape, rows summing to 1."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's result."""
+
+    label: int
+    label_name: str
+    logits: np.ndarray  # float32 (labels,)
+    probabilities: np.ndarray  # float32 (labels,)
+    truncated: bool  # the text was cut at max_seq_length
+    token_length: int  # tokens used, specials included
+
+
+@dataclass(frozen=True)
+class Predictions:
+    logits: np.ndarray  # float32 (n, labels)
+    truncated: np.ndarray  # bool (n,): text was cut at max_seq_length
+    token_lengths: np.ndarray  # int64 (n,): tokens used, specials included
+    label_names: tuple[str, ...]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return softmax(self.logits)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, index: int) -> Prediction:
+        logits = self.logits[index]
+        label = int(logits.argmax())
+        return Prediction(label=label, label_name=self.label_names[label], logits=logits,
+                          probabilities=softmax(logits), truncated=bool(self.truncated[index]),
+                          token_length=int(self.token_lengths[index]))
+
+
+@dataclass(frozen=True)
+class RequestTimings:
+    """Where one request's time went, in seconds."""
+
+    tokenization_s: float  # encoding its texts, on the submitting thread
+    queue_s: float  # from enqueued until its first row entered a batch
+    inference_s: float  # engine time of the batches that held its rows (summed when it spans several)
+    total_s: float  # from submit() until its result was set
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """One submitted request: its texts' logits in the order given."""
+
+    logits: np.ndarray  # float32 (n, labels)
+    truncated: np.ndarray  # bool (n,)
+    token_lengths: np.ndarray  # int64 (n,)
+    compute_tokens: int  # padded tokens computed for this request's rows
+    timings: RequestTimings
+    label_names: tuple[str, ...] = ()
+
+    def predictions(self) -> Predictions:
+        return Predictions(logits=self.logits, truncated=self.truncated, token_lengths=self.token_lengths,
+                           label_names=self.label_names)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """One batch an engine context computed (handed to batch listeners, e.g. for metrics)."""
+
+    rows: int  # texts in the batch (filler rows of static engines not counted)
+    padded_length: int  # tokens every row was padded to
+    tokens: int  # rows x padded_length
+    inference_s: float  # engine time of this batch
+    context: int  # which worker ran it
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """Counters since start (a snapshot)."""
+
+    requests: int  # online requests accepted
+    texts: int  # texts accepted, online and offline
+    batches: int  # batches computed
+    dropped: int  # requests cancelled by their caller before they reached the engine
+    failed: int  # batches whose engine call raised
+    rejected: int  # submits refused because the queue was full
+    listener_errors: int  # batch listeners that raised (ignored otherwise)

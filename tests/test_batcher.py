@@ -1,0 +1,249 @@
+"""The Batcher against a fake engine (no weights): order, merging under the token budget, failure
+isolation, cancellation, overload, close. Every wait has a timeout, so a hang fails the test."""
+
+import threading
+
+import numpy as np
+import pytest
+from fake_engine import FakeEngine, expected_logits
+
+from roberta_deploy.errors import BackendError, InputDataError, NotReadyError, OverloadedError, UsageError
+from roberta_deploy.runtime import Batcher, RequestResult
+
+WAIT_S = 20  # generous: only a hang comes near it
+
+
+def wait_until(condition, what: str) -> None:
+    event = threading.Event()
+    for _ in range(WAIT_S * 100):
+        if condition():
+            return
+        event.wait(0.01)
+    pytest.fail(f"timed out waiting until {what}")
+
+
+def texts_of_lengths(*lengths):
+    return ["字" * (length - 2) for length in lengths]
+
+
+def test_every_context_runs_once_on_the_starting_thread_before_any_worker_exists():
+    engine = FakeEngine(contexts=3)
+    batcher = Batcher(engine)
+    assert not batcher.ready and not batcher.running
+    batcher.start()
+    try:
+        warm_up = engine.calls[:3]
+        assert sorted(call["context"] for call in warm_up) == [0, 1, 2]
+        assert {call["thread"] for call in warm_up} == {threading.current_thread().name}
+        assert batcher.ready and batcher.running
+    finally:
+        batcher.close()
+    assert not batcher.running and not batcher.ready
+
+
+def test_concurrent_requests_get_their_own_rows_back_in_order_with_timings():
+    engine = FakeEngine(contexts=2)
+    rng = np.random.default_rng(0)
+    requests = [["好" * int(length) for length in rng.integers(1, 40, size=rng.integers(1, 6))] for _ in range(60)]
+    results: dict[int, RequestResult] = {}
+
+    def client(numbers):
+        futures = {number: batcher.submit(requests[number]) for number in numbers}
+        for number, future in futures.items():
+            results[number] = future.result(timeout=WAIT_S)
+
+    with Batcher(engine, max_wait_ms=1) as batcher:
+        threads = [threading.Thread(target=client, args=(range(start, 60, 4),)) for start in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT_S)
+        assert not any(thread.is_alive() for thread in threads)
+        stats = batcher.stats
+    assert sorted(results) == list(range(60))
+    for number, result in results.items():
+        np.testing.assert_allclose(result.logits, expected_logits(requests[number]), rtol=1e-6)
+        assert result.token_lengths.tolist() == [min(len(text) + 2, 32) for text in requests[number]]
+        assert result.truncated.tolist() == [len(text) + 2 > 32 for text in requests[number]]
+        assert result.compute_tokens >= result.token_lengths.sum()
+        timings = result.timings
+        assert min(timings.tokenization_s, timings.queue_s, timings.inference_s) >= 0
+        assert timings.total_s >= timings.queue_s and timings.total_s >= timings.tokenization_s
+    assert stats.requests == 60 and stats.texts == sum(map(len, requests)) and stats.failed == 0
+
+
+def test_waiting_requests_are_merged_into_length_bucketed_batches_under_the_token_budget():
+    gate = threading.Event()
+    engine = FakeEngine(contexts=1)
+    seen = []
+    with Batcher(engine, max_batch_tokens=128, max_batch_size=4, max_wait_ms=0) as batcher:
+        engine.gate = gate  # after the warm-up
+        batcher.add_batch_listener(seen.append)
+        first = batcher.submit(texts_of_lengths(5))
+        wait_until(lambda: len(engine.calls) == 2, "the first request is inside the engine")
+        lengths = [30, 4, 29, 5, 31, 6, 28, 7, 3, 32]  # long and short arrive interleaved
+        futures = [batcher.submit(text) for text in texts_of_lengths(*lengths)]
+        assert batcher.queued_texts == len(lengths)
+        gate.set()
+        first.result(timeout=WAIT_S)
+        results = [future.result(timeout=WAIT_S) for future in futures]
+    assert [int(result.token_lengths[0]) for result in results] == lengths
+    batches = engine.calls[2:]
+    for batch in batches:
+        rows, padded = batch["shape"]
+        assert rows * padded <= 128 and rows <= 4
+        assert padded == max(len(row) for row in batch["rows"])  # padded only to its longest text
+    # Merged, and by length: the oldest request's batch takes the texts nearest its length.
+    assert sorted(len(row) for row in batches[0]["rows"]) == [28, 29, 30, 31]
+    assert sorted(len(row) for row in batches[1]["rows"]) == [3, 4, 5, 6]
+    assert len(batches) == 3
+    assert sum(stat.rows for stat in seen) == len(lengths) + 1
+    assert all(stat.tokens == stat.rows * stat.padded_length for stat in seen)
+
+
+def test_a_failing_batch_fails_only_the_requests_in_it():
+    gate = threading.Event()
+    engine = FakeEngine(contexts=1)
+    with Batcher(engine, max_batch_size=1, max_wait_ms=0) as batcher:
+        engine.gate = gate  # after the warm-up
+        blocker = batcher.submit("先")
+        wait_until(lambda: len(engine.calls) == 2, "the first request is inside the engine")
+        good_before, bad, good_after = batcher.submit("好的"), batcher.submit("坏!"), batcher.submit("好")
+        gate.set()
+        with pytest.raises(BackendError, match="simulated engine failure"):
+            bad.result(timeout=WAIT_S)
+        for future, text in ((blocker, "先"), (good_before, "好的"), (good_after, "好")):
+            np.testing.assert_allclose(future.result(timeout=WAIT_S).logits, expected_logits([text]))
+        assert batcher.stats.failed == 1
+        # The worker lives on.
+        assert batcher.submit("还好").result(timeout=WAIT_S).logits.shape == (1, 2)
+
+
+def test_a_cancelled_request_is_dropped_before_the_engine_sees_it():
+    gate = threading.Event()
+    engine = FakeEngine(contexts=1)
+    with Batcher(engine, max_wait_ms=0) as batcher:
+        engine.gate = gate  # after the warm-up
+        blocker = batcher.submit("先")
+        wait_until(lambda: len(engine.calls) == 2, "the first request is inside the engine")
+        kept, cancelled = batcher.submit("留下"), batcher.submit("取消了")
+        assert cancelled.cancel()
+        gate.set()
+        blocker.result(timeout=WAIT_S)
+        kept.result(timeout=WAIT_S)
+        stats = batcher.stats
+    computed_rows = [row for call in engine.calls for row in call["rows"]]
+    assert len(computed_rows) == 3  # warm-up, blocker, kept: the cancelled text never ran
+    assert stats.dropped == 1
+
+
+def test_submit_past_the_queue_bound_is_refused_as_overloaded():
+    gate = threading.Event()
+    engine = FakeEngine(contexts=1)
+    with Batcher(engine, max_queued_texts=4, max_wait_ms=0) as batcher:
+        engine.gate = gate  # after the warm-up
+        blocker = batcher.submit("先")
+        wait_until(lambda: len(engine.calls) == 2, "the first request is inside the engine")
+        accepted = batcher.submit(["一", "二", "三"])
+        with pytest.raises(OverloadedError, match="3 texts are already waiting"):
+            batcher.submit(["四", "五"])
+        also_accepted = batcher.submit("四")
+        assert batcher.stats.rejected == 1
+        gate.set()
+        for future in (blocker, accepted, also_accepted):
+            future.result(timeout=WAIT_S)
+
+
+def test_close_drains_accepted_requests_and_then_refuses_new_ones():
+    gate = threading.Event()
+    engine = FakeEngine(contexts=1)
+    batcher = Batcher(engine, max_wait_ms=0)
+    with pytest.raises(NotReadyError, match="has not started"):
+        batcher.submit("早")
+    batcher.start()
+    engine.gate = gate  # after the warm-up
+    futures = [batcher.submit(text) for text in ("一", "二二", "三三三")]
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    wait_until(lambda: not batcher.ready, "close has begun")
+    with pytest.raises(NotReadyError, match="closing"):
+        batcher.submit("晚")
+    gate.set()
+    closer.join(WAIT_S)
+    assert not closer.is_alive() and not batcher.running
+    for future, text in zip(futures, ("一", "二二", "三三三")):
+        np.testing.assert_allclose(future.result(timeout=WAIT_S).logits, expected_logits([text]))
+
+
+def test_close_without_drain_fails_waiting_requests():
+    gate = threading.Event()
+    engine = FakeEngine(contexts=1)
+    batcher = Batcher(engine, max_wait_ms=0).start()
+    engine.gate = gate  # after the warm-up
+    blocker = batcher.submit("先")
+    wait_until(lambda: len(engine.calls) == 2, "the first request is inside the engine")
+    waiting = batcher.submit("等")
+    closer = threading.Thread(target=batcher.close, kwargs={"drain": False})
+    closer.start()
+    with pytest.raises(NotReadyError, match="closed before this request ran"):
+        waiting.result(timeout=WAIT_S)
+    gate.set()
+    closer.join(WAIT_S)
+    assert not closer.is_alive()
+    blocker.result(timeout=WAIT_S)  # the batch already inside the engine still finished
+
+
+def test_invalid_requests_are_refused_at_submit():
+    engine = FakeEngine(contexts=1, max_seq_length=8)
+    with Batcher(engine) as batcher:
+        with pytest.raises(InputDataError, match="text 1 is empty"):
+            batcher.submit(["好", "  "])
+        with pytest.raises(InputDataError, match="holds no texts"):
+            batcher.submit([])
+        with pytest.raises(InputDataError, match="text 0 is longer than the model's 8 tokens"):
+            batcher.submit("长" * 20, truncate=False)
+        result = batcher.submit("长" * 20).result(timeout=WAIT_S)
+        assert result.truncated.tolist() == [True] and result.token_lengths.tolist() == [8]
+    with pytest.raises(UsageError, match="max_batch_tokens 4 is below max_seq_length 8"):
+        Batcher(engine, max_batch_tokens=4)
+    with pytest.raises(UsageError, match="max_queued_texts 0 must be at least 1"):
+        Batcher(engine, max_queued_texts=0)
+
+
+def test_run_plans_the_dataset_longest_first_and_returns_input_order():
+    engine = FakeEngine(contexts=2)
+    rng = np.random.default_rng(1)
+    texts = ["评" * int(length) for length in rng.integers(1, 60, size=300)]
+    done = []
+    with Batcher(engine) as batcher:
+        predictions = batcher.run(texts, batch_size=8, on_batch_done=done.append)
+    np.testing.assert_allclose(predictions.logits, expected_logits(texts), rtol=1e-6)
+    assert sum(done) == 300
+    assert predictions.truncated.sum() == sum(len(text) + 2 > 32 for text in texts)
+    padded = [call["shape"][1] for call in engine.calls[2:]]
+    assert padded[0] == 32 and padded[-1] < 32
+
+
+def test_a_failing_batch_stops_its_run_and_the_batcher_keeps_serving():
+    engine = FakeEngine(contexts=2)
+    texts = ["好" * (n % 20 + 1) for n in range(100)] + ["坏!"]
+    with Batcher(engine) as batcher:
+        with pytest.raises(BackendError, match="simulated engine failure"):
+            batcher.run(texts, batch_size=4)
+        predictions = batcher.run(texts[:100], batch_size=4)
+        np.testing.assert_allclose(predictions.logits, expected_logits(texts[:100]), rtol=1e-6)
+        with pytest.raises(UsageError, match="one string"):
+            batcher.run("好")
+
+
+def test_a_listener_that_raises_is_counted_and_changes_nothing():
+    engine = FakeEngine(contexts=1)
+
+    def broken(stats):
+        raise ValueError("listener bug")
+
+    with Batcher(engine) as batcher:
+        batcher.add_batch_listener(broken)
+        result = batcher.submit(["好", "不好"]).result(timeout=WAIT_S)
+        np.testing.assert_allclose(result.logits, expected_logits(["好", "不好"]))
+        wait_until(lambda: batcher.stats.listener_errors == 1, "the listener error is counted")
