@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,11 +133,28 @@ class OpenVINOEngine(LoadedEngine):
         return OpenVINORunner({key: compiled.create_infer_request() for key, compiled in self.compiled.items()})
 
 
+# The first time a process touches a tensor's numpy view (`tensor.data`, which `InferRequest.infer` uses to
+# copy inputs in), OpenVINO's bindings initialize pybind11's numpy API inside a C++ function-local static.
+# Two threads doing that at once deadlock for good: one holds the static's guard and waits for the GIL,
+# the other holds the GIL and waits for the guard (both stacks seen with py-spy, issue 8). So until one
+# inference has completed in this process, inferences run one at a time; after that, nothing is locked.
+_first_inference_lock = threading.Lock()
+_first_inference_done = threading.Event()
+
+
 class OpenVINORunner(Runner):
     def __init__(self, requests: dict):
         self.requests = requests
 
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if not _first_inference_done.is_set():
+            with _first_inference_lock:  # blocks without the GIL, so the first inference can finish
+                logits = self._infer(feeds)
+                _first_inference_done.set()
+                return logits
+        return self._infer(feeds)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         request = self.requests.get(None) or self.requests[next(iter(feeds.values())).shape[1]]
         request.infer(feeds)
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
