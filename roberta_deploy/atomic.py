@@ -21,12 +21,7 @@ def atomic_directory(final_path: str | Path, overwrite: bool = False) -> Iterato
     failed or mistaken command never destroys earlier work.
     """
     final_path = Path(final_path)
-    if final_path.exists() and not final_path.is_dir():
-        raise OutputExistsError(f"output path {final_path} exists and is not a folder",
-                                "choose another --output path")
-    if final_path.is_dir() and any(final_path.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output folder {final_path} already exists and is not empty",
-                                "pass --overwrite or choose another --output folder")
+    check_output_folder(final_path, overwrite)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.partial-", dir=final_path.parent))
     temporary.chmod(0o777 & ~_current_umask())  # mkdtemp makes 0700; outputs are ordinary folders
@@ -38,6 +33,17 @@ def atomic_directory(final_path: str | Path, overwrite: bool = False) -> Iterato
     if final_path.exists():
         shutil.rmtree(final_path)
     os.replace(temporary, final_path)
+
+
+def check_output_folder(final_path: str | Path, overwrite: bool = False) -> None:
+    """Raise OutputExistsError when `final_path` cannot become an output folder (call it before slow work)."""
+    final_path = Path(final_path)
+    if final_path.exists() and not final_path.is_dir():
+        raise OutputExistsError(f"output path {final_path} exists and is not a folder",
+                                "choose another --output path")
+    if final_path.is_dir() and any(final_path.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output folder {final_path} already exists and is not empty",
+                                "pass --overwrite or choose another --output folder")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -61,6 +67,13 @@ def atomic_write_json(path: str | Path, payload: object) -> None:
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without setting it: os.umask() can only be read by changing it, and a
+    change for even a moment races with every other thread creating files (a server)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022  # not Linux (or a kernel before 4.7): the usual default

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
+from .defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from .errors import EXIT_CODES, RobertaDeployError, UsageError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
@@ -59,6 +59,12 @@ def reports_errors(command: Callable) -> Callable:
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def print_warnings(warnings) -> None:
+    """Things the library says once and the user should see (not errors; -q does not hide them)."""
+    for warning in warnings:
+        error_console.print(f"warning: {warning}")
 
 
 def step_printer(prefix: str = "") -> Callable[[str], None]:
@@ -131,7 +137,7 @@ def export(
 def build(
     export: Path = typer.Option(..., "--export", help="Export folder written by `roberta-deploy export`."),
     output: Path = typer.Option(..., help="Bundle folder to write."),
-    backend: str = typer.Option("openvino", help=BACKEND_HELP),
+    backend: str = typer.Option(DEFAULT_BACKEND, help=BACKEND_HELP),
     precision: str = typer.Option("fp32", help=PRECISION_HELP + " `auto` picks the fastest within --accuracy-budget."),
     device: str = typer.Option("cpu", help=DEVICE_HELP + " The bundle is verified there and runs there by default."),
     dynamic_shape: bool = typer.Option(True, "--dynamic-shape/--static-shape",
@@ -178,8 +184,9 @@ def build(
     selection = manifest.get("precision_selection")
     if selection:
         for candidate in selection["candidates"]:
-            console.print(f"  {candidate['precision']}: accuracy {candidate['accuracy']:.4f} "
-                          f"({candidate['points_below_fp32']:+.2f} points vs fp32) -> {candidate['verdict']}")
+            measured = (f"accuracy {candidate['accuracy']:.4f} ({candidate['points_vs_fp32']:+.2f} points vs fp32), "
+                        f"{candidate['texts_per_second']:.0f} texts/s " if "accuracy" in candidate else "")
+            console.print(f"  {candidate['precision']}: {measured}-> {candidate['verdict']}")
     console.print(f"built {manifest['backend']} {manifest['precision']} bundle at {output} "
                   f"({describe_shapes(manifest)}); vs fp32: max |diff| {check['max_abs_logit_diff']:.3g} "
                   f"(tolerance {check['tolerance']:.3g}), agreement {check['label_agreement']:.4f} "
@@ -291,6 +298,7 @@ def infer(
 
     check_output_format(output_format)
     engine = Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads, hint=THROUGHPUT, device=device)
+    print_warnings(engine.warnings)
     dataset = load_dataset_for(engine, data, text_column, label_column, data_format)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=status_console, transient=True) as progress:
@@ -336,9 +344,10 @@ def evaluate_command(
     model: str = typer.Option(str(DEMO_MODEL_DIR), help="Checkpoint folder or hub id."),
     data: Path = typer.Option(DEMO_SAMPLES_PATH, help="Labelled texts; every row is scored."),
     output: Path = typer.Option(..., help="Folder for the export, bundles and accuracy.md/json."),
-    backend: str = typer.Option("openvino", help=BACKEND_HELP),
+    backend: str = typer.Option(DEFAULT_BACKEND, help=BACKEND_HELP),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
-    precisions: str = typer.Option("fp32,bf16,int8", help="Comma-separated precisions; fp32 is always the reference."),
+    precisions: Optional[str] = typer.Option(None, help="Comma-separated precisions (default: fp32 and the faster ones "
+                                                        "the backend runs well here); fp32 is always the reference."),
     batch_sizes: str = typer.Option("1,32", help="Comma-separated batch sizes; results must not depend on them."),
     max_seq_length: int = typer.Option(DEFAULT_MAX_SEQ_LENGTH, help="Longest input in tokens."),
     calibration_data: Optional[Path] = typer.Option(None, help="int8 calibration texts (default: bundled samples)."),
@@ -354,7 +363,7 @@ def evaluate_command(
 
     report = evaluate(EvalOptions(
         model=model, data=data, output=output, backend=backend, device=device,
-        precisions=tuple(parse_precision_list(precisions)),
+        precisions=tuple(parse_precision_list(precisions)) if precisions else None,
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"), max_seq_length=max_seq_length,
         calibration_data=calibration_data, bucketing=bucketing, overwrite=overwrite,
         text_column=text_column, label_column=label_column), on_step=step_printer())
@@ -437,6 +446,8 @@ def perf(
             report = compare_bundles(chosen, options, on_progress, on_bundle)
         else:
             report = run_benchmark(options, on_progress)
+    for run in report["runs"] if report.get("mode") == "compare" else [report]:
+        print_warnings(run["warnings"])
     if report.get("mode") == "compare":
         table_console.print(compare_table(report, options))
         runs = report["runs"]
@@ -519,9 +530,9 @@ def run(
     model: str = typer.Option(str(DEMO_MODEL_DIR), help="Checkpoint folder or hub id (default: the bundled demo model)."),
     data: Path = typer.Option(DEMO_SAMPLES_PATH, help="Labelled texts (default: the bundled sample reviews)."),
     output: Optional[Path] = typer.Option(None, help="Folder for everything (default: runs/run-<time>)."),
-    backend: str = typer.Option("openvino", help=BACKEND_HELP),
+    backend: str = typer.Option(DEFAULT_BACKEND, help=BACKEND_HELP),
     device: str = typer.Option("cpu", help=DEVICE_HELP),
-    precisions: Optional[str] = typer.Option(None, help="Comma-separated (default: fp32 and every faster precision the backend runs here)."),
+    precisions: Optional[str] = typer.Option(None, help="Comma-separated (default: fp32 and the faster ones the backend runs well here, as OpenVINO reports it for this CPU)."),
     batch_sizes: str = typer.Option("1,32", help="Batch sizes for the accuracy table; the largest is used for throughput."),
     max_seq_length: int = typer.Option(DEFAULT_MAX_SEQ_LENGTH, help="Longest input in tokens."),
     calibration_data: Optional[Path] = typer.Option(None, help="int8 calibration texts (default: bundled samples)."),

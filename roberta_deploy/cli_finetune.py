@@ -1,5 +1,6 @@
 """`roberta-deploy finetune`: the command-line face of roberta_deploy.finetune (progress bar, summary,
-one-line errors). cli.py registers `finetune_command`; `python -m roberta_deploy.cli_finetune` runs it alone."""
+one-line errors through cli.reports_errors). cli.py registers `finetune_command`;
+`python -m roberta_deploy.cli_finetune` runs it alone."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import RobertaDeployError
 
 
 class ConfigSize(str, Enum):
@@ -85,18 +85,19 @@ def finetune_command(
         if report.dev_accuracy is not None:
             progress.console.print(f"epoch {report.epoch}: dev accuracy {report.dev_accuracy:.4f}")
 
-    try:
-        try:
-            result = finetune(options, on_progress=on_progress)
-        finally:
-            if task is not None:
-                progress.stop()
-    except RobertaDeployError as error:
-        typer.echo(f"error: {error.one_line()}", err=True)
-        raise typer.Exit(error.exit_code) from None
+    try:  # errors reach cli.reports_errors, which prints them as everywhere else
+        result = finetune(options, on_progress=on_progress)
+    finally:
+        if task is not None:
+            progress.stop()
     console.print(f"best epoch {result.best_epoch} (dev accuracy {result.best_dev_accuracy:.4f}), "
                   f"trained in {result.train_seconds:.0f} s; checkpoint written to {result.output}")
 
 
-if __name__ == "__main__":
-    typer.run(finetune_command)
+if __name__ == "__main__":  # the same command, with the CLI's error handling
+    import sys
+
+    from .cli import main
+
+    sys.argv.insert(1, "finetune")
+    main()

@@ -11,11 +11,11 @@ from typing import Callable
 import numpy as np
 
 from .atomic import atomic_directory
-from .backends import get_backend
+from .backends import default_precisions, get_backend
 from .backends.base import canonical_device
 from .build.bundle import BuildOptions, build_engine
 from .data import read_dataset
-from .defaults import DEFAULT_MAX_SEQ_LENGTH
+from .defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH
 from .errors import UnsupportedPrecisionError, UsageError
 from .metrics import per_class_markdown
 from .report import REPORT_HTML, eval_report_html
@@ -30,9 +30,9 @@ class EvalOptions:
     model: str  # checkpoint folder or hub id (ignored when export_dir is given)
     data: Path  # labelled texts; every row is scored
     output: Path
-    backend: str = "openvino"
+    backend: str = DEFAULT_BACKEND
     device: str = "cpu"  # where every bundle is built, verified and scored: cpu, cuda or cuda:N
-    precisions: tuple[str, ...] = ("fp32", "bf16", "int8")  # fp32 is always added: it is the reference
+    precisions: tuple[str, ...] | None = None  # None: the backend's defaults here; fp32 is always the reference
     batch_sizes: tuple[int, ...] = (1, 32)
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     calibration_data: Path | None = None  # int8 calibration texts; the bundled samples when None
@@ -67,7 +67,10 @@ def evaluate(options: EvalOptions, on_step: Callable[[str], None] | None = None)
 def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], None] | None = None) -> dict:
     """Export and build under `work`, score every row, write accuracy.md/json; return the report."""
     step = on_step or (lambda message: None)
-    precisions = check_precisions(options.backend, options.precisions, options.device)
+    precisions = check_precisions(options.backend,
+                                  options.precisions or default_precisions(options.backend,
+                                                                           canonical_device(options.device)),
+                                  options.device)
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise UsageError("batch sizes must be positive", "pass --batch-sizes such as 1,32")
     if options.export_dir is not None:

@@ -161,6 +161,7 @@ def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float
         "latency_ms": percentiles(latencies, options.percentiles),
         "percentiles": list(options.percentiles),
         "host": host_description(),
+        "warnings": list(engine.warnings),  # e.g. the bundle was verified on a CPU with flags this one lacks
     }
     if options.record_times:
         # One entry per timed call, ordered by start: which context ran it, when it started (ms after

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import atomic_directory
-from .backends import get_backend
+from .backends import default_precisions
 from .backends.base import canonical_device
-from .defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
+from .defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from .evaluate import EvalOptions, evaluate_into
 from .manifest import MANIFEST_FILE
 from .perf import PerfOptions, measure_shapes, run_benchmark
@@ -25,7 +25,7 @@ class RunOptions:
     model: str = str(DEMO_MODEL_DIR)
     data: Path = DEMO_SAMPLES_PATH
     output: Path = Path("runs/latest")
-    backend: str = "openvino"
+    backend: str = DEFAULT_BACKEND
     device: str = "cpu"  # cpu, cuda or cuda:N (torch backend)
     precisions: tuple[str, ...] | None = None  # None: fp32 plus every faster precision the backend runs here
     batch_sizes: tuple[int, ...] = (1, 32)
@@ -51,13 +51,9 @@ def sweep_shapes(max_batch: int, max_seq: int) -> list[tuple[str, int, int]]:
     return shapes
 
 
-def offered_precisions(backend_name: str, device: str = "cpu") -> tuple[str, ...]:
-    return get_backend(backend_name).precisions(canonical_device(device))
-
-
 def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = None) -> dict:
     step = on_step or (lambda message: None)
-    precisions = options.precisions or offered_precisions(options.backend, options.device)
+    precisions = options.precisions or default_precisions(options.backend, canonical_device(options.device))
     with atomic_directory(options.output, overwrite=options.overwrite) as work:
         accuracy = evaluate_into(work, EvalOptions(
             model=options.model, data=options.data, output=work, backend=options.backend, device=options.device,

@@ -24,14 +24,14 @@ def assert_one_line_error(result, *fragments):
 
 
 @pytest.fixture(scope="module")
-def cli_bundle(tiny_checkpoints, tmp_path_factory, dev_tsv):
+def cli_bundle(tiny_checkpoints, tmp_path_factory, samples_tsv):
     root = tmp_path_factory.mktemp("cli")
     result = invoke("export", "--model", tiny_checkpoints["bert"], "--output", root / "export",
-                    "--check-data", dev_tsv, "--max-seq-length", 64)
+                    "--check-data", samples_tsv, "--max-seq-length", 64)
     assert result.exit_code == 0, result.output
     assert "ONNX vs PyTorch max |diff|" in result.output
     result = invoke("build", "--export", root / "export", "--output", root / "bundle", "--backend", "openvino",
-                    "--precision", "force_float32", "--calibration-data", dev_tsv)
+                    "--precision", "force_float32", "--calibration-data", samples_tsv)
     assert result.exit_code == 0, result.output
     assert "passed" in result.output
     return root / "bundle"
@@ -61,7 +61,7 @@ def test_inspect_prints_the_manifest(cli_bundle):
     assert json.loads(result.output)["precision"] == "fp32"
 
 
-def test_perf_reports_latency_and_uses_real_lengths_with_data(cli_bundle, dev_tsv, tmp_path):
+def test_perf_reports_latency_and_uses_real_lengths_with_data(cli_bundle, samples_tsv, tmp_path):
     result = invoke("perf", "--bundle", cli_bundle, "--duration", 0.3, "--warmup", 0.1, "--batch-size", 4,
                     "--json", tmp_path / "random.json")
     assert result.exit_code == 0, result.output
@@ -71,7 +71,7 @@ def test_perf_reports_latency_and_uses_real_lengths_with_data(cli_bundle, dev_ts
     assert random_report["sequences"] == 4 * random_report["calls"]
     assert (random_report["hint"], random_report["threads"]) == ("latency", 1)
     result = invoke("perf", "--bundle", cli_bundle, "--duration", 0.3, "--warmup", 0, "--batch-size", 4,
-                    "--data", dev_tsv, "--json", tmp_path / "data.json", "--iterations", 5,
+                    "--data", samples_tsv, "--json", tmp_path / "data.json", "--iterations", 5,
                     "--hint", "throughput", "--cpu-threads", 2)
     assert result.exit_code == 0, result.output
     data_report = json.loads((tmp_path / "data.json").read_text())
@@ -81,15 +81,20 @@ def test_perf_reports_latency_and_uses_real_lengths_with_data(cli_bundle, dev_ts
     assert data_report["useful_tokens"] < data_report["sequences"] * 64
 
 
-def test_eval_writes_the_accuracy_table(tiny_checkpoints, dev_tsv, tmp_path):
-    result = invoke("eval", "--model", tiny_checkpoints["bert"], "--data", dev_tsv, "--output", tmp_path / "eval",
-                    "--precisions", "bf16,int8", "--batch-sizes", "1,32", "--max-seq-length", 64)
+def test_eval_writes_the_accuracy_table_for_every_precision_this_cpu_offers(tiny_checkpoints, samples_tsv,
+                                                                           tmp_path):
+    from roberta_deploy.backends import default_precisions
+
+    result = invoke("eval", "--model", tiny_checkpoints["bert"], "--data", samples_tsv, "--output", tmp_path / "eval",
+                    "--batch-sizes", "1,32", "--max-seq-length", 64)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "accuracy.json").read_text())
+    offered = default_precisions("openvino")
+    assert offered[0] == "fp32" and "int8" in offered
     assert [(row["precision"], row["batch_size"]) for row in report["rows"]] == [
-        ("fp32", 1), ("fp32", 32), ("bf16", 1), ("bf16", 32), ("int8", 1), ("int8", 32)]
+        (precision, batch) for precision in offered for batch in (1, 32)]
     for row in report["rows"]:
-        assert row["examples"] == 1200
+        assert row["examples"] == 202
         assert row["build_check"]["passed"]
     fp32 = report["rows"][:2]
     assert fp32[0]["correct"] == fp32[1]["correct"]  # batch size changes nothing at fp32
@@ -100,18 +105,34 @@ def test_eval_writes_the_accuracy_table(tiny_checkpoints, dev_tsv, tmp_path):
                                       ["chart-accuracy", "chart-throughput-batch", "chart-confusion-int8"])
 
 
-def test_build_auto_picks_a_precision_and_records_why(tiny_exports, dev_tsv, tmp_path):
+@pytest.mark.parametrize("cpu", ["this CPU", "AVX2 only"])
+def test_build_auto_times_every_offered_precision_and_keeps_the_fastest_within_budget(
+        tiny_exports, samples_tsv, tmp_path, monkeypatch, cpu):
+    from roberta_deploy.backends import offered_precisions
+    from roberta_deploy.backends import openvino as openvino_backend
+
+    if cpu == "AVX2 only":  # what OpenVINO reports on an AMD Zen 3
+        monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: {"FP32", "INT8"})
     result = invoke("build", "--export", tiny_exports["bert"].folder, "--output", tmp_path / "auto",
-                    "--precision", "auto", "--accuracy-budget", 0.5, "--calibration-data", dev_tsv,
+                    "--precision", "auto", "--accuracy-budget", 0.5, "--calibration-data", samples_tsv,
                     "--calibration-samples", 32)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     selection = manifest["precision_selection"]
-    assert selection["order"][0] == "int8" and selection["examples"] == 1200
-    chosen = selection["candidates"][-1]
-    assert chosen["verdict"] == "chosen" and chosen["precision"] == manifest["precision"]
-    assert chosen["points_below_fp32"] <= 0.5
-    assert all(candidate["verdict"].startswith("rejected") for candidate in selection["candidates"][:-1])
+    candidates = selection["candidates"]
+    assert [row["precision"] for row in candidates] == list(offered_precisions("openvino"))
+    assert selection["scored_texts"] == 202 - 32  # every text not used for calibration
+    for row in candidates:
+        if "accuracy" not in row:
+            assert row["verdict"].startswith("rejected")
+            continue
+        assert len(row["pass_seconds"]) == 3 and row["texts_per_second"] == 170 / min(row["pass_seconds"])
+        assert row["points_vs_fp32"] == pytest.approx((row["accuracy"] - selection["fp32_accuracy"]) * 100)
+        assert f"{row['points_vs_fp32']:+.2f} points vs fp32" in result.output  # the sign as measured
+    within = [row for row in candidates if "accuracy" in row and row["points_vs_fp32"] >= -0.5]
+    chosen = max(within, key=lambda row: row["texts_per_second"])
+    assert chosen["verdict"].startswith("chosen") and chosen["precision"] == manifest["precision"]
+    assert sum(row["verdict"].startswith("chosen") for row in candidates) == 1
     assert [path.name for path in tmp_path.iterdir()] == ["auto"]  # the scratch builds are gone
 
 
@@ -149,20 +170,20 @@ def test_bad_flags_are_one_line_errors(cli_bundle, tiny_exports, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_corrupt_bundle_is_one_line(cli_bundle, tmp_path, dev_tsv):
+def test_corrupt_bundle_is_one_line(cli_bundle, tmp_path, samples_tsv):
     import shutil
 
     copy = tmp_path / "bundle"
     shutil.copytree(cli_bundle, copy)
     with open(copy / "openvino_model.bin", "r+b") as handle:
         handle.write(b"garbage")
-    assert_one_line_error(invoke("infer", "--bundle", copy, "--data", dev_tsv, "--output", tmp_path / "o"),
+    assert_one_line_error(invoke("infer", "--bundle", copy, "--data", samples_tsv, "--output", tmp_path / "o"),
                           "openvino_model.bin is corrupt", "rebuild the bundle")
     assert not (tmp_path / "o").exists()
 
 
-def test_run_does_the_whole_pipeline_in_one_command(tiny_checkpoints, dev_tsv, tmp_path):
-    lines = dev_tsv.read_text(encoding="utf-8").split("\n")
+def test_run_does_the_whole_pipeline_in_one_command(tiny_checkpoints, samples_tsv, tmp_path):
+    lines = samples_tsv.read_text(encoding="utf-8").split("\n")
     data = tmp_path / "slice.tsv"
     data.write_text("\n".join(lines[:121]) + "\n", encoding="utf-8")
     output = tmp_path / "run"

@@ -75,9 +75,9 @@ def test_errors_are_not_wrapped_or_read_as_markup_when_piped(tmp_path):
     assert lines[0].startswith("error: ") and str(missing) in lines[0]
 
 
-def test_quiet_hides_steps_and_verbose_shows_library_logs(tiny_exports, tmp_path, dev_tsv):
+def test_quiet_hides_steps_and_verbose_shows_library_logs(tiny_exports, tmp_path, samples_tsv):
     export = tiny_exports["bert"].folder
-    common = ["build", "--export", export, "--backend", "onnxruntime", "--calibration-data", dev_tsv]
+    common = ["build", "--export", export, "--backend", "onnxruntime", "--calibration-data", samples_tsv]
     loud = cli("-v", *common, "--output", tmp_path / "loud")
     assert loud.returncode == 0, loud.stderr
     assert "building onnxruntime fp32" in loud.stderr  # a step

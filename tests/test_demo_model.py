@@ -4,7 +4,7 @@ import pytest
 
 from roberta_deploy.defaults import DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from roberta_deploy.evaluate import EvalOptions, evaluate
-from roberta_deploy.run import offered_precisions
+from roberta_deploy.backends import offered_precisions
 
 
 def test_demo_model_is_small_and_documented():

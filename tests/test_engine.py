@@ -12,8 +12,8 @@ from roberta_deploy.precision import TOLERANCES
 
 
 @pytest.fixture(scope="module")
-def dev_texts(dev_tsv):
-    return read_dataset(dev_tsv).texts[:150]
+def dev_texts(samples_tsv):
+    return read_dataset(samples_tsv).texts[:150]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ input, the CLI's error path, and the shipped demo model."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,12 @@ from roberta_deploy.data import read_dataset
 from roberta_deploy.errors import InputDataError, OutputExistsError, UsageError
 from roberta_deploy.train.finetune import FinetuneOptions, finetune
 
-SHARED_DATA = Path(os.environ.get("ROBERTA_DEPLOY_SHARED_DATA")
-                   or Path(__file__).resolve().parents[2] / "shared" / "data")
-CHNSENTICORP = SHARED_DATA / "chnsenticorp"
 DEMO = Path(__file__).resolve().parents[1] / "roberta_deploy" / "demo"
 HEADER = "label\ttext_a"
 
-needs_data = pytest.mark.skipif(not (CHNSENTICORP / "train.tsv").is_file(),
-                                reason=f"ChnSentiCorp not found under {SHARED_DATA} (set ROBERTA_DEPLOY_SHARED_DATA)")
 
-
-def _rows(name: str) -> list[str]:
-    lines = (CHNSENTICORP / name).read_bytes().decode("utf-8").split("\n")
+def _rows(shared_data: Path, name: str) -> list[str]:
+    lines = (shared_data / "chnsenticorp" / name).read_bytes().decode("utf-8").split("\n")
     return [line for line in lines[1:] if line]
 
 
@@ -35,13 +28,11 @@ def _write(path: Path, rows: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
+def data(tmp_path_factory, shared_data) -> dict[str, Path]:
     """A 600-row train slice and a balanced 200-row dev slice (dev's head is 60% positive)."""
-    if not (CHNSENTICORP / "train.tsv").is_file():
-        pytest.skip(f"ChnSentiCorp not found under {SHARED_DATA}")
     folder = tmp_path_factory.mktemp("data")
-    train = _rows("train.tsv")
-    dev = _rows("dev.tsv")
+    train = _rows(shared_data, "train.tsv")
+    dev = _rows(shared_data, "dev.tsv")
     negative = [row for row in dev if row.startswith("0\t")][:100]
     positive = [row for row in dev if row.startswith("1\t")][:100]
     return {
@@ -145,8 +136,9 @@ def test_finetune_a_checkpoint(trained, data, tmp_path):
     assert AutoTokenizer.from_pretrained(str(result.output)).pad_token_id == 0
 
 
-def test_train_file_with_one_class_is_refused(data, tmp_path):
-    one_class = _write(tmp_path / "one.tsv", [row for row in _rows("train.tsv")[:200] if row.startswith("1\t")])
+def test_train_file_with_one_class_is_refused(data, shared_data, tmp_path):
+    one_class = _write(tmp_path / "one.tsv", [row for row in _rows(shared_data, "train.tsv")[:200]
+                                              if row.startswith("1\t")])
     with pytest.raises(InputDataError, match="only one class") as caught:
         finetune(_options(data, tmp_path / "out", train=one_class))
     assert "fix:" in caught.value.one_line()
@@ -204,17 +196,15 @@ def test_impossible_options_are_refused(data, tmp_path, changes, expected):
         finetune(_options(data, tmp_path / "out", **changes))
 
 
-def test_cli_prints_a_one_line_error(data, tmp_path):
-    import typer
+def test_cli_prints_a_one_line_error(data, shared_data, tmp_path):
     from typer.testing import CliRunner
 
-    from roberta_deploy.cli_finetune import finetune_command
+    from roberta_deploy.cli import app
 
-    app = typer.Typer()
-    app.command()(finetune_command)
-    one_class = _write(tmp_path / "one.tsv", [row for row in _rows("train.tsv")[:100] if row.startswith("0\t")])
-    result = CliRunner().invoke(app, ["--config", "small", "--train", str(one_class), "--dev", str(data["dev"]),
-                                      "--output", str(tmp_path / "out")])
+    one_class = _write(tmp_path / "one.tsv", [row for row in _rows(shared_data, "train.tsv")[:100]
+                                              if row.startswith("0\t")])
+    result = CliRunner().invoke(app, ["finetune", "--config", "small", "--train", str(one_class),
+                                      "--dev", str(data["dev"]), "--output", str(tmp_path / "out")])
     assert result.exit_code == InputDataError.exit_code
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and "only one class" in errors[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,6 @@ from roberta_deploy.train.vocab import (
 )
 
 SAMPLES = Path(__file__).resolve().parents[1] / "roberta_deploy" / "demo" / "samples.tsv"
-SHARED_DATA = Path(os.environ.get("ROBERTA_DEPLOY_SHARED_DATA")
-                   or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +56,8 @@ def test_read_vocab_keeps_unicode_line_separators_as_tokens(tmp_path):
     assert read_vocab(path) == tokens  # str.splitlines() would give 10 lines and shift the ids
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "vocab").is_dir(), reason="shared data not found")
-def test_google_chinese_vocab_validates_with_the_right_ids():
-    tokens = validate_vocab(SHARED_DATA / "vocab" / "bert-base-chinese-vocab.txt")
+def test_google_chinese_vocab_validates_with_the_right_ids(shared_data):
+    tokens = validate_vocab(shared_data / "vocab" / "bert-base-chinese-vocab.txt")
     assert len(tokens) == 21128
     assert tokens[343] == "\u2028" and tokens[100] == "[UNK]"
 

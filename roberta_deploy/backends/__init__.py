@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from ..defaults import DEFAULT_BACKEND  # noqa: F401  (re-exported: the backend every command defaults to)
 from ..errors import UsageError
 from .base import Backend
 
 BACKENDS = ("openvino", "onnxruntime", "torch")
-DEFAULT_BACKEND = "openvino"  # fastest measured on this CPU at every precision
 _INSTALL_HINTS = {"openvino": "pip install 'roberta-deploy[openvino]'",
                   "onnxruntime": "pip install 'roberta-deploy[onnxruntime]'",
                   "torch": "pip install 'roberta-deploy[torch]'"}
+
+
+def offered_precisions(name: str, device: str = "cpu") -> tuple[str, ...]:
+    """The precisions backend `name` builds and runs well on `device` here (asks the machine)."""
+    return get_backend(name).precisions(device)
+
+
+def default_precisions(name: str, device: str = "cpu") -> tuple[str, ...]:
+    """What run and eval build for backend `name` when no precision is named (asks the machine)."""
+    return get_backend(name).default_precisions(device)
 
 
 def get_backend(name: str) -> Backend:

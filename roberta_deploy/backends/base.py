@@ -77,6 +77,11 @@ class Backend(ABC):
     devices: tuple[str, ...] = (CPU,)  # device kinds this backend can run on
     builds_from_checkpoint = False  # True: build needs the export's source checkpoint (BuildRequest.checkpoint)
 
+    def capabilities(self) -> tuple[str, ...]:
+        """What this backend reports it computes on this CPU, e.g. ("BF16", "FP32", "INT8"); recorded in
+        bundles. Backends that ask the machine (OpenVINO) override it."""
+        return tuple(precision.upper() for precision in self.precisions())
+
     @abstractmethod
     def unsupported_reason(self, precision: str, device: str = CPU) -> str | None:
         """None when this backend runs `precision` well on `device` here; otherwise why not and what to
@@ -92,6 +97,16 @@ class Backend(ABC):
         """The precisions this backend computes on `device` on this machine (in PRECISIONS order)."""
         self.check_device(device)
         return tuple(precision for precision in PRECISIONS if self.unsupported_reason(precision, device) is None)
+
+    def default_precisions(self, device: str = CPU) -> tuple[str, ...]:
+        """What run and eval build when no precision is named (default: every one this backend offers)."""
+        return self.precisions(device)
+
+    def alternatives_to(self, precision: str, device: str = CPU) -> str:
+        """`use --precision a, b or c`: what to use instead of `precision` here."""
+        others = [other for other in self.precisions(device) if other != precision]
+        listed = ", ".join(others[:-1]) + (" or " if len(others) > 1 else "") + others[-1]
+        return f"use --precision {listed}"
 
     @abstractmethod
     def build(self, request: BuildRequest, output_dir: Path) -> dict:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from ..errors import BundleError
-from ..logs import third_party_output_wanted
+from ..quiet import quiet_in_this_thread
 from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
 MODEL_FILE = "model.onnx"
@@ -20,13 +18,19 @@ class ONNXRuntimeBackend(Backend):
     name = "onnxruntime"
     engine_files = (MODEL_FILE,)
 
+    def capabilities(self) -> tuple[str, ...]:
+        # The CPU provider's kernels: fp32 everywhere, int8 (MLAS: AVX2, VNNI, AMX where present); fp16 only
+        # for a few ops (the rest are cast back to fp32); no bf16 kernels.
+        return ("FP32", "INT8")
+
     def unsupported_reason(self, precision: str, device: str = CPU) -> str | None:
+        if precision in ("fp32", "int8"):
+            return None
+        elsewhere = _openvino_alternative(precision)
         if precision == "fp16":
-            return ("ONNX Runtime's CPU provider runs fp16 no faster than fp32 here; "
-                    "use --precision int8 or fp32, or --backend openvino --precision bf16")
-        if precision == "bf16":
-            return "ONNX Runtime's CPU provider has no bf16 kernels; use --backend openvino --precision bf16"
-        return None
+            return ("ONNX Runtime's CPU provider runs fp16 no faster than fp32 (most ops have no fp16 kernel); "
+                    f"use --precision int8 or fp32{elsewhere}")
+        return f"ONNX Runtime's CPU provider has no {precision} kernels; use --precision int8 or fp32{elsewhere}"
 
     def build(self, request: BuildRequest, output_dir: Path) -> dict:
         manifest = request.export.manifest
@@ -46,6 +50,19 @@ class ONNXRuntimeBackend(Backend):
 
     def load(self, bundle_dir: Path, manifest: dict, settings: RuntimeSettings) -> LoadedEngine:
         return ONNXRuntimeEngine(bundle_dir, manifest, settings)
+
+
+def _openvino_alternative(precision: str) -> str:
+    """', or --backend openvino --precision P' when OpenVINO computes `precision` (or bf16) on this CPU."""
+    try:
+        from .openvino import OpenVINOBackend
+    except ImportError:
+        return ""
+    offered = OpenVINOBackend().precisions()
+    for candidate in (precision, "bf16"):
+        if candidate in offered:
+            return f", or --backend openvino --precision {candidate}"
+    return ""
 
 
 def _fuse_transformer(source: Path, destination: Path, manifest: dict) -> dict:
@@ -71,30 +88,13 @@ def _quantize_static(request: BuildRequest, destination: Path) -> None:
         def get_next(self):
             return next(self._iterator, None)
 
-    with _root_warnings_hidden():
+    # quantize_static logs advice through the root logger, which Python prints to stderr when nothing is
+    # configured; this thread's records are dropped for the call (other threads keep theirs).
+    with quiet_in_this_thread(("",)):
         quantize_static(str(request.export.onnx_path), str(destination), Reader(request.calibration_feeds),
                         quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                         activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
-
-
-@contextlib.contextmanager
-def _root_warnings_hidden():
-    """quantize_static logs advice through the root logger, which Python prints to stderr when nothing
-    is configured; the library must not print, so those records are dropped for the call."""
-    if third_party_output_wanted():
-        yield
-        return
-
-    def drop(record: logging.LogRecord) -> bool:
-        return not record.name == "root"
-
-    root = logging.getLogger()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
 
 
 class ONNXRuntimeEngine(LoadedEngine):

@@ -9,7 +9,8 @@ import numpy as np
 import openvino as ov
 
 from ..errors import BundleError
-from ..logs import third_party_output_wanted
+from ..precision import PRECISIONS
+from ..quiet import quiet_in_this_thread
 from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
 # The names optimum-intel's OVModel*.from_pretrained looks for, so a bundle loads there as it is.
@@ -21,6 +22,7 @@ KEEP_IN_HIGHER_PRECISION = (".*pooler.*", ".*classifier.*", ".*pre_classifier.*"
 
 
 def cpu_capabilities() -> set[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of this CPU, e.g. {"FP32", "INT8"} on AVX2-only machines."""
     return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
@@ -28,17 +30,41 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     engine_files = (MODEL_XML, MODEL_BIN)
 
+    def capabilities(self) -> tuple[str, ...]:
+        return tuple(sorted(cpu_capabilities()))
+
     def unsupported_reason(self, precision: str, device: str = CPU) -> str | None:
+        reason = self._missing(precision)
+        if reason is None:
+            return None
+        return f"{reason}; {self.alternatives_to(precision, device)}"
+
+    def precisions(self, device: str = CPU) -> tuple[str, ...]:
+        self.check_device(device)
+        return tuple(precision for precision in PRECISIONS if self._missing(precision) is None)
+
+    def default_precisions(self, device: str = CPU) -> tuple[str, ...]:
+        # fp16 is built when asked for where the CPU has fp16 arithmetic (AVX512-FP16), but is left out of
+        # the defaults when bf16 is offered too: on such a Xeon it classified the sample reviews at 615
+        # texts/s against bf16's 772 (demo model, `run`, docs/benchmarks.md), with the same accuracy.
+        offered = self.precisions(device)
+        return tuple(precision for precision in offered if precision != "fp16" or "bf16" not in offered)
+
+    def _missing(self, precision: str) -> str | None:
+        """Why `precision` cannot run here, without the alternatives."""
         capabilities = cpu_capabilities()
+        reported = ", ".join(sorted(capabilities))
         if precision == "fp16" and "FP16" not in capabilities:
-            return "this CPU has no fp16 arithmetic (OpenVINO reports no FP16 capability); use --precision bf16"
+            return f"this CPU has no fp16 arithmetic (OpenVINO reports {reported}: no FP16)"
         if precision == "bf16" and "BF16" not in capabilities:
-            return "this CPU has no bf16 support (no AVX512-BF16/AMX); use --precision int8 or fp32"
+            return f"this CPU has no bf16 support (no AVX512-BF16/AMX; OpenVINO reports {reported})"
         if precision == "int8":
+            if "INT8" not in capabilities:
+                return f"OpenVINO reports no INT8 capability on this CPU ({reported})"
             try:
                 import nncf  # noqa: F401
             except ImportError:
-                return "int8 needs NNCF: pip install 'roberta-deploy[openvino]'"
+                return "int8 needs NNCF (pip install 'roberta-deploy[openvino]')"
         return None
 
     def build(self, request: BuildRequest, output_dir: Path) -> dict:
@@ -67,24 +93,13 @@ class OpenVINOBackend(Backend):
 def _quantize_with_nncf(model, calibration_feeds: list[dict]):
     """Static int8 (NNCF post-training quantization, transformer preset: SmoothQuant, per-channel weights).
 
-    NNCF draws rich progress bars on stdout; the library must not print, so they are swallowed here.
+    NNCF logs and draws rich progress bars on stdout; the library must not print, so this thread's output
+    is dropped while it runs (other threads keep theirs).
     """
-    import contextlib
-    import io
-    import logging
-
     import nncf
 
-    if third_party_output_wanted():
+    with quiet_in_this_thread(("nncf",)):
         return _nncf_quantize(nncf, model, calibration_feeds)
-    nncf_logger = logging.getLogger("nncf")
-    previous_level = nncf_logger.level
-    nncf_logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return _nncf_quantize(nncf, model, calibration_feeds)
-    finally:
-        nncf_logger.setLevel(previous_level)
 
 
 def _nncf_quantize(nncf, model, calibration_feeds: list[dict]):

@@ -15,8 +15,9 @@ from ..atomic import atomic_directory
 from ..backends import get_backend
 from ..backends.base import CPU, canonical_device
 from ..data import Dataset, read_dataset
-from ..defaults import DEMO_SAMPLES_PATH
+from ..defaults import DEFAULT_BACKEND, DEMO_SAMPLES_PATH
 from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionError, UsageError
+from ..machine import this_cpu
 from ..runtime.tokenization import TOKENIZER_DIR, pad_to_shape
 from .checkpoint import checkpoint_hash, resolve_checkpoint
 from .export import ExportArtifact, onnx_reference_logits
@@ -34,7 +35,7 @@ SAMPLE_SEED = 0  # fixed so that the calibration/held-back split is the same on 
 class BuildOptions:
     export_dir: Path
     output: Path
-    backend: str = "openvino"
+    backend: str = DEFAULT_BACKEND
     precision: str = "fp32"  # fp32, fp16, bf16, int8, or a vendor alias
     device: str = CPU  # where the bundle runs and is verified: cpu, or cuda[:N] (torch backend)
     dynamic_shape: bool = True  # dynamic: any shape in the ranges; static: fixed shapes, compiled once
@@ -120,6 +121,8 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
             "calibration": ({"source": dataset.source, "texts": len(calibration.texts)}
                             if precision == "int8" else None),
             "checks": dict(export.manifest.get("checks", {})),
+            # Where the speed and the check below were obtained; loading elsewhere warns (machine.py).
+            "verified_on": {"cpu": this_cpu(), "backend_capabilities": list(backend.capabilities())},
         }
         write_manifest(work, KIND_BUNDLE, content)
         step("verifying against the fp32 reference")
@@ -147,12 +150,24 @@ def source_checkpoint(export: ExportArtifact) -> Path:
 
 def split_calibration(dataset: Dataset, calibration_count: int, held_back_count: int) -> tuple[Dataset, Dataset]:
     """Disjoint calibration and held-back subsets (seeded shuffle); overlap only when the file is too small."""
-    order = list(range(len(dataset)))
+    calibration_indices, held_back_indices, _ = _split_indices(len(dataset), calibration_count, held_back_count)
+    return _subset(dataset, calibration_indices), _subset(dataset, held_back_indices)
+
+
+def held_out_of_calibration(dataset: Dataset, calibration_count: int, held_back_count: int) -> Dataset:
+    """Every text the same split keeps out of calibration: the held-back texts and whatever is left over
+    (just the held-back ones when the file is too small to keep them apart)."""
+    calibration_indices, held_back_indices, order = _split_indices(len(dataset), calibration_count, held_back_count)
+    calibrated = set(calibration_indices)
+    return _subset(dataset, [index for index in order if index not in calibrated] or held_back_indices)
+
+
+def _split_indices(count: int, calibration_count: int, held_back_count: int):
+    order = list(range(count))
     random.Random(SAMPLE_SEED).shuffle(order)
     held_back_indices = order[:held_back_count]
     rest = order[held_back_count:] or order
-    calibration_indices = rest[:calibration_count]
-    return _subset(dataset, calibration_indices), _subset(dataset, held_back_indices)
+    return rest[:calibration_count], held_back_indices, order
 
 
 def _subset(dataset: Dataset, indices: list[int]) -> Dataset:

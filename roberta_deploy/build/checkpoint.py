@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import ModelLoadError
-from ..logs import third_party_output_wanted
+from ..quiet import quiet_in_this_thread
 
 # Files whose bytes define a checkpoint's behaviour; their hash identifies the source model.
 IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt")
@@ -43,22 +42,12 @@ def resolve_checkpoint(model: str | Path) -> Path:
                              f"{type(error).__name__}", hint) from None
 
 
-@contextlib.contextmanager
 def quiet_transformers():
-    """transformers draws a "Loading weights" progress bar; the library must not print, so it is off
-    while we load and restored after."""
-    from transformers.utils import logging as transformers_logging
+    """transformers draws a "Loading weights" progress bar and logs advice; the library must not print,
+    so this thread's output is dropped while we load (other threads keep theirs)."""
+    import transformers  # noqa: F401  (its logger and handler exist from here on)
 
-    if third_party_output_wanted():
-        yield
-        return
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
+    return quiet_in_this_thread(("transformers",))
 
 
 def checkpoint_hash(folder: Path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..atomic import atomic_directory
+from ..quiet import quiet_in_this_thread
 from .checkpoint import (check_tokenizer_on_texts, checkpoint_hash, load_fast_tokenizer, quiet_transformers,
                          resolve_checkpoint)
 from ..data import read_dataset
@@ -136,10 +136,9 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
         example = tuple(torch.from_numpy(getattr(inputs, name)[:2]) for name in input_names)
         dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
         dynamic_axes["logits"] = {0: "batch"}
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), quiet_in_this_thread(("torch",)):
             # The tracer warns about shape-dependent Python branches in transformers; the parity
             # check below at two other shapes is what proves the graph generalises.
-            warnings.simplefilter("ignore")
             torch.onnx.export(model, example, str(onnx_path), input_names=input_names, output_names=["logits"],
                               dynamic_axes=dynamic_axes, opset_version=options.opset, do_constant_folding=True,
                               dynamo=False)

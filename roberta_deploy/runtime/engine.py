@@ -15,7 +15,9 @@ import numpy as np
 
 from ..backends import get_backend
 from ..backends.base import CPU, RuntimeSettings, canonical_device
+from ..defaults import DEFAULT_BACKEND
 from ..errors import NumericalCheckError, ShapeError, UsageError
+from ..machine import cpu_mismatch_warning
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..shapes import ShapeProfile
 from .batcher import Batcher
@@ -36,7 +38,7 @@ LATENCY = "latency"  # one request at a time: all cores on that request
 PERFORMANCE_HINTS = (THROUGHPUT, LATENCY)
 
 
-def default_contexts(cores: int, hint: str = LATENCY, backend: str = "openvino") -> int:
+def default_contexts(cores: int, hint: str = LATENCY, backend: str = DEFAULT_BACKEND) -> int:
     """How many contexts a `hint` needs on `cores` cores (OpenVINO's PERFORMANCE_HINT, made explicit).
 
     latency: one context with every thread, so a single request uses the whole CPU.
@@ -70,6 +72,8 @@ class Engine:
         backend.check_device(device)
         self._backend_engine = backend.load(bundle_dir, manifest, self.settings)
         self._batcher: Batcher | None = None
+        # Not errors: things the caller should hear about once (the CLI prints them; the library never does).
+        self.warnings: tuple[str, ...] = tuple(warning for warning in (cpu_mismatch_warning(manifest),) if warning)
         self._batcher_lock = threading.Lock()
 
     @classmethod
