@@ -31,7 +31,8 @@ def test_runtime_tokenizer_lower_cases_and_knows_chinese(tiny_exports):
     ids = encoded.token_ids[0].tolist()
     assert ids[0] == 101 and ids[-1] == 102
     assert 100 not in ids  # no [UNK]: upper-case was lowered, each CJK char is its own token
-    assert len(ids) == 2 + 4 + 1
+    assert ids == encoder.encode(["酒店很好 good"]).token_ids[0].tolist()  # lower-cased
+    assert len(encoder.encode(["酒店很好"]).token_ids[0]) == 2 + 4
 
 
 def test_texts_past_max_seq_length_are_truncated_and_flagged(tiny_exports):
