@@ -113,10 +113,9 @@ def _build_bundle(model: str, kind: str | None, root: Path, *, backend: str, pre
 
 
 class TextClassificationPipeline:
-    """Callable like `transformers.TextClassificationPipeline`; runs on the engine's batching.
-
-    Safe to call from several threads at once. Close it (or use `with`) to release the engine and any
-    temporary build folder.
+    """Callable like `transformers.TextClassificationPipeline`; every call runs on the engine's one
+    long-lived Batcher (through `Engine.predict`), so calls from several threads share its batches.
+    Close it (or use `with`) to stop the batcher and remove any temporary build folder.
     """
 
     def __init__(self, engine: Engine, *, top_k: TopK = UNSET, function_to_apply: str | None = None,
@@ -176,10 +175,8 @@ class TextClassificationPipeline:
         return SOFTMAX
 
     def close(self) -> None:
-        """Release the engine; remove the temporary build folder if this pipeline made one."""
-        close_engine = getattr(self.engine, "close", None)
-        if callable(close_engine):
-            close_engine()
+        """Stop the engine's batcher; remove the temporary build folder if this pipeline made one."""
+        self.engine.close()
         if self._cleanup is not None:
             self._cleanup()
 

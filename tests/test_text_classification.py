@@ -124,3 +124,12 @@ def test_calls_from_several_threads_at_once_get_their_own_results(ours):
     for result, wanted in zip(results, expected):
         assert [entry["label"] for entry in result] == [entry["label"] for entry in wanted]
         assert [entry["score"] for entry in result] == pytest.approx([entry["score"] for entry in wanted], abs=1e-5)
+
+
+def test_calls_run_on_the_engines_one_long_lived_batcher(ours):
+    batcher = ours.engine.batcher
+    before = batcher.stats.texts
+    ours(TEXTS)
+    ours(TEXTS[0])
+    assert ours.engine.batcher is batcher and batcher.running
+    assert batcher.stats.texts == before + len(TEXTS) + 1
