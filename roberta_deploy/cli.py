@@ -3,9 +3,11 @@ errors into one-line messages and exit codes. Heavy libraries load inside each c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from rich.text import Text
 from . import __version__
 from .defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from .errors import EXIT_CODES, RobertaDeployError, UsageError
+from .flags import check_flags
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export, build, evaluate, benchmark and run BERT-family text classifiers on "
@@ -44,19 +47,33 @@ PRECISION_HELP = ("fp32, fp16, bf16 or int8 (aliases force_float32, force_float1
                   "Lower precision is faster; each is checked against fp32 within its tolerance.")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so outputs and workers are cleaned up."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def reports_errors(command: Callable) -> Callable:
-    """Turn library errors into `error: ... (fix: ...)` on stderr and the error's exit code."""
+    """Check every count and duration flag (flags.check_flags), then run the command; turn library
+    errors into `error: ... (fix: ...)` on stderr and the error's exit code, Ctrl-C into 130 and
+    SIGTERM into 143, after the command's outputs and workers were cleaned up."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
+            check_flags(kwargs)
             return command(*args, **kwargs)
         except RobertaDeployError as error:
             error_console.print(Text.assemble(("error:", "red"), " ", error.one_line()))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
-            error_console.print("interrupted; nothing was written")
+            error_console.print("interrupted; no partial output was left")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Terminated:
+            error_console.print("terminated; no partial output was left")
+            raise typer.Exit(EXIT_TERMINATED) from None
 
     return wrapper
 
@@ -74,6 +91,7 @@ def step_printer(prefix: str = "") -> Callable[[str], None]:
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _print_version(value: bool) -> None:
@@ -292,26 +310,36 @@ def infer(
     """Classify every row of a data file; write predictions, accuracy and per-class metrics."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from .atomic import OutputFolder
     from .runtime.engine import THROUGHPUT, Engine
     from .infer import (check_output_format, classify_dataset, prediction_rows, predictions_file,
                         write_inference_outputs, write_predictions)
 
     check_output_format(output_format)
-    engine = Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads, hint=THROUGHPUT, device=device)
-    print_warnings(engine.warnings)
-    dataset = load_dataset_for(engine, data, text_column, label_column, data_format)
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=status_console, transient=True) as progress:
-        task = progress.add_task("classifying", total=len(dataset))
-        report = classify_dataset(engine, dataset, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                  bucketing=bucketing, on_batch_done=lambda rows: progress.advance(task, rows))
+    # The output is checked and locked before the engine loads: an output on top of an input, a folder
+    # of someone else's files or a second writer is refused before any work.
+    reserved = (contextlib.nullcontext() if output == STDIO
+                else OutputFolder(output, overwrite=overwrite, inputs=(bundle, data)))
+    with reserved as output_folder, contextlib.ExitStack() as stack:
+        # Closing the engine stops and joins its batcher's workers, on Ctrl-C and SIGTERM too: a worker
+        # left inside the engine at interpreter exit aborts the process (exit 134).
+        engine = stack.enter_context(Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads,
+                                                 hint=THROUGHPUT, device=device))
+        print_warnings(engine.warnings)
+        dataset = load_dataset_for(engine, data, text_column, label_column, data_format)
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=status_console, transient=True) as progress:
+            task = progress.add_task("classifying", total=len(dataset))
+            report = classify_dataset(engine, dataset, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                      bucketing=bucketing, on_batch_done=lambda rows: progress.advance(task, rows))
+        if output == STDIO:
+            write_predictions(sys.stdout, prediction_rows(report.predictions, dataset), output_format,
+                              engine.label_names)
+            sys.stdout.flush()
+        else:
+            write_inference_outputs(report, dataset, output_folder, output_format=output_format)
     # With predictions on stdout, the summary goes to stderr so the two never mix.
     summary_console = error_console if output == STDIO else console
-    if output == STDIO:
-        write_predictions(sys.stdout, prediction_rows(report.predictions, dataset), output_format, engine.label_names)
-        sys.stdout.flush()
-    else:
-        write_inference_outputs(report, dataset, output, overwrite=overwrite, output_format=output_format)
     metrics = report.metrics
     if "accuracy" in metrics:
         summary_console.print(f"accuracy: {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['examples']}); "
@@ -415,6 +443,7 @@ def perf(
     """Benchmark a bundle: load and first-inference time, throughput, latency percentiles."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .atomic import check_output_file
     from .perf import PerfOptions, compare_bundles, parse_percentiles, run_benchmark
 
     chosen = ([bundle] if bundle else []) + list(bundles or [])
@@ -422,6 +451,9 @@ def perf(
         raise UsageError("no bundle given", "pass a bundle folder: roberta-deploy perf BUNDLE (or --bundle BUNDLE)")
     if STDIO in (json_path, export_times) and json_path == export_times:
         raise UsageError("--json - and --export-times - would both write stdout", "send one of them to a file")
+    for path, flag in ((json_path, "--json"), (export_times, "--export-times")):
+        if path is not None and path != STDIO:
+            check_output_file(path, inputs=(*chosen, data), flag=flag)  # a folder, an input: before the run
     options = PerfOptions(bundle=chosen[0], threads=threads, hint=hint, cpu_threads=cpu_threads, iterations=iterations,
                           duration=duration, warmup=warmup, batch_size=batch_size, seq_len=seq_len, data=data,
                           percentiles=parse_percentiles(percentiles), record_times=export_times is not None,
@@ -448,27 +480,25 @@ def perf(
             report = run_benchmark(options, on_progress)
     for run in report["runs"] if report.get("mode") == "compare" else [report]:
         print_warnings(run["warnings"])
-    if report.get("mode") == "compare":
-        table_console.print(compare_table(report, options))
-        runs = report["runs"]
-    else:
-        table_console.print(perf_table(report, options))
-        runs = [report]
+    table = compare_table(report, options) if report.get("mode") == "compare" else perf_table(report, options)
+    runs = report["runs"] if report.get("mode") == "compare" else [report]
+    # Files before the table: a write that fails (/dev/full) is then the only line printed.
     if export_times:
         times = [{"bundle": run["bundle"], "times": run.pop("times")} for run in runs]
-        write_json_output(export_times, times if len(times) > 1 else times[0])
+        write_json_output(export_times, times if len(times) > 1 else times[0], "--export-times")
     if json_path:
-        write_json_output(json_path, report)
+        write_json_output(json_path, report, "--json")
+    table_console.print(table)
 
 
-def write_json_output(path: Path, payload) -> None:
+def write_json_output(path: Path, payload, flag: str) -> None:
     from .atomic import atomic_write_json
 
     if path == STDIO:
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     else:
-        atomic_write_json(path, payload)
+        atomic_write_json(path, payload, flag=flag)
 
 
 def perf_table(report: dict, options) -> Table:
@@ -576,6 +606,8 @@ _register_finetune()
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C: staging folders are removed and workers joined before the exit.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     app()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -96,11 +97,24 @@ def read_dataset(
                                  "give every row a text")
         if not text.strip():
             raise InputDataError(f"{path}:{line_number}: empty text", "remove the row or fill in its text")
+        if not has_visible_characters(text):
+            raise InputDataError(f"{path}:{line_number}: the text has only control, format or space characters "
+                                 "(NUL, zero-width space...), so it gives no tokens", "remove the row or fill in its text")
         texts.append(text)
         line_numbers.append(line_number)
         if labels is not None:
             labels.append(_parse_label(path, line_number, row.get(label_key), label_names))
     return Dataset(texts=texts, labels=labels, line_numbers=line_numbers, source=str(path))
+
+
+def has_visible_characters(text: str) -> bool:
+    """False for texts that every tokenizer here reduces to nothing: whitespace, control characters
+    (NUL...), format characters (zero-width spaces, BOMs, direction marks) and unassigned code points."""
+    return any(not (character.isspace() or unicodedata.category(character) in _INVISIBLE_CATEGORIES)
+               for character in text)
+
+
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"}
 
 
 def _pick_column(path, columns, explicit, candidates, what, flag) -> str:
@@ -117,20 +131,30 @@ def _pick_column(path, columns, explicit, candidates, what, flag) -> str:
 
 
 def _parse_label(path, line_number, value, label_names) -> int:
-    if isinstance(value, bool) or value is None:
+    """An integer id (a JSON integer, or ASCII digits) or one of `label_names`; nothing else.
+
+    Python's int() reads fullwidth and Arabic-Indic digits ("１", "٠") as numbers; a label written
+    that way is a data problem to report, not a number to guess.
+    """
+    known = f" or one of {', '.join(label_names)}" if label_names else ""
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise InputDataError(f"{path}:{line_number}: missing label", "give every row a label or drop the label column")
+    if isinstance(value, bool):
+        raise InputDataError(f"{path}:{line_number}: label {json.dumps(value)} is a JSON boolean, not a label",
+                             f"write labels as integer ids{known}")
     if isinstance(value, int):
         label = value
-    else:
-        text = str(value).strip()
+    elif isinstance(value, str):
+        text = value.strip()
         if label_names is not None and text in label_names:
             return list(label_names).index(text)
-        try:
-            label = int(text)
-        except ValueError:
-            known = f" or one of {', '.join(label_names)}" if label_names else ""
+        if not (text.isascii() and text.isdigit()):
             raise InputDataError(f"{path}:{line_number}: unknown label {text!r}",
-                                 f"labels must be integer ids{known}") from None
+                                 f"labels must be integer ids in ASCII digits 0-9{known}")
+        label = int(text)
+    else:
+        raise InputDataError(f"{path}:{line_number}: label {json.dumps(value)[:40]} is a JSON "
+                             f"{type(value).__name__}, not a label", f"write labels as integer ids{known}")
     if label < 0 or (label_names is not None and label >= len(label_names)):
         count = len(label_names) if label_names is not None else "the model's number of"
         raise InputDataError(f"{path}:{line_number}: unknown label {label}",
@@ -176,6 +200,10 @@ def _read_jsonl(path: Path, content: str) -> list[tuple[int, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise InputDataError(f"{path}:{index}: invalid JSON ({error.msg})", f"fix line {index}") from None
+        except RecursionError:
+            raise InputDataError(f"{path}:{index}: JSON nested too deeply to read",
+                                 f"fix line {index}: each line is one flat object such as "
+                                 '{"text": "...", "label": 1}') from None
         if not isinstance(row, dict):
             raise InputDataError(f"{path}:{index}: each line must be a JSON object", f"fix line {index}")
         rows.append((index, row))

@@ -64,8 +64,9 @@ class NumericalCheckError(RobertaDeployError):
     exit_code = 4
 
 
-class OutputExistsError(RobertaDeployError):
-    """An output folder already holds something we would overwrite."""
+class OutputError(RobertaDeployError):
+    """An output path that cannot be written: it overlaps an input, is a link or a device, or its disk
+    is full, read-only or not ours to write."""
 
     exit_code = 2
 
@@ -83,13 +84,18 @@ class BackendError(RobertaDeployError):
     exit code 1)."""
 
 
+class OutputExistsError(OutputError):
+    """An output folder already holds something we would overwrite, or another command is writing it."""
+
+
 # What each exit code of the command line means; README's "Exit codes" table mirrors it (a test checks).
 EXIT_CODES = {
     0: "success",
     1: "any other library error",
     2: "bad flags or input: a usage error, a malformed data file, a precision or shape this engine does not run, "
-       "an output that already exists",
+       "an output that already exists or overlaps an input",
     3: "a checkpoint, export or bundle that cannot be loaded: missing, corrupt or from a newer schema",
     4: "a numerical check failed: outputs drifted past their precision's tolerance",
-    130: "interrupted (Ctrl-C); nothing was written",
+    130: "interrupted (Ctrl-C); workers stopped, no partial output left",
+    143: "terminated (SIGTERM); workers stopped, no partial output left",
 }

@@ -58,7 +58,8 @@ def check_precisions(backend_name: str, precisions, device: str = "cpu") -> list
 
 
 def evaluate(options: EvalOptions, on_step: Callable[[str], None] | None = None) -> dict:
-    with atomic_directory(options.output, overwrite=options.overwrite) as work:
+    inputs = (options.model, options.data, options.calibration_data, options.export_dir)
+    with atomic_directory(options.output, overwrite=options.overwrite, inputs=inputs) as work:
         report = evaluate_into(work, options, on_step)
         (work / REPORT_HTML).write_text(eval_report_html(report), encoding="utf-8")
         return report

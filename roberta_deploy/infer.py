@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from .atomic import atomic_directory
+from .atomic import OutputFolder
 from .data import Dataset
 from .errors import UsageError
 from .metrics import classification_metrics
@@ -75,16 +75,17 @@ def summarize(predictions: Predictions, dataset: Dataset, elapsed_seconds: float
 def prediction_rows(predictions: Predictions, dataset: Dataset) -> Iterator[dict]:
     """One dict per input row, in input order: the label, its name, its score (softmax probability),
     every probability, whether the text was truncated, and the gold label when the data has one."""
-    labels = predictions.labels  # computed once: per-row access would make writing quadratic
-    probabilities = predictions.probabilities
-    truncated = predictions.truncated
+    # Python lists, converted once: indexing numpy per row and per value cost more than the JSON.
+    labels = predictions.labels.tolist()
+    probabilities = predictions.probabilities.tolist()
+    truncated = predictions.truncated.tolist()
     names = predictions.label_names
     for index, text in enumerate(dataset.texts):
-        label = int(labels[index])
+        label = labels[index]
         row = {"index": index, "line": dataset.line_numbers[index], "text": text, "label": label,
-               "label_name": names[label], "score": round(float(probabilities[index, label]), 6),
-               "probabilities": [round(float(value), 6) for value in probabilities[index]],
-               "truncated": bool(truncated[index])}
+               "label_name": names[label], "score": round(probabilities[index][label], 6),
+               "probabilities": [round(value, 6) for value in probabilities[index]],
+               "truncated": truncated[index]}
         if dataset.labels is not None:
             row["gold"] = dataset.labels[index]
         yield row
@@ -105,11 +106,14 @@ def write_predictions(handle: TextIO, rows: Iterator[dict], output_format: str, 
         writer.writerow([row[column] for column in CSV_COLUMNS if column in row] + row["probabilities"])
 
 
-def write_inference_outputs(report: InferenceReport, dataset: Dataset, output: Path, overwrite: bool = False,
+def write_inference_outputs(report: InferenceReport, dataset: Dataset, output: OutputFolder,
                             output_format: str = "jsonl") -> None:
-    """predictions.jsonl (or .csv): one line per input row, in input order; metrics.json: the summary."""
+    """predictions.jsonl (or .csv): one line per input row, in input order; metrics.json: the summary.
+
+    `output` is reserved (checked and locked) by the caller before the work; rows are streamed.
+    """
     check_output_format(output_format)
-    with atomic_directory(output, overwrite=overwrite) as work:
+    with output.staging() as work:
         with open(work / predictions_file(output_format), "w", encoding="utf-8", newline="") as handle:
             write_predictions(handle, prediction_rows(report.predictions, dataset), output_format,
                               report.predictions.label_names)

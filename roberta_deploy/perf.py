@@ -112,6 +112,8 @@ def host_description() -> dict:
 def check_options(options: PerfOptions) -> None:
     if (options.threads is not None and options.threads < 1) or options.batch_size < 1:
         raise UsageError("--threads and --batch-size must be at least 1", "pass positive values")
+    if not (math.isfinite(options.duration) and math.isfinite(options.warmup)):
+        raise UsageError("--duration and --warmup must be finite numbers of seconds", "pass e.g. --duration 10")
     if options.iterations < 0 or options.duration < 0 or options.warmup < 0:
         raise UsageError("--iterations, --duration and --warmup cannot be negative", "pass zero or more")
     if options.iterations == 0 and options.duration == 0:
@@ -151,7 +153,7 @@ def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float
         "shape_profile": engine.profile.describe(), "hint": options.hint, "threads": len(contexts),
         "cpu_threads": engine.settings.cpu_threads, "batch_size": options.batch_size,
         "input": "data" if options.data else "random", "data": str(options.data) if options.data else None,
-        "seq_len": None if options.data else (options.seq_len or engine.max_seq_length),
+        "seq_len": None if options.data else batches[0][0].shape[1],
         "distinct_shapes": len(set(shapes)), "mean_padded_length": float(np.mean([shape[1] for shape in shapes])),
         "load_seconds": load_seconds, "first_inference_ms": first_inference_ms,
         "warmup_seconds": options.warmup, "wall_seconds": wall, "calls": len(latencies),
@@ -277,7 +279,7 @@ def _input_batches(engine, options: PerfOptions) -> list[tuple[np.ndarray, np.nd
         padded = [engine.encoder.pad(encoded, plan.indices, plan.padded_length) for plan in plans]
         random_order = np.random.default_rng(options.seed).permutation(len(padded))
         return [(padded[i].input_ids, padded[i].attention_mask, padded[i].token_type_ids) for i in random_order]
-    seq_len = options.seq_len or engine.max_seq_length
+    seq_len = options.seq_len if options.seq_len is not None else engine.max_seq_length
     if seq_len > engine.max_seq_length or seq_len < 2:
         raise UsageError(f"--seq-len {seq_len} is outside [2, {engine.max_seq_length}]",
                          f"pass --seq-len {engine.max_seq_length} or less")

@@ -54,7 +54,8 @@ def sweep_shapes(max_batch: int, max_seq: int) -> list[tuple[str, int, int]]:
 def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = None) -> dict:
     step = on_step or (lambda message: None)
     precisions = options.precisions or default_precisions(options.backend, canonical_device(options.device))
-    with atomic_directory(options.output, overwrite=options.overwrite) as work:
+    inputs = (options.model, options.data, options.calibration_data)
+    with atomic_directory(options.output, overwrite=options.overwrite, inputs=inputs) as work:
         accuracy = evaluate_into(work, EvalOptions(
             model=options.model, data=options.data, output=work, backend=options.backend, device=options.device,
             precisions=precisions,

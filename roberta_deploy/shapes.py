@@ -85,6 +85,15 @@ class ShapeProfile:
             return max(batch, self.min_batch), max(seq, self.min_seq)
         return self.max_batch, next(length for length in self.static_seq_lengths if length >= seq)
 
+    def activation_bytes(self, hidden_size: int, attention_heads: int) -> int:
+        """About how much memory a static engine's largest shape needs while it runs (float32
+        activations of one layer: hidden states, the 4x feed-forward, and attention scores).
+        Zero for dynamic profiles, which allocate for the inputs they get."""
+        if self.dynamic:
+            return 0
+        per_row = 4 * (16 * self.max_seq * hidden_size + 2 * attention_heads * self.max_seq ** 2)
+        return self.max_batch * per_row
+
     def bucket_lengths(self) -> tuple[int, ...] | None:
         """Lengths batches must be padded to (static), or None when any length fits (dynamic)."""
         return None if self.dynamic else self.static_seq_lengths

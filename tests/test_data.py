@@ -60,3 +60,41 @@ def test_missing_file_and_unknown_extension(tmp_path):
 def test_texts_keep_unicode_line_separators(tmp_path):
     path = write(tmp_path, "s.tsv", "label\ttext_a\n1\t好\u2028评\n")
     assert read_dataset(path).texts == ["好\u2028评"]
+
+
+@pytest.mark.parametrize("label, message", [
+    ("１", "unknown label '１'"),  # fullwidth digit: int() would read 1
+    ("٠", "unknown label '٠'"),  # Arabic-Indic digit: int() would read 0
+    ("+1", "unknown label '+1'"),
+])
+def test_labels_are_ascii_digits_or_names_only(tmp_path, label, message):
+    path = write(tmp_path, "b.tsv", f"label\ttext_a\n{label}\t好\n")
+    with pytest.raises(InputDataError) as caught:
+        read_dataset(path, label_names=LABELS)
+    assert f"b.tsv:2: {message}" in caught.value.problem and "ASCII digits" in caught.value.fix
+
+
+@pytest.mark.parametrize("value, message", [
+    (True, "label true is a JSON boolean"),
+    (1.0, "label 1.0 is a JSON float"),
+    ([1], "label [1] is a JSON list"),
+    (None, "missing label"),
+])
+def test_jsonl_labels_of_other_json_types_are_named(tmp_path, value, message):
+    path = write(tmp_path, "b.jsonl", json.dumps({"text": "好", "label": value}) + "\n")
+    with pytest.raises(InputDataError, match="b.jsonl:1: " + message.replace("[", r"\[").replace("]", r"\]")):
+        read_dataset(path, label_names=LABELS)
+
+
+@pytest.mark.parametrize("text", ["\x00\x00", "\u200b\u200b", "\x01\x02\x7f", "\u200d\ufeff\u2060", " \u3000 "])
+def test_texts_without_visible_characters_are_empty(tmp_path, text):
+    path = write(tmp_path, "b.jsonl", json.dumps({"text": text, "label": 1}) + "\n")
+    with pytest.raises(InputDataError, match="b.jsonl:1: (empty text|the text has only control, format or space)"):
+        read_dataset(path, label_names=LABELS)
+
+
+def test_absurdly_nested_json_is_an_input_error_not_a_recursion_error(tmp_path):
+    path = write(tmp_path, "deep.jsonl", json.dumps({"text": "好", "label": 1}) + "\n"
+                 + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(InputDataError, match="deep.jsonl:2: JSON nested too deeply"):
+        read_dataset(path)

@@ -173,3 +173,51 @@ def test_a_pad_multiple_rounds_padded_lengths_up():
 def test_static_buckets_pad_to_compiled_lengths():
     plans = plan_batches(np.array([5, 20, 40, 100]), max_batch_size=2, max_seq_length=128, bucket_lengths=(32, 64, 128))
     assert [(plan.indices.tolist(), plan.padded_length) for plan in plans] == [([2, 3], 128), ([0, 1], 32)]
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("name, value, message", [
+    ("input_ids", 10**9, "input_ids[0, 3] is 1000000000, outside the model's vocabulary (0 to 21127)"),
+    ("input_ids", -10**9, "input_ids[0, 3] is -1000000000, outside the model's vocabulary"),
+    ("input_ids", 2**62, "input_ids[0, 3] is 4611686018427387904, outside the model's vocabulary"),
+    ("token_type_ids", 5, "token_type_ids[0, 3] is 5, outside the model's token types (0 to 1)"),
+    ("token_type_ids", -1, "token_type_ids[0, 3] is -1, outside the model's token types"),
+])
+def test_ids_past_the_embedding_tables_are_input_errors_on_every_backend(bundle_factory, backend, name, value,
+                                                                         message):
+    context = Engine.load(bundle_factory(backend, "fp32")).create_context()
+    arrays = {"input_ids": np.full((2, 8), 1000, np.int64), "attention_mask": np.ones((2, 8), np.int64),
+              "token_type_ids": np.zeros((2, 8), np.int64)}
+    arrays[name][0, 3] = value
+    with pytest.raises(InputDataError) as caught:
+        context.run(arrays["input_ids"], arrays["attention_mask"], arrays["token_type_ids"])
+    assert message in caught.value.problem and "tokenizer" in caught.value.fix
+
+
+def test_a_model_with_one_token_type_refuses_type_id_one(bundle_factory):
+    context = Engine.load(bundle_factory("onnxruntime", "fp32", model="roberta")).create_context()
+    ids = np.full((1, 8), 1000, np.int64)
+    context.run(ids, np.ones_like(ids), np.zeros_like(ids))
+    with pytest.raises(InputDataError, match=r"token_type_ids\[0, 0\] is 1, outside the model's token types \(0 to 0\)"):
+        context.run(ids, np.ones_like(ids), np.ones_like(ids))
+
+
+@pytest.mark.parametrize("text", ["\x00\x00", "\u200b", "\x01\u200d\x7f"])
+def test_texts_that_give_no_tokens_are_input_errors(bundle_factory, text):
+    engine = Engine.load(bundle_factory("onnxruntime", "fp32"))
+    with pytest.raises(InputDataError, match="text 1 gives no tokens"):
+        engine.predict(["好", text])
+
+
+def test_a_megabytes_long_line_is_cut_before_tokenizing_with_the_same_result(bundle_factory):
+    engine = Engine.load(bundle_factory("onnxruntime", "fp32"))
+    long_text = "这家酒店很好 good " * 400_000  # 5.6 million characters on one line
+    predictions = engine.predict([long_text, long_text[:1000]])
+    assert predictions.truncated.tolist() == [True, True]
+    assert predictions.token_lengths.tolist() == [128, 128]
+    assert np.array_equal(predictions.logits[0], predictions.logits[1])
+
+
+def test_predictions_compute_labels_once(bundle_factory):
+    predictions = Engine.load(bundle_factory("onnxruntime", "fp32")).predict(["好", "差"])
+    assert predictions.labels is predictions.labels and predictions.probabilities is predictions.probabilities

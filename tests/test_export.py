@@ -85,3 +85,26 @@ def test_export_folder_checks_its_files(tiny_exports, tmp_path):
         ExportArtifact.load(copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     assert np.isfinite(manifest["checks"]["onnx_vs_pytorch"]["max_abs_logit_diff"])
+
+
+def test_export_records_the_vocabulary_sizes_the_runtime_checks_against(tiny_exports):
+    assert tiny_exports["bert"].manifest["vocab_size"] == 21128
+    assert tiny_exports["bert"].manifest["type_vocab_size"] == 2
+    assert tiny_exports["roberta"].manifest["type_vocab_size"] == 1
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_checkpoints, tmp_path):
+    import shutil
+
+    from transformers import AutoConfig
+
+    folder = tmp_path / "mismatched"
+    shutil.copytree(tiny_checkpoints["bert"], folder)
+    config = AutoConfig.from_pretrained(str(folder))
+    config.vocab_size = 1000  # the weights below are resized to match, the tokenizer is not
+    from transformers import BertForSequenceClassification
+
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    with pytest.raises(ModelLoadError, match="has 21128 tokens but the model's embedding table only 1000"):
+        export_model(ExportOptions(model=str(folder), output=tmp_path / "export"))
+    assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".*"))

@@ -37,4 +37,15 @@ def get_backend(name: str) -> Backend:
         from .onnxruntime import ONNXRuntimeBackend
         return ONNXRuntimeBackend()
     except ImportError as error:
+        _reraise_interrupt(error)
         raise UsageError(f"backend {key} is not installed ({error.name} missing)", _INSTALL_HINTS[key]) from None
+
+
+def _reraise_interrupt(error: BaseException) -> None:
+    """Ctrl-C or SIGTERM during the import of a runtime can surface as an ImportError of a half-imported
+    module; that is the interrupt, not a missing package."""
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if not isinstance(cause, Exception):
+            raise cause
+        cause = cause.__cause__ or cause.__context__

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_directory, check_output_folder
+from ..atomic import OutputFolder
 from ..backends import get_backend
 from ..backends.base import canonical_device
 from ..data import Dataset, read_dataset
@@ -39,7 +39,8 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
     if options.calibration_data is None:
         raise UsageError("--precision auto needs labelled texts to measure accuracy on",
                          "pass --calibration-data FILE with a label column")
-    check_output_folder(options.output, options.overwrite)
+    output = OutputFolder(options.output, overwrite=options.overwrite,
+                          inputs=(options.export_dir, options.calibration_data))
     export = ExportArtifact.load(options.export_dir)
     dataset = read_dataset(options.calibration_data, text_column=options.text_column,
                            label_column=options.label_column, label_names=export.manifest["labels"],
@@ -87,7 +88,7 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
         content = {key: value for key, value in manifest.items() if key not in GENERATED_MANIFEST_KEYS}
         content["precision_selection"] = selection
         write_manifest(chosen_dir, KIND_BUNDLE, content)
-        with atomic_directory(options.output, overwrite=options.overwrite) as work:
+        with output, output.staging() as work:
             for item in chosen_dir.iterdir():
                 shutil.move(str(item), work / item.name)
         return BuildResult(Path(options.output), read_manifest(options.output, KIND_BUNDLE))

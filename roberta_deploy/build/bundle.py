@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_directory
+from ..atomic import OutputFolder
 from ..backends import get_backend
 from ..backends.base import CPU, canonical_device
 from ..data import Dataset, read_dataset
@@ -20,6 +20,7 @@ from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionEr
 from ..machine import this_cpu
 from ..runtime.tokenization import TOKENIZER_DIR, pad_to_shape
 from .checkpoint import checkpoint_hash, resolve_checkpoint
+from ..flags import available_memory_bytes
 from .export import ExportArtifact, onnx_reference_logits
 from .loader_files import write_loader_files
 from ..manifest import KIND_BUNDLE, write_manifest
@@ -64,6 +65,8 @@ class BuildResult:
 def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = None) -> BuildResult:
     """Build and verify a bundle; raise UnsupportedPrecisionError/UsageError before any work is done."""
     step = on_step or (lambda message: None)
+    output = OutputFolder(options.output, overwrite=options.overwrite,
+                          inputs=(options.export_dir, options.calibration_data))
     export = ExportArtifact.load(options.export_dir)
     precision = canonical_precision(options.precision)
     backend = get_backend(options.backend)
@@ -74,7 +77,9 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
         raise UnsupportedPrecisionError(f"{backend.name} cannot build {precision} "
                                         f"{'here' if device == CPU else 'on ' + device}", reason)
     checkpoint = source_checkpoint(export) if backend.builds_from_checkpoint else None
-    max_seq_length = options.max_seq_length or export.manifest["max_seq_length"]
+    max_seq_length = options.max_seq_length if options.max_seq_length is not None else export.manifest["max_seq_length"]
+    if max_seq_length < 1:
+        raise UsageError(f"--max-seq-length {max_seq_length} must be a positive integer", "pass e.g. --max-seq-length 128")
     if max_seq_length > export.manifest["max_seq_length"]:
         raise UsageError(f"--max-seq-length {max_seq_length} exceeds the export's {export.manifest['max_seq_length']}",
                          f"re-export with --max-seq-length {max_seq_length}")
@@ -82,6 +87,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
                                   max_seq_length=max_seq_length, min_batch=options.min_batch,
                                   max_batch=options.max_batch, min_seq=options.min_seq, max_seq=options.max_seq,
                                   static_seq_lengths=options.seq_buckets)
+    check_fits_in_memory(profile, export.manifest)
     if options.calibration_samples < 1 or options.verification_samples < 1:
         raise UsageError("--calibration-samples and --verification-samples must be at least 1",
                          "pass positive sample counts")
@@ -91,7 +97,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
     encoder = export.text_encoder(profile.max_seq)
     input_names = export.manifest["inputs"]
 
-    with atomic_directory(options.output, overwrite=options.overwrite) as work:
+    with output, output.staging() as work:
         from ..backends.base import BuildRequest
 
         calibration_feeds = []
@@ -107,9 +113,9 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
         content = {
             "source_model": export.manifest["source_model"],
             "source_model_sha256": export.manifest["source_model_sha256"],
-            "export_manifest": {key: export.manifest[key] for key in ("architecture", "model_type", "opset",
-                                                                      "parameters", "hidden_size",
-                                                                      "num_hidden_layers", "vocab_size", "created")},
+            "export_manifest": {key: export.manifest[key] for key in (
+                "architecture", "model_type", "opset", "parameters", "hidden_size", "num_hidden_layers",
+                "vocab_size", "type_vocab_size", "num_labels", "created") if key in export.manifest},
             "backend": backend.name,
             "precision": precision,
             "device": device,
@@ -146,6 +152,18 @@ def source_checkpoint(export: ExportArtifact) -> Path:
         raise ModelLoadError(f"the checkpoint {source} changed since {export.folder} was exported from it",
                              "re-export it (roberta-deploy export), or restore the checkpoint")
     return folder
+
+
+def check_fits_in_memory(profile: ShapeProfile, export_manifest: dict) -> None:
+    """A static batch is computed whole at every call: refuse one this machine cannot hold before the
+    build starts (batch 100,000 was killed at 24 GB, mid-build)."""
+    needed = profile.activation_bytes(export_manifest["hidden_size"], export_manifest["num_attention_heads"])
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        fitting = max(1, profile.max_batch * available // needed)
+        raise UsageError(f"a static batch of {profile.max_batch} x {profile.max_seq} tokens needs about "
+                         f"{needed / 2**30:.1f} GiB while it runs; this machine has {available / 2**30:.1f} GiB available",
+                         f"pass --batch-size {fitting} or less, or --dynamic-shape")
 
 
 def split_calibration(dataset: Dataset, calibration_count: int, held_back_count: int) -> tuple[Dataset, Dataset]:

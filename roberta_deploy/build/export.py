@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_directory
+from ..atomic import OutputFolder
 from ..quiet import quiet_in_this_thread
 from .checkpoint import (check_tokenizer_on_texts, checkpoint_hash, load_fast_tokenizer, quiet_transformers,
                          resolve_checkpoint)
@@ -78,6 +78,7 @@ def load_check_texts(path: Path | None, limit: int = PARITY_SAMPLES) -> list[str
 def export_model(options: ExportOptions, on_step: Callable[[str], None] | None = None) -> ExportArtifact:
     """Export, then check ONNX against PyTorch on real texts; raise NumericalCheckError past tolerance."""
     step = on_step or (lambda message: None)
+    output = OutputFolder(options.output, overwrite=options.overwrite, inputs=(options.model, options.check_data))
     if options.max_seq_length < 8:
         raise UsageError(f"--max-seq-length {options.max_seq_length} is too short", "use at least 8 tokens")
     if not 11 <= options.opset <= 21:
@@ -116,8 +117,12 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
     forward_parameters = inspect.signature(model.forward).parameters
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in forward_parameters else [])
     labels = [str(config.id2label[index]) for index in range(config.num_labels)]
+    if len(tokenizer) > config.vocab_size:
+        raise ModelLoadError(f"the tokenizer of {folder} has {len(tokenizer)} tokens but the model's embedding table "
+                             f"only {config.vocab_size}: texts would map to ids past the table",
+                             "use the tokenizer the model was trained with")
 
-    with atomic_directory(options.output, overwrite=options.overwrite) as work:
+    with output, output.staging() as work:
         step("writing tokenizer")
         tokenizer_dir = work / TOKENIZER_DIR
         tokenizer.save_pretrained(str(tokenizer_dir))
@@ -173,6 +178,7 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
             "num_attention_heads": config.num_attention_heads,
             "num_hidden_layers": config.num_hidden_layers,
             "vocab_size": config.vocab_size,
+            "type_vocab_size": getattr(config, "type_vocab_size", None),
             "pad_token_id": int(tokenizer.pad_token_id),
             "parameters": int(sum(parameter.numel() for parameter in model.parameters())),
             "checks": {"onnx_vs_pytorch": {

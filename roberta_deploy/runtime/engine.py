@@ -6,7 +6,6 @@ IExecutionContext, OpenVINO's InferRequest). Numpy arrays cross this boundary.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -16,21 +15,14 @@ import numpy as np
 from ..backends import get_backend
 from ..backends.base import CPU, RuntimeSettings, canonical_device
 from ..defaults import DEFAULT_BACKEND
-from ..errors import NumericalCheckError, ShapeError, UsageError
+from ..errors import BundleError, InputDataError, NumericalCheckError, ShapeError, UsageError
+from ..flags import available_cores
 from ..machine import cpu_mismatch_warning
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..shapes import ShapeProfile
 from .batcher import Batcher
 from .results import Prediction, Predictions
 from .tokenization import TOKENIZER_DIR, TextEncoder, pad_to_shape
-
-
-def available_cores() -> int:
-    """Cores this process may use (respects affinity masks and containers)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 THROUGHPUT = "throughput"  # many texts: keep every core busy on its own batch
@@ -67,6 +59,14 @@ class Engine:
         self.label_names: tuple[str, ...] = tuple(manifest["labels"])
         self.max_seq_length: int = self.profile.max_seq
         self.encoder = TextEncoder.from_folder(bundle_dir / TOKENIZER_DIR, self.max_seq_length)
+        model = manifest["export_manifest"]
+        # Ids past these index past the embedding tables: OpenVINO reads whatever memory lies there.
+        self.vocab_size: int = model["vocab_size"]
+        self.type_vocab_size: int = model.get("type_vocab_size") or 2  # bundles before it was recorded: BERT's 2
+        if self.encoder.vocab_size > self.vocab_size:
+            raise BundleError(f"the tokenizer in {bundle_dir} has {self.encoder.vocab_size} tokens but the model's "
+                              f"embedding table only {self.vocab_size}: its ids would run past the table",
+                              "export again with the checkpoint's own tokenizer")
         self.settings = RuntimeSettings(contexts=contexts, cpu_threads=cpu_threads, device=device)
         backend = get_backend(manifest["backend"])
         backend.check_device(device)
@@ -92,10 +92,13 @@ class Engine:
         bundle_dir = Path(bundle)
         manifest = read_manifest(bundle_dir, KIND_BUNDLE)
         cores = available_cores()
-        cpu_threads = cpu_threads or cores
-        contexts = contexts or default_contexts(cpu_threads, hint, manifest["backend"])
-        if contexts < 1 or cpu_threads < 1:
+        if (contexts is not None and contexts < 1) or (cpu_threads is not None and cpu_threads < 1):
             raise UsageError("contexts and CPU threads must be at least 1", "pass positive --threads/--cpu-threads")
+        if cpu_threads is not None and cpu_threads > cores:
+            raise UsageError(f"{cpu_threads} CPU threads is more than the {cores} cores this process may use",
+                             f"pass --cpu-threads {cores} or less")
+        cpu_threads = cpu_threads if cpu_threads is not None else cores
+        contexts = contexts if contexts is not None else default_contexts(cpu_threads, hint, manifest["backend"])
         if contexts > cpu_threads:
             raise UsageError(f"{contexts} contexts on {cpu_threads} CPU threads would oversubscribe the CPU",
                              f"use at most {cpu_threads} contexts, or raise --cpu-threads")
@@ -182,6 +185,9 @@ class Context:
         if token_type_ids.shape != input_ids.shape:
             raise ShapeError(f"token_type_ids shape {token_type_ids.shape} differs from input_ids {input_ids.shape}",
                              "pass arrays of one shape")
+        _check_ids_below("input_ids", input_ids, self.engine.vocab_size, "the model's vocabulary")
+        if "token_type_ids" in self.engine.input_names:
+            _check_ids_below("token_type_ids", token_type_ids, self.engine.type_vocab_size, "the model's token types")
         batch, seq = input_ids.shape
         run_batch, run_seq = self.engine.profile.fit(batch, seq)
         arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
@@ -190,6 +196,9 @@ class Context:
         feeds = {name: arrays[name] for name in self.engine.input_names}
         with self._lock:
             logits = self._runner.infer(feeds)[:batch]
+        if logits.ndim != 2 or logits.shape[1] != len(self.engine.label_names):
+            raise BundleError(f"the model gives {logits.shape[-1]} outputs per text but the manifest names "
+                              f"{len(self.engine.label_names)} labels", "rebuild the bundle from its export")
         if not np.isfinite(logits).all():
             raise NumericalCheckError("the engine produced NaN or infinite logits",
                                       "rebuild at a higher precision (fp32) and report the model")
@@ -203,3 +212,11 @@ def _as_int64_matrix(name: str, array) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         raise ShapeError(f"{name} must hold integers, got {array.dtype}", "pass int64 token ids")
     return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _check_ids_below(name: str, ids: np.ndarray, size: int, what: str) -> None:
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= size):
+        bad = np.argwhere((ids < 0) | (ids >= size))[0]
+        raise InputDataError(f"{name}[{bad[0]}, {bad[1]}] is {int(ids[bad[0], bad[1]])}, outside {what} "
+                             f"(0 to {size - 1})", "encode texts with the bundle's own tokenizer (engine.encoder)")
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,11 +34,12 @@ class Predictions:
     token_lengths: np.ndarray  # int64 (n,): tokens used, specials included
     label_names: tuple[str, ...]
 
-    @property
+    # Computed once: callers read them per row, and an argmax over every row per read is quadratic.
+    @functools.cached_property
     def labels(self) -> np.ndarray:
         return self.logits.argmax(axis=1)
 
-    @property
+    @functools.cached_property
     def probabilities(self) -> np.ndarray:
         return softmax(self.logits)
 

@@ -17,6 +17,11 @@ from ..errors import BundleError, InputDataError
 TOKENIZER_DIR = "tokenizer"  # inside an export folder and a bundle
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_META_FILE = "tokenizer_meta.json"
+# Texts are cut to this many characters per token of max_seq_length before tokenizing: the tokenizer
+# walks the whole text and builds every overflow window, so a 5 MB line took 24 s; the prefix
+# gives the same ids whenever it already overflows (checked per text, else the text is read whole).
+CHARACTERS_PER_TOKEN = 64
+LONGEST_WORD = 200  # characters; WordPiece gives up on words past 100, BPE words are shorter
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class TextEncoder:
         self._tokenizer.enable_truncation(max_length=max_seq_length)
         self.pad_token_id = pad_token_id
         self.max_seq_length = max_seq_length
+        self.vocab_size: int = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self._special_only_length = len(self._tokenizer.encode("").ids)  # [CLS] [SEP] and the like
 
     @classmethod
     def from_folder(cls, folder: Path, max_seq_length: int) -> "TextEncoder":
@@ -73,20 +80,51 @@ class TextEncoder:
         meta_path = folder / TOKENIZER_META_FILE
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
+            pad_token_id = meta["pad_token_id"]
+            if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or pad_token_id < 0:
+                raise ValueError(f"pad_token_id {pad_token_id!r} is not an id")
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise BundleError(f"cannot read {meta_path}: {error}", "re-run export or build") from None
-        return cls(folder / TOKENIZER_FILE, int(meta["pad_token_id"]), max_seq_length)
+        return cls(folder / TOKENIZER_FILE, pad_token_id, max_seq_length)
 
     def encode(self, texts: Sequence[str]) -> EncodedTexts:
+        """Tokenize and truncate; InputDataError for a text that is empty or gives no tokens."""
         for index, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
-        encodings = self._tokenizer.encode_batch(list(texts))
+        encodings = self._encode_truncated(list(texts))
+        for index, encoding in enumerate(encodings):
+            if len(encoding.ids) <= self._special_only_length:
+                raise InputDataError(f"text {index} gives no tokens (only control, format or space characters)",
+                                     "give every input a text with visible characters")
         token_ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
         type_ids = [np.asarray(encoding.type_ids, dtype=np.int64) for encoding in encodings]
         truncated = np.fromiter((bool(encoding.overflowing) for encoding in encodings), dtype=bool,
                                 count=len(encodings))
         return EncodedTexts(token_ids=token_ids, type_ids=type_ids, truncated=truncated)
+
+    def _encode_truncated(self, texts: list[str]) -> list:
+        """encode_batch, reading long texts only as far as max_seq_length tokens need.
+
+        A prefix is enough when it overflows and its last kept token ends more than a word before
+        the cut (so no word straddling the cut changes the kept ids); otherwise the prefix grows.
+        """
+        limit = self.max_seq_length * CHARACTERS_PER_TOKEN
+        encodings = self._tokenizer.encode_batch([text[:limit] for text in texts])
+        for index, text in enumerate(texts):
+            prefix_length = limit
+            while len(text) > prefix_length and not self._prefix_suffices(encodings[index], prefix_length):
+                prefix_length *= 4
+                encodings[index] = self._tokenizer.encode(text[:prefix_length])
+        return encodings
+
+    @staticmethod
+    def _prefix_suffices(encoding, prefix_length: int) -> bool:
+        if not encoding.overflowing:
+            return False
+        kept_end = max((end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask)
+                        if not special), default=prefix_length)
+        return kept_end <= prefix_length - LONGEST_WORD
 
     def pad(self, encoded: EncodedTexts, indices: Sequence[int], padded_length: int) -> ModelInputs:
         """Pad the texts at `indices` to (len(indices), padded_length); Context.run pads further

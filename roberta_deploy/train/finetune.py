@@ -108,7 +108,8 @@ def finetune(options: FinetuneOptions, on_progress: Callable[[FinetuneProgress],
     dev = _read_labelled(options.dev, options)
     label_names = _label_names(train, dev, options)
 
-    with atomic_directory(options.output, options.overwrite) as staging:
+    inputs = (options.train, options.dev, options.model, options.vocab)
+    with atomic_directory(options.output, options.overwrite, inputs=inputs) as staging:
         import torch
 
         # Training must not change the caller's global torch state: RNG, threads, determinism.

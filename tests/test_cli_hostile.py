@@ -1,0 +1,324 @@
+"""The hostile-but-fair user of issue 9, through the command line: every case answers with a one-line
+error and its exit code, deletes no input, and leaves nothing partial behind; Ctrl-C and SIGTERM exit
+130 and 143 with the workers stopped; two writers racing on one --output leave one whole output."""
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from roberta_deploy.cli import app
+from roberta_deploy.data import read_dataset
+
+runner = CliRunner()
+COMMAND = [sys.executable, "-m", "roberta_deploy"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def snapshot(*roots):
+    """sha256 of every file under `roots`: what must be the same after a refused command."""
+    files = {}
+    for root in map(Path, roots):
+        for path in ([root] if root.is_file() else sorted(root.rglob("*"))):
+            if path.is_file():
+                files[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def partial_leftovers(*roots):
+    return [str(path) for root in map(Path, roots) for path in Path(root).rglob(".*")
+            if ".partial-" in path.name or path.name.endswith(".lock") or ".old-" in path.name]
+
+
+def one_line_error(output):
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: ") and "(fix: " in lines[0], output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_factory):
+    return bundle_factory("openvino", "fp32")
+
+
+@pytest.fixture
+def workspace(tmp_path, bundle):
+    """A folder holding a data file, as a user's project folder would."""
+    data = tmp_path / "project" / "reviews.tsv"
+    data.parent.mkdir()
+    data.write_text("label\ttext_a\n1\t这家酒店很好\n0\t房间太小了\n1\t服务热情\n", encoding="utf-8")
+    return data
+
+
+def refused(args, code, fragment, *inputs):
+    before = snapshot(*inputs)
+    result = invoke(*args)
+    assert result.exit_code == code, result.output
+    assert fragment in one_line_error(result.output)
+    assert snapshot(*inputs) == before
+    return result
+
+
+# Data loss: outputs on top of inputs, the current folder, symbolic links, other people's folders.
+
+def test_output_dot_with_overwrite_inside_the_data_folder_deletes_nothing(bundle, workspace, monkeypatch):
+    monkeypatch.chdir(workspace.parent)
+    refused(["infer", "--bundle", bundle, "--data", workspace.name, "--output", ".", "--overwrite"], 2,
+            "overlaps the input", workspace.parent, bundle)
+    refused(["infer", "--bundle", bundle, "--data", workspace, "--output", "..", "--overwrite"], 2,
+            "overlaps the input", workspace.parent, bundle)
+    assert not partial_leftovers(workspace.parent.parent)
+
+
+def test_output_in_the_current_folder_without_inputs_there_is_refused(bundle, workspace, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    monkeypatch.chdir(elsewhere)
+    refused(["infer", "--bundle", bundle, "--data", workspace, "--output", ".", "--overwrite"], 2,
+            "is or contains the current folder", elsewhere)
+
+
+@pytest.mark.parametrize("output_of", [lambda data, bundle: data.parent, lambda data, bundle: bundle,
+                                       lambda data, bundle: bundle / "tokenizer", lambda data, bundle: data])
+def test_output_on_the_data_or_the_bundle_is_refused(bundle, workspace, output_of):
+    refused(["infer", "--bundle", bundle, "--data", workspace, "--output", output_of(workspace, bundle),
+             "--overwrite"], 2, "overlaps the input", workspace.parent, bundle)
+    assert not partial_leftovers(workspace.parent, bundle)
+
+
+def test_build_and_export_refuse_outputs_on_their_inputs(tiny_exports, tiny_checkpoints, workspace):
+    export = tiny_exports["bert"].folder
+    refused(["build", "--export", export, "--output", export, "--overwrite"], 2, "overlaps the input", export)
+    refused(["build", "--export", export, "--output", workspace.parent, "--calibration-data", workspace,
+             "--overwrite"], 2, "overlaps the input", export, workspace)
+    checkpoint = tiny_checkpoints["bert"]
+    refused(["export", "--model", checkpoint, "--output", checkpoint / "onnx"], 2, "overlaps the input", checkpoint)
+
+
+def test_overwrite_never_replaces_a_folder_of_other_files(bundle, workspace, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "notes.md").write_text("mine")
+    refused(["infer", "--bundle", bundle, "--data", workspace, "--output", output, "--overwrite"], 2,
+            "holds files roberta-deploy did not write (notes.md)", output, workspace)
+    link = tmp_path / "link"
+    link.symlink_to(output)
+    refused(["infer", "--bundle", bundle, "--data", workspace, "--output", link, "--overwrite"], 2,
+            "is a symbolic link", output)
+    assert link.is_symlink()
+
+
+def test_overwrite_replaces_an_earlier_infer_output(bundle, workspace, tmp_path):
+    output = tmp_path / "out"
+    for _ in range(2):
+        result = invoke("infer", "--bundle", bundle, "--data", workspace, "--output", output, "--overwrite")
+        assert result.exit_code == 0, result.output
+    assert len((output / "predictions.jsonl").read_text().splitlines()) == 3
+    assert not partial_leftovers(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders anyway")
+def test_an_unwritable_output_folder_is_refused_before_work(bundle, workspace, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        refused(["infer", "--bundle", bundle, "--data", workspace, "--output", locked / "out"], 2,
+                "is not writable", workspace)
+    finally:
+        locked.chmod(0o755)
+
+
+def test_perf_json_is_refused_at_folders_and_inputs_and_written_through_devices(bundle, tmp_path):
+    perf = ["perf", "--bundle", bundle, "--duration", 0.1, "--warmup", 0]
+    refused([*perf, "--json", tmp_path], 2, "is a folder", bundle)
+    refused([*perf, "--json", bundle / "manifest.json"], 2, "overlaps the input", bundle)
+    if os.path.exists("/dev/full"):
+        refused([*perf, "--json", "/dev/full"], 2, "cannot write /dev/full: No space left on device", bundle)
+        assert Path("/dev/full").is_char_device()
+    target = tmp_path / "real.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert invoke(*perf, "--json", link).exit_code == 0
+    assert link.is_symlink() and json.loads(target.read_text())["calls"] > 0
+    assert not partial_leftovers(tmp_path)
+
+
+def test_perf_json_to_dev_stdout_writes_through(bundle):
+    if not os.path.exists("/dev/stdout"):
+        pytest.skip("no /dev/stdout on this system")
+    completed = subprocess.run([*COMMAND, "perf", "--bundle", str(bundle), "--duration", "0.1", "--warmup", "0",
+                                "--json", "/dev/stdout"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert '"throughput_sequences_per_second"' in completed.stdout
+    assert os.path.islink("/dev/stdout") or Path("/dev/stdout").is_char_device()
+
+
+def test_a_file_too_large_for_the_disk_is_a_one_line_error_with_nothing_left(bundle, dev_tsv, tmp_path):
+    """A limit on file size stands in for a full disk: the write fails midway, after the work."""
+    def small_files_only():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    before = snapshot(dev_tsv, bundle)
+    completed = subprocess.run([*COMMAND, "infer", "--bundle", str(bundle), "--data", str(dev_tsv),
+                                "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                               timeout=300, preexec_fn=small_files_only)
+    assert completed.returncode == 2, completed.stderr
+    assert "cannot write " in one_line_error(completed.stderr) and "File too large" in completed.stderr
+    assert os.listdir(tmp_path) == [] and snapshot(dev_tsv, bundle) == before
+
+
+# Silently wrong results and tracebacks on bad input.
+
+@pytest.mark.parametrize("content, fragment", [
+    ("label\ttext_a\n1\t\x00\x00\n", "reviews.tsv:2: the text has only control, format or space characters"),
+    ("label\ttext_a\n1\t\u200b\u200b\n", "reviews.tsv:2: the text has only control"),
+    ("label\ttext_a\n１\t好\n", "reviews.tsv:2: unknown label '１'"),
+    ("label\ttext_a\n٠\t好\n", "reviews.tsv:2: unknown label '٠'"),
+])
+def test_texts_without_tokens_and_non_ascii_labels_are_refused(bundle, workspace, tmp_path, content, fragment):
+    workspace.write_text(content, encoding="utf-8")
+    refused(["infer", "--bundle", bundle, "--data", workspace, "--output", tmp_path / "out"], 2, fragment,
+            workspace, bundle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ('{"text": "好", "label": true}', "label true is a JSON boolean"),
+    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+])
+def test_jsonl_booleans_and_absurd_nesting_are_one_line_errors(bundle, tmp_path, line, fragment):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"text": "好", "label": 1}\n' + line + "\n", encoding="utf-8")
+    refused(["infer", "--bundle", bundle, "--data", data, "--output", tmp_path / "out"], 2, fragment, data)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_five_megabyte_line_is_truncated_not_a_stall(bundle, tmp_path):
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"text": "这家酒店很好" * 900_000}, ensure_ascii=False) + "\n", encoding="utf-8")
+    result = invoke("infer", "--bundle", bundle, "--data", data, "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "out" / "predictions.jsonl").read_text(encoding="utf-8"))
+    assert row["truncated"] is True
+
+
+# Counts and durations.
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--threads", 0], "--threads 0 must be a positive integer"),
+    (["--cpu-threads", 0], "--cpu-threads 0 must be a positive integer"),
+    (["--cpu-threads", 1000], "--cpu-threads 1000 is more than the"),
+    (["--batch-size", 0], "--batch-size 0 must be a positive integer"),
+    (["--max-batch-tokens", -5], "--max-batch-tokens -5 must be a positive integer"),
+])
+def test_infer_counts_are_checked_before_any_work(bundle, workspace, tmp_path, args, fragment):
+    refused(["infer", "--bundle", bundle, "--data", workspace, "--output", tmp_path / "out", *args], 2, fragment,
+            workspace, bundle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seq-len", 0], "--seq-len 0 must be a positive integer"),
+    (["--duration", "nan"], "--duration nan is not a finite number"),
+    (["--duration", "inf"], "--duration inf is not a finite number"),
+    (["--warmup", "-1"], "--warmup -1.0 must be at least 0"),
+    (["--iterations", "-3"], "--iterations -3 must be zero or a positive integer"),
+    (["--threads", 0], "--threads 0 must be a positive integer"),
+])
+def test_perf_counts_and_durations_are_checked(bundle, args, fragment):
+    refused(["perf", "--bundle", bundle, *args], 2, fragment, bundle)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-seq-length", 0], "--max-seq-length 0 must be a positive integer"),
+    (["--static-shape", "--batch-size", 100_000], "a static batch of 100000 x 64 tokens needs about"),
+    (["--calibration-samples", 0], "--calibration-samples 0 must be a positive integer"),
+])
+def test_build_flags_are_checked_before_any_work(tiny_exports, tmp_path, args, fragment):
+    export = tiny_exports["bert"].folder
+    result = refused(["build", "--export", export, "--output", tmp_path / "bundle", "--max-seq-length", 64, *args],
+                     2, fragment, export)
+    if "static" in fragment:
+        assert "GiB while it runs; this machine has" in result.output and "--batch-size" in result.output
+    assert os.listdir(tmp_path) == []
+
+
+# Signals and a concurrent writer: real processes.
+
+@pytest.fixture(scope="module")
+def many_rows(dev_tsv, tmp_path_factory):
+    """About 36,000 rows: long enough that a signal lands while workers are classifying."""
+    rows = dev_tsv.read_text(encoding="utf-8").split("\n", 1)[1]
+    path = tmp_path_factory.mktemp("many") / "many.tsv"
+    path.write_text("label\ttext_a\n" + rows * 30, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("sent, code, message", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize("delay", [0.5, 2.0])
+def test_ctrl_c_and_sigterm_stop_the_workers_and_leave_nothing(bundle, many_rows, tmp_path, sent, code, message,
+                                                               delay):
+    output = tmp_path / "out"
+    before = snapshot(many_rows, bundle)
+    process = subprocess.Popen([*COMMAND, "infer", "--bundle", str(bundle), "--data", str(many_rows),
+                                "--output", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a native abort shows its stacks
+    lock = tmp_path / ".out.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the output is reserved: the command is past its checks
+    time.sleep(delay)
+    process.send_signal(sent)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr  # not -6 (SIGABRT) from workers left running at exit
+    assert "terminate called" not in stderr and "Traceback" not in stderr
+    assert message in stderr
+    assert not output.exists() and os.listdir(tmp_path) == []
+    assert snapshot(many_rows, bundle) == before
+
+
+def finish(process, timeout=180):
+    """(exit code, stderr); a process still running after `timeout` is a hang: dump its threads and fail."""
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER=1 prints every thread's stack
+        _, stderr = process.communicate(timeout=60)
+        pytest.fail(f"{process.args} hung:\n{stderr}")
+    return process.returncode, stderr
+
+
+def test_two_writers_racing_on_one_output_leave_one_whole_output(bundle, dev_tsv, tmp_path):
+    rows = len(read_dataset(dev_tsv))
+    for trial in range(3):
+        output = tmp_path / f"race-{trial}"
+        processes = [subprocess.Popen([*COMMAND, "infer", "--bundle", str(bundle), "--data", str(dev_tsv),
+                                       "--output", str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                     for _ in range(2)]
+        results = [finish(process) for process in processes]
+        codes = sorted(code for code, _ in results)
+        assert codes == [0, 2], results
+        loser = next(stderr for code, stderr in results if code == 2)
+        line = one_line_error(loser)
+        assert "another roberta-deploy command is writing" in line or "already exists" in line
+        predictions = (output / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line)["index"] for line in predictions] == list(range(rows))
+        assert json.loads((output / "metrics.json").read_text())["examples"] == rows
+    assert not partial_leftovers(tmp_path)
