@@ -15,7 +15,6 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from .atomic import atomic_write_json
-from .backends import BACKENDS
 from .errors import BundleError
 from .logs import get_logger
 from .precision import PRECISIONS
@@ -30,7 +29,8 @@ TRACKED_LIBRARIES = ("roberta-deploy", "torch", "transformers", "tokenizers", "o
                      "openvino", "nncf", "numpy")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TOKENIZER_FILES = ("tokenizer/tokenizer.json", "tokenizer/tokenizer_meta.json")
-# What each backend needs from a bundle: its engine files, and the settings its loader reads.
+# What each backend needs from a bundle: its engine files, and the settings its loader reads. The
+# schema lives here, not in backends/, so that reading a manifest loads no engine code.
 BACKEND_REQUIREMENTS = {
     "openvino": {"files": ("model.xml", "model.bin"),
                  "settings": {"inference_precision": ("f32", "bf16", "f16")}},
@@ -184,11 +184,11 @@ def schema_problem(manifest: dict, kind: str) -> str | None:
     if not profile["dynamic"] and (not profile["static_seq_lengths"] or profile["static_seq_lengths"][-1] != profile["max_seq"]):
         return "a static shape_profile needs static_seq_lengths ending at max_seq"
     backend = manifest["backend"]
-    if backend not in BACKENDS:
-        return f"backend {backend!r} is not one of {', '.join(BACKENDS)}"
+    if backend not in BACKEND_REQUIREMENTS:
+        return f"backend {backend!r} is not one of {', '.join(BACKEND_REQUIREMENTS)}"
     if manifest["precision"] not in PRECISIONS:
         return f"precision {manifest['precision']!r} is not one of {', '.join(PRECISIONS)}"
-    requirements = BACKEND_REQUIREMENTS.get(backend, {"files": (), "settings": {}})
+    requirements = BACKEND_REQUIREMENTS[backend]
     missing += [name for name in requirements["files"] if name not in files]
     if missing:
         return f"files does not list {', '.join(missing)}, which a {backend} bundle needs"

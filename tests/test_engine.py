@@ -175,7 +175,7 @@ def test_static_buckets_pad_to_compiled_lengths():
     assert [(plan.indices.tolist(), plan.padded_length) for plan in plans] == [([2, 3], 128), ([0, 1], 32)]
 
 
-@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "torch"])
 @pytest.mark.parametrize("name, value, message", [
     ("input_ids", 10**9, "input_ids[0, 3] is 1000000000, outside the model's vocabulary (0 to 21127)"),
     ("input_ids", -10**9, "input_ids[0, 3] is -1000000000, outside the model's vocabulary"),
