@@ -31,11 +31,11 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TOKENIZER_FILES = ("tokenizer/tokenizer.json", "tokenizer/tokenizer_meta.json")
 # What each backend needs from a bundle: its engine files, and the settings its loader reads. The
 # schema lives here, not in backends/, so that reading a manifest loads no engine code.
-BACKEND_REQUIREMENTS = {
-    "openvino": {"files": ("model.xml", "model.bin"),
+BACKEND_REQUIREMENTS = {  # files: one of these sets must be listed (newest first)
+    "openvino": {"files": (("openvino_model.xml", "openvino_model.bin"), ("model.xml", "model.bin")),
                  "settings": {"inference_precision": ("f32", "bf16", "f16")}},
-    "onnxruntime": {"files": ("model.onnx",), "settings": {}},
-    "torch": {"files": ("config.json", "model.safetensors"), "settings": {}},
+    "onnxruntime": {"files": (("model.onnx",),), "settings": {}},
+    "torch": {"files": (("config.json", "model.safetensors"),), "settings": {}},
 }
 SHAPE_PROFILE_KEYS = {"dynamic": bool, "min_batch": int, "max_batch": int, "min_seq": int, "max_seq": int,
                       "static_seq_lengths": list}
@@ -189,7 +189,9 @@ def schema_problem(manifest: dict, kind: str) -> str | None:
     if manifest["precision"] not in PRECISIONS:
         return f"precision {manifest['precision']!r} is not one of {', '.join(PRECISIONS)}"
     requirements = BACKEND_REQUIREMENTS[backend]
-    missing += [name for name in requirements["files"] if name not in files]
+    engine_files = next((names for names in requirements["files"] if all(name in files for name in names)),
+                        requirements["files"][0])
+    missing += [name for name in engine_files if name not in files]
     if missing:
         return f"files does not list {', '.join(missing)}, which a {backend} bundle needs"
     for key, allowed in requirements["settings"].items():

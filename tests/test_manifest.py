@@ -66,7 +66,8 @@ def test_malformed_manifests_are_one_bundle_error(bundle_factory, tmp_path, path
 def test_an_onnxruntime_bundle_relabelled_openvino_is_refused(bundle_factory, tmp_path):
     bundle = copy_with_manifest(bundle_factory("onnxruntime", "fp32"), tmp_path / "bundle",
                                 set_key("backend", "openvino"))
-    with pytest.raises(BundleError, match="files does not list model.xml, model.bin, which a openvino bundle needs"):
+    with pytest.raises(BundleError, match="files does not list openvino_model.xml, openvino_model.bin, "
+                                          "which a openvino bundle needs"):
         Engine.load(bundle)
 
 
