@@ -177,7 +177,7 @@ def test_static_buckets_pad_to_compiled_lengths():
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime", "torch"])
 @pytest.mark.parametrize("name, value, message", [
-    ("input_ids", 10**9, "input_ids[0, 3] is 1000000000, outside the model's vocabulary (0 to 21127)"),
+    ("input_ids", 10**9, "input_ids[0, 3] is 1000000000, outside the model's vocabulary (0 to "),
     ("input_ids", -10**9, "input_ids[0, 3] is -1000000000, outside the model's vocabulary"),
     ("input_ids", 2**62, "input_ids[0, 3] is 4611686018427387904, outside the model's vocabulary"),
     ("token_type_ids", 5, "token_type_ids[0, 3] is 5, outside the model's token types (0 to 1)"),

@@ -88,7 +88,10 @@ def test_export_folder_checks_its_files(tiny_exports, tmp_path):
 
 
 def test_export_records_the_vocabulary_sizes_the_runtime_checks_against(tiny_exports):
-    assert tiny_exports["bert"].manifest["vocab_size"] == 21128
+    from transformers import AutoConfig
+
+    assert tiny_exports["bert"].manifest["vocab_size"] == AutoConfig.from_pretrained(
+        str(tiny_exports["bert"].manifest["source_model"])).vocab_size
     assert tiny_exports["bert"].manifest["type_vocab_size"] == 2
     assert tiny_exports["roberta"].manifest["type_vocab_size"] == 1
 
@@ -105,6 +108,6 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_checkpoint
     from transformers import BertForSequenceClassification
 
     BertForSequenceClassification(config).save_pretrained(str(folder))
-    with pytest.raises(ModelLoadError, match="has 21128 tokens but the model's embedding table only 1000"):
+    with pytest.raises(ModelLoadError, match=r"has \d+ tokens but the model's embedding table only 1000"):
         export_model(ExportOptions(model=str(folder), output=tmp_path / "export"))
     assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".*"))

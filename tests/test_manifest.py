@@ -120,7 +120,7 @@ def test_a_symlink_leaving_the_bundle_is_refused(bundle_factory, tmp_path):
 def test_a_tokenizer_larger_than_the_embedding_table_is_refused(bundle_factory, tmp_path):
     bundle = copy_with_manifest(bundle_factory("openvino", "fp32"), tmp_path / "bundle",
                                 set_key("export_manifest.vocab_size", 1000))
-    with pytest.raises(BundleError, match="has 21128 tokens but the model's embedding table only 1000"):
+    with pytest.raises(BundleError, match=r"has \d+ tokens but the model's embedding table only 1000"):
         Engine.load(bundle)
 
 
