@@ -99,3 +99,15 @@ EXIT_CODES = {
     130: "interrupted (Ctrl-C); workers stopped, no partial output left",
     143: "terminated (SIGTERM); workers stopped, no partial output left",
 }
+
+
+class RequestTooLargeError(InputDataError):
+    """A request past a server limit (payload bytes); the message names the flag that raises it."""
+
+
+class UnknownModelError(InputDataError):
+    """A request names a model the server does not serve."""
+
+
+class UnauthorizedError(InputDataError):
+    """A request without the server's API key."""
