@@ -605,6 +605,16 @@ def _register_finetune() -> None:
 _register_finetune()
 
 
+def _register_serving() -> None:
+    from .cli_serve import loadtest_command, serve_command
+
+    app.command("serve")(reports_errors(serve_command))
+    app.command("loadtest")(reports_errors(loadtest_command))
+
+
+_register_serving()
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C: staging folders are removed and workers joined before the exit.
     signal.signal(signal.SIGTERM, _raise_terminated)

@@ -1,0 +1,61 @@
+"""Hugging Face's text-classification task shape at POST /, as `InferenceClient.text_classification` sends it.
+
+Body: {"inputs": "text" | ["text", ...], "parameters": {"top_k": int, "function_to_apply": "softmax"|"sigmoid"|"none"}}.
+Answer: [[{"label", "score"}, ...]], one list per input, every label unless top_k says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError
+from .options import Limits
+from .payload import check_texts, ranked_labels, sigmoid, softmax
+
+EXAMPLE = '{"inputs": "酒店很干净", "parameters": {"top_k": 2}}'
+FUNCTIONS = ("softmax", "sigmoid", "none")
+
+
+@dataclass(frozen=True)
+class TextClassificationRequest:
+    texts: list[str]
+    top_k: int | None
+    function_to_apply: str
+
+
+def parse_text_classification(body: Any, limits: Limits) -> TextClassificationRequest:
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise InputDataError("the request has no `inputs`", f"send a JSON object such as {EXAMPLE}")
+    inputs = body["inputs"]
+    if isinstance(inputs, str):
+        texts = [inputs]
+    elif isinstance(inputs, list):
+        texts = inputs
+    else:
+        raise InputDataError(f"`inputs` is {type(inputs).__name__}, not a text or a list of texts",
+                             f"send a JSON object such as {EXAMPLE}")
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InputDataError("`parameters` must be a JSON object", f"send a JSON object such as {EXAMPLE}")
+    unknown = sorted(set(parameters) - {"top_k", "function_to_apply"})
+    if unknown:
+        raise InputDataError(f"unknown parameter {unknown[0]!r} for text classification",
+                             "use only `top_k` and `function_to_apply`")
+    top_k = parameters.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise InputDataError(f"`top_k` must be a positive integer, got {top_k!r}", "send e.g. \"top_k\": 1")
+    function = parameters.get("function_to_apply") or "softmax"
+    if function not in FUNCTIONS:
+        raise InputDataError(f"`function_to_apply` {function!r} is not one of {', '.join(FUNCTIONS)}",
+                             "send softmax (default), sigmoid or none")
+    return TextClassificationRequest(texts=check_texts(texts, limits, "inputs"), top_k=top_k,
+                                     function_to_apply=function)
+
+
+def format_text_classification(request: TextClassificationRequest, logits: np.ndarray,
+                               label_names: tuple[str, ...]) -> list:
+    scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda values: values}[request.function_to_apply](logits)
+    return [ranked_labels(row, label_names, request.top_k) for row in scores]

@@ -1,0 +1,41 @@
+"""One served model: a loaded engine, its long-lived batcher, and what /info and /v2/models/NAME say about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .options import Limits
+
+
+@dataclass
+class ServedModel:
+    name: str
+    engine: Any  # runtime.engine.Engine (a fake in tests): label_names, backend, precision, max_seq_length, manifest
+    batcher: Any  # runtime.batcher.Batcher, owned here: started by the server's warm-up, closed on shutdown
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(self.engine.label_names)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.batcher.ready)
+
+    @property
+    def platform(self) -> str:
+        return f"roberta-deploy_{self.engine.backend}"
+
+    def info(self, limits: Limits, version: str) -> dict:
+        """text-embeddings-inference's /info, with what this project adds (labels, precision, backend)."""
+        manifest = self.engine.manifest
+        return {"model_id": self.name, "model_sha": manifest.get("source_model_sha256"),
+                "source_model": manifest.get("source_model"), "model_type": {"classifier": {
+                    "id2label": {str(index): label for index, label in enumerate(self.label_names)},
+                    "label2id": {label: index for index, label in enumerate(self.label_names)}}},
+                "labels": list(self.label_names), "backend": self.engine.backend,
+                "precision": self.engine.precision, "max_input_length": self.engine.max_seq_length,
+                "max_concurrent_requests": limits.max_concurrent_requests,
+                "max_client_batch_size": limits.max_client_batch_size, "payload_limit": limits.payload_limit,
+                "max_input_chars": limits.max_input_chars, "auto_truncate": limits.auto_truncate,
+                "version": version}

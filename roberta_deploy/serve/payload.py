@@ -1,0 +1,68 @@
+"""What every protocol shares: JSON bodies, the per-request limits on texts, and turning logits into scores."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError
+from .options import Limits
+
+
+def parse_json(body: bytes, example: str) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputDataError(f"the request body is not valid JSON ({error})", f"send a JSON body such as {example}") \
+            from None
+
+
+def dump_json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def check_texts(texts: list, limits: Limits, field: str) -> list[str]:
+    """Every item a non-empty string within the character limit; no more texts than the batch limit."""
+    if not texts:
+        raise InputDataError(f"`{field}` holds no text", f"put at least one text in `{field}`")
+    if len(texts) > limits.max_client_batch_size:
+        raise InputDataError(
+            f"the request holds {len(texts)} texts, past the limit of {limits.max_client_batch_size} per request",
+            f"send at most {limits.max_client_batch_size} texts per request, or start the server with a larger "
+            f"--max-client-batch-size")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputDataError(f"`{field}` item {index} is {type(text).__name__}, not a string",
+                                 "send texts as JSON strings")
+        if not text.strip():
+            raise InputDataError(f"`{field}` item {index} is empty", "give every input a non-empty text")
+        if len(text) > limits.max_input_chars:
+            raise InputDataError(
+                f"`{field}` item {index} has {len(text)} characters, past the limit of {limits.max_input_chars}",
+                f"send shorter texts, or start the server with a larger --max-input-chars")
+    return texts
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 (n, labels) -> probabilities, rows sum to 1."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def optional_bool(value: Any, field: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise InputDataError(f"`{field}` must be true or false, got {json.dumps(value)}", f"send `{field}`: true or false")
+
+
+def ranked_labels(scores: np.ndarray, label_names: tuple[str, ...], top_k: int | None = None) -> list[dict]:
+    """One row of scores -> [{"label", "score"}] sorted by score, highest first."""
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return [{"label": label_names[index], "score": float(scores[index])} for index in order]

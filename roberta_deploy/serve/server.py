@@ -1,0 +1,165 @@
+"""The server's life: bind, listen at once (not ready), load and warm up every bundle in the background,
+ready; on SIGTERM or SIGINT stop accepting, answer every accepted request, close the batchers, exit 0.
+
+This module owns the process while serving: it installs handlers for SIGTERM and SIGINT and puts the
+previous ones back when the server stops (uvicorn does the same, but re-raises the signal afterwards,
+which would end the process with a signal instead of exit code 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from typing import Callable
+
+import uvicorn
+
+from ..errors import UsageError
+from ..manifest import KIND_BUNDLE, read_manifest
+from ..runtime.batcher import Batcher
+from ..runtime.engine import THROUGHPUT, Engine
+from .app import ServerState, create_app
+from .models import ServedModel
+from .options import BundleSpec, ServeOptions
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+OpenModel = Callable[[BundleSpec, ServeOptions], ServedModel]
+
+
+def open_bundle(spec: BundleSpec, options: ServeOptions) -> ServedModel:
+    """Load a bundle for serving (throughput hint: batches come from many clients)."""
+    engine = Engine.load(spec.path, contexts=options.batching.contexts, hint=THROUGHPUT)
+    return served_model(spec.name, engine, options)
+
+
+def served_model(name: str, engine, options: ServeOptions) -> ServedModel:
+    """An engine with its own long-lived batcher, not started yet (the server's warm-up starts it)."""
+    limits = options.limits
+    batcher = Batcher(engine, contexts=options.batching.contexts, max_batch_tokens=options.batching.max_batch_tokens,
+                      max_wait_ms=options.batching.max_wait_ms,
+                      # Never an unbounded queue: at most every admitted request at its largest.
+                      max_queued_texts=limits.max_concurrent_requests * limits.max_client_batch_size)
+    return ServedModel(name=name, engine=engine, batcher=batcher)
+
+
+def check_bundles(options: ServeOptions) -> None:
+    """Fail before binding a port if a bundle is missing or corrupt (every file against its manifest hash)."""
+    for spec in options.bundles:
+        read_manifest(spec.path, KIND_BUNDLE)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {error.strerror}",
+                         "pass another --port (0 picks a free one) or stop the program using it") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server with our stop signals: mark draining, then let uvicorn finish open connections."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[int], None]):
+        super().__init__(config)
+        self._on_stop = on_stop
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle_stop) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle_stop(self, sig: int, frame) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting for open connections
+        self._on_stop(sig)
+        self.should_exit = True
+
+
+class Server:
+    """One serving process. `run()` blocks until stopped; a bundle that fails to load or warm up is raised."""
+
+    def __init__(self, options: ServeOptions, on_event: Callable[[str], None] = lambda message: None,
+                 open_model: OpenModel = open_bundle):
+        self.options = options
+        self.on_event = on_event
+        self.open_model = open_model
+        self.state: ServerState | None = None
+        self.port: int | None = None
+        self._uvicorn: _GracefulServer | None = None
+        self._failure: BaseException | None = None
+        self._models: list[ServedModel] = []
+
+    def run(self, sock: socket.socket | None = None) -> None:
+        sock = sock or bind(self.options.host, self.options.port)
+        self.port = sock.getsockname()[1]
+        self.state = ServerState(names=tuple(spec.name for spec in self.options.bundles), limits=self.options.limits,
+                                 api_key=self.options.api_key)
+        config = uvicorn.Config(create_app(self.state), log_config=None, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=None, server_header=False)
+        self._uvicorn = _GracefulServer(config, on_stop=self._begin_drain)
+        loader = threading.Thread(target=self._load_and_warm_up, name="warm-up", daemon=True)
+        self.on_event(f"listening on {self.url} (not ready until every bundle is warmed up)")
+        loader.start()
+        try:
+            self._uvicorn.run(sockets=[sock])
+        finally:
+            loader.join()
+            self._close_batchers()
+            sock.close()
+        if self._failure is not None:
+            raise self._failure
+        self.on_event("stopped: every accepted request was answered")
+
+    @property
+    def url(self) -> str:
+        host = self.options.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    def stop(self) -> None:
+        """Drain and stop, as SIGTERM does (for callers that run the server in a thread)."""
+        self._begin_drain(signal.SIGTERM)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+
+    def _begin_drain(self, sig: int) -> None:
+        if self.state is not None and not self.state.draining:
+            self.state.draining = True
+            self.on_event(f"{signal.Signals(sig).name}: not ready; finishing every accepted request, then exiting")
+
+    def _load_and_warm_up(self) -> None:
+        try:
+            for spec in self.options.bundles:
+                if self.state.draining:
+                    return
+                model = self.open_model(spec, self.options)
+                self._models.append(model)
+                model.batcher.start()  # every context runs once before the model counts as ready
+                self.state.add_model(model)
+                engine = model.engine
+                self.on_event(f"warmed up {model.name}: {engine.backend} {engine.precision} from {spec.path}")
+            self.state.ready = True
+            self.on_event(f"ready: {', '.join(self.state.models)} at {self.url}")
+        except BaseException as error:
+            self._failure = error
+            if self._uvicorn is not None:
+                self._uvicorn.should_exit = True
+
+    def _close_batchers(self) -> None:
+        for model in self._models:
+            model.batcher.close(drain=True)

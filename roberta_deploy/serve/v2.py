@@ -1,0 +1,173 @@
+"""The Open Inference Protocol (KServe v2, as Triton and OpenVINO Model Server speak it), JSON and binary tensors.
+
+A model takes one BYTES input `text` of shape [n] (or [n, 1]) and answers three outputs: `logits` and
+`probabilities` (FP32, [n, labels]) and `label` (BYTES, [n]). With the binary tensor extension
+(`Inference-Header-Content-Length`), tensors travel as raw bytes after the JSON header; BYTES elements
+are each a 4-byte little-endian length and the UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError
+from .options import Limits
+from .payload import check_texts, dump_json, parse_json, softmax
+
+INPUT_NAME = "text"
+OUTPUTS = ("logits", "probabilities", "label")
+HEADER_LENGTH = "inference-header-content-length"
+EXAMPLE = '{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["酒店很干净"]}]}'
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    texts: list[str]
+    request_id: str | None
+    outputs: tuple[tuple[str, bool], ...]  # (name, binary) per output to send, in order
+
+
+def model_metadata(name: str, label_names: tuple[str, ...], platform: str) -> dict:
+    labels = len(label_names)
+    return {"name": name, "versions": ["1"], "platform": platform,
+            "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, labels]},
+                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, labels]},
+                        {"name": "label", "datatype": "BYTES", "shape": [-1]}]}
+
+
+def parse_infer(body: bytes, header_length: str | None, limits: Limits) -> InferRequest:
+    if header_length is not None:
+        try:
+            json_size = int(header_length)
+        except ValueError:
+            json_size = -1
+        if not 0 < json_size <= len(body):
+            raise InputDataError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of "
+                                 f"{len(body)} bytes", "send the length of the JSON header in bytes")
+        header, binary = parse_json(body[:json_size], EXAMPLE), body[json_size:]
+    else:
+        header, binary = parse_json(body, EXAMPLE), b""
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InputDataError("the request has no `inputs` list", f"send a JSON object such as {EXAMPLE}")
+    inputs = header["inputs"]
+    if len(inputs) != 1 or not isinstance(inputs[0], dict) or inputs[0].get("name") != INPUT_NAME:
+        names = [item.get("name") if isinstance(item, dict) else item for item in inputs]
+        raise InputDataError(f"inputs {names} do not match the model's one input {INPUT_NAME!r}",
+                             f"send one BYTES tensor named {INPUT_NAME!r}")
+    tensor = inputs[0]
+    if tensor.get("datatype") != "BYTES":
+        raise InputDataError(f"input {INPUT_NAME!r} has datatype {tensor.get('datatype')!r}, not BYTES",
+                             "send texts as a BYTES tensor")
+    count = _element_count(tensor.get("shape"))
+    parameters = tensor.get("parameters") or {}
+    if "binary_data_size" in parameters:
+        size = parameters["binary_data_size"]
+        if not isinstance(size, int) or size != len(binary):
+            raise InputDataError(f"binary_data_size {size!r} does not match the {len(binary)} bytes after the header",
+                                 "send the tensor's byte count in binary_data_size")
+        texts = _decode_bytes_tensor(binary)
+    elif "data" in tensor:
+        texts = _flatten(tensor["data"])
+    else:
+        raise InputDataError(f"input {INPUT_NAME!r} has neither `data` nor binary data", f"send {EXAMPLE}")
+    if len(texts) != count:
+        raise InputDataError(f"input {INPUT_NAME!r} has shape {tensor.get('shape')} but {len(texts)} elements",
+                             "send a shape that matches the number of texts")
+    texts = check_texts(texts, limits, INPUT_NAME)
+    request_parameters = header.get("parameters") or {}
+    all_binary = bool(isinstance(request_parameters, dict) and request_parameters.get("binary_data_output"))
+    requested = header.get("outputs")
+    if requested is None:
+        outputs = tuple((name, all_binary) for name in OUTPUTS)
+    else:
+        if not isinstance(requested, list):
+            raise InputDataError("`outputs` must be a list", f"ask for any of {', '.join(OUTPUTS)}")
+        outputs = []
+        for item in requested:
+            name = item.get("name") if isinstance(item, dict) else None
+            if name not in OUTPUTS:
+                raise InputDataError(f"unknown output {name!r}", f"ask for any of {', '.join(OUTPUTS)}")
+            binary_flag = (item.get("parameters") or {}).get("binary_data", all_binary)
+            outputs.append((name, bool(binary_flag)))
+        outputs = tuple(outputs)
+    request_id = header.get("id")
+    return InferRequest(texts=texts, request_id=str(request_id) if request_id is not None else None, outputs=outputs)
+
+
+def _element_count(shape: Any) -> int:
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InputDataError(f"input {INPUT_NAME!r} has shape {shape!r}", "send shape [n] or [n, 1] for n texts")
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise InputDataError(f"input {INPUT_NAME!r} has shape {shape}, one text per row is expected",
+                             "send shape [n] or [n, 1] for n texts")
+    return shape[0]
+
+
+def _flatten(data: Any) -> list:
+    if not isinstance(data, list):
+        raise InputDataError(f"input {INPUT_NAME!r} data must be a list of strings", f"send {EXAMPLE}")
+    flat = []
+    for item in data:
+        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    return flat
+
+
+def _decode_bytes_tensor(binary: bytes) -> list[str]:
+    texts, offset = [], 0
+    while offset < len(binary):
+        if offset + 4 > len(binary):
+            raise InputDataError("the binary BYTES tensor ends inside an element's length",
+                                 "prefix each element with its 4-byte little-endian length")
+        (length,) = struct.unpack_from("<I", binary, offset)
+        offset += 4
+        if offset + length > len(binary):
+            raise InputDataError("the binary BYTES tensor ends inside an element",
+                                 "prefix each element with its 4-byte little-endian length")
+        try:
+            texts.append(binary[offset:offset + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputDataError(f"element {len(texts)} of input {INPUT_NAME!r} is not UTF-8",
+                                 "send texts encoded as UTF-8") from None
+        offset += length
+    return texts
+
+
+def format_infer(request: InferRequest, model_name: str, logits: np.ndarray,
+                 label_names: tuple[str, ...]) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers (Inference-Header-Content-Length when any output is binary)."""
+    arrays = {"logits": logits.astype(np.float32), "probabilities": softmax(logits).astype(np.float32),
+              "label": [label_names[index] for index in logits.argmax(axis=1)]}
+    outputs, binary_parts = [], []
+    for name, binary in request.outputs:
+        value = arrays[name]
+        if name == "label":
+            tensor = {"name": name, "datatype": "BYTES", "shape": [len(value)]}
+            raw = b"".join(struct.pack("<I", len(encoded)) + encoded for encoded in (v.encode() for v in value)) \
+                if binary else None
+        else:
+            tensor = {"name": name, "datatype": "FP32", "shape": list(value.shape)}
+            raw = value.astype("<f4").tobytes() if binary else None
+        if raw is None:
+            tensor["data"] = value if name == "label" else value.ravel().tolist()
+        else:
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            binary_parts.append(raw)
+        outputs.append(tensor)
+    response = {"model_name": model_name, "model_version": "1", "outputs": outputs}
+    if request.request_id is not None:
+        response["id"] = request.request_id
+    header = dump_json(response)
+    if not binary_parts:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(binary_parts), {"content-type": "application/octet-stream",
+                                             HEADER_LENGTH: str(len(header))}
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}, ensure_ascii=False).encode("utf-8")
