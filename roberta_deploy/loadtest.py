@@ -1,0 +1,341 @@
+"""Load a running server the way its clients would: closed-loop clients at fixed concurrency levels, and an
+open loop at fixed request rates (perf_analyzer's --concurrency-range and --request-rate-range).
+
+A small asyncio HTTP/1.1 client with keep-alive sends the requests, so the load generator costs the
+shared CPU as little as possible. Latency in the open loop runs from each request's scheduled time, so
+a server that falls behind is not excused by a client that waited (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .atomic import atomic_directory
+from .errors import InputDataError, UsageError
+
+PROTOCOLS = ("predict", "hf", "v2")
+REPORT_JSON, REPORT_MARKDOWN, REPORT_PLOT = "loadtest.json", "loadtest.md", "loadtest.png"
+MAX_OPEN_CONNECTIONS = 1024  # open loop: requests past this many outstanding count as client-side errors
+
+
+@dataclass(frozen=True)
+class LoadtestOptions:
+    url: str
+    texts: tuple[str, ...]
+    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    request_rates: tuple[float, ...] = ()
+    duration: float = 10.0  # timed seconds per level
+    warmup: float = 1.0  # seconds per level sent but not counted
+    texts_per_request: int = 1
+    protocol: str = "predict"
+    model: str | None = None  # v2 model name (default: the server's first model, read from /info)
+    api_key: str | None = None
+    timeout: float = 60.0  # seconds before one request counts as failed
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(f"unknown --protocol {self.protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
+        if not self.texts:
+            raise InputDataError("the data file holds no texts", "pass --data with at least one text")
+        if self.duration <= 0 or self.warmup < 0 or self.timeout <= 0:
+            raise UsageError("--duration and --timeout must be positive, --warmup zero or more",
+                             "pass e.g. --duration 10 --warmup 1")
+        if self.texts_per_request < 1:
+            raise UsageError("--texts-per-request must be at least 1", "pass --texts-per-request 1")
+        if not self.concurrency and not self.request_rates:
+            raise UsageError("no load level to run", "pass --concurrency 1,8 and/or --request-rate 10,50")
+        if any(rate <= 0 for rate in self.request_rates):
+            raise UsageError("--request-rate needs positive rates", "pass e.g. --request-rate 10,50")
+        parts = urlsplit(self.url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise UsageError(f"{self.url!r} is not an http:// URL", "pass e.g. http://127.0.0.1:8080")
+
+
+@dataclass
+class LevelResult:
+    mode: str  # "concurrency" (closed loop) or "rate" (open loop, requests/s)
+    level: float
+    requests: int  # answered with 200 inside the timed window
+    errors: int
+    errors_by_status: dict[str, int]
+    seconds: float
+    requests_per_second: float
+    texts_per_second: float
+    latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p99 mean max
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection; `request` reconnects once if the server closed it."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
+        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        for attempt in (0, 1):
+            fresh = self.writer is None
+            if fresh:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                self.writer.write(payload)
+                return await self._read_response()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()
+                if fresh or attempt:
+                    raise
+        raise ConnectionError("unreachable")  # pragma: no cover
+
+    async def _read_response(self) -> tuple[int, dict[str, str], bytes]:
+        status_line = await self.reader.readuntil(b"\r\n")
+        status = int(status_line.split()[1])
+        headers = {}
+        while True:
+            line = await self.reader.readuntil(b"\r\n")
+            if line == b"\r\n":
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def request_body(protocol: str, texts: Sequence[str]) -> bytes:
+    if protocol == "v2":
+        body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}]}
+    else:
+        body = {"inputs": texts[0] if len(texts) == 1 else list(texts)}
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+class _Load:
+    """Requests of one protocol, cycling through the texts."""
+
+    def __init__(self, options: LoadtestOptions, model: str | None):
+        parts = urlsplit(options.url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        prefix = parts.path.rstrip("/")
+        self.path = {"predict": f"{prefix}/predict", "hf": f"{prefix}/",
+                     "v2": f"{prefix}/v2/models/{model}/infer"}[options.protocol]
+        self.headers = {"Content-Type": "application/json"}
+        if options.api_key:
+            self.headers["Authorization"] = f"Bearer {options.api_key}"
+        self.options = options
+        per = options.texts_per_request
+        texts = options.texts
+        self.bodies = [request_body(options.protocol, [texts[(start + k) % len(texts)] for k in range(per)])
+                       for start in range(0, len(texts), per)]
+        self.next_body = 0
+
+    def body(self) -> bytes:
+        body = self.bodies[self.next_body % len(self.bodies)]
+        self.next_body += 1
+        return body
+
+    async def send(self, connection: HttpConnection) -> int:
+        try:
+            status, _, _ = await asyncio.wait_for(connection.request("POST", self.path, self.body(), self.headers),
+                                                  self.options.timeout)
+            return status
+        except asyncio.TimeoutError:
+            connection.close()
+            return -1  # timed out
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            connection.close()
+            return -2  # connection failed
+
+
+class _Recorder:
+    def __init__(self, timed_from: float, timed_until: float):
+        self.timed_from, self.timed_until = timed_from, timed_until
+        self.latencies: list[float] = []
+        self.statuses: dict[str, int] = {}
+
+    def record(self, started: float, finished: float, status: int) -> None:
+        if not self.timed_from <= started < self.timed_until:
+            return
+        if status == 200:
+            self.latencies.append(finished - started)
+        else:
+            key = {-1: "timeout", -2: "connection"}.get(status, str(status))
+            self.statuses[key] = self.statuses.get(key, 0) + 1
+
+
+async def _closed_loop(load: _Load, concurrency: int, warmup: float, duration: float) -> _Recorder:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    recorder = _Recorder(start + warmup, start + warmup + duration)
+
+    async def client() -> None:
+        connection = HttpConnection(load.host, load.port)
+        try:
+            while loop.time() < recorder.timed_until:
+                sent = loop.time()
+                status = await load.send(connection)
+                recorder.record(sent, loop.time(), status)
+        finally:
+            connection.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return recorder
+
+
+async def _open_loop(load: _Load, rate: float, warmup: float, duration: float) -> _Recorder:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    recorder = _Recorder(start + warmup, start + warmup + duration)
+    idle: list[HttpConnection] = []
+    outstanding: set[asyncio.Task] = set()
+
+    async def one(scheduled: float) -> None:
+        connection = idle.pop() if idle else HttpConnection(load.host, load.port)
+        status = await load.send(connection)
+        recorder.record(scheduled, loop.time(), status)
+        idle.append(connection)
+
+    count = int(math.ceil((warmup + duration) * rate))
+    for number in range(count):
+        scheduled = start + number / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(outstanding) >= MAX_OPEN_CONNECTIONS:
+            recorder.record(scheduled, loop.time(), -2)
+            continue
+        task = asyncio.ensure_future(one(scheduled))
+        outstanding.add(task)
+        task.add_done_callback(outstanding.discard)
+    if outstanding:
+        await asyncio.gather(*outstanding)
+    for connection in idle:
+        connection.close()
+    return recorder
+
+
+def _summarize(mode: str, level: float, recorder: _Recorder, duration: float, texts_per_request: int) -> LevelResult:
+    latencies = np.array(recorder.latencies) * 1000
+    errors = sum(recorder.statuses.values())
+    summary = LevelResult(mode=mode, level=level, requests=len(latencies), errors=errors,
+                          errors_by_status=dict(recorder.statuses), seconds=duration,
+                          requests_per_second=len(latencies) / duration,
+                          texts_per_second=len(latencies) * texts_per_request / duration)
+    if len(latencies):
+        summary.latency_ms = {"p50": float(np.percentile(latencies, 50)), "p90": float(np.percentile(latencies, 90)),
+                              "p99": float(np.percentile(latencies, 99)), "mean": float(latencies.mean()),
+                              "max": float(latencies.max())}
+    return summary
+
+
+async def _server_model(options: LoadtestOptions) -> str | None:
+    if options.protocol != "v2" or options.model:
+        return options.model
+    parts = urlsplit(options.url)
+    connection = HttpConnection(parts.hostname, parts.port or 80)
+    headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+    try:
+        status, _, body = await connection.request("GET", parts.path.rstrip("/") + "/info", headers=headers)
+    finally:
+        connection.close()
+    if status != 200:
+        raise UsageError(f"GET /info answered {status}; cannot tell which model to load", "pass --model NAME")
+    return json.loads(body)["model_id"]
+
+
+def run_loadtest(options: LoadtestOptions, on_level=lambda result: None) -> list[LevelResult]:
+    """Every concurrency level, then every request rate; on_level(result) after each."""
+
+    async def main() -> list[LevelResult]:
+        try:
+            model = await _server_model(options)
+        except OSError as error:
+            raise UsageError(f"cannot reach {options.url}: {error}", "start the server first, or fix the URL") \
+                from None
+        load = _Load(options, model)
+        results = []
+        for concurrency in options.concurrency:
+            recorder = await _closed_loop(load, concurrency, options.warmup, options.duration)
+            results.append(_summarize("concurrency", concurrency, recorder, options.duration,
+                                      options.texts_per_request))
+            on_level(results[-1])
+        for rate in options.request_rates:
+            recorder = await _open_loop(load, rate, options.warmup, options.duration)
+            results.append(_summarize("rate", rate, recorder, options.duration, options.texts_per_request))
+            on_level(results[-1])
+        return results
+
+    return asyncio.run(main())
+
+
+def markdown_table(results: Sequence[LevelResult]) -> str:
+    lines = ["| load | requests/s | texts/s | p50 ms | p90 ms | p99 ms | max ms | answered | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        latency = result.latency_ms
+        cells = [describe_level(result), f"{result.requests_per_second:.1f}", f"{result.texts_per_second:.1f}"]
+        cells += [f"{latency[name]:.1f}" if latency else "-" for name in ("p50", "p90", "p99", "max")]
+        errors = ", ".join(f"{count} x {status}" for status, count in sorted(result.errors_by_status.items()))
+        cells += [str(result.requests), errors or "0"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def describe_level(result: LevelResult) -> str:
+    return f"{int(result.level)} clients" if result.mode == "concurrency" else f"{result.level:g} req/s offered"
+
+
+def write_report(results: Sequence[LevelResult], options: LoadtestOptions, output: Path, *,
+                 overwrite: bool = False) -> None:
+    """loadtest.json, loadtest.md and loadtest.png in `output`, which appears whole or not at all."""
+    report = {"url": options.url, "protocol": options.protocol, "texts_per_request": options.texts_per_request,
+              "duration_s": options.duration, "warmup_s": options.warmup, "texts": len(options.texts),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "levels": [asdict(result) for result in results]}
+    with atomic_directory(output, overwrite=overwrite) as folder:
+        (folder / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (folder / REPORT_MARKDOWN).write_text(
+            f"# loadtest of {options.url} ({options.protocol}, {options.texts_per_request} text(s) per request)\n\n"
+            + markdown_table(results), encoding="utf-8")
+        plot_results(results, folder / REPORT_PLOT)
+
+
+def plot_results(results: Sequence[LevelResult], path: Path) -> None:
+    """Throughput and p99 latency against load, one panel per mode."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no process-wide state
+    except ImportError:
+        raise UsageError("the PNG plot needs matplotlib", "pip install 'roberta-deploy[serve]'") from None
+
+    modes = [mode for mode in ("concurrency", "rate") if any(result.mode == mode for result in results)]
+    figure = Figure(figsize=(6 * len(modes), 4), layout="constrained")
+    for number, mode in enumerate(modes, start=1):
+        rows = [result for result in results if result.mode == mode]
+        axis = figure.add_subplot(1, len(modes), number)
+        x = [result.level for result in rows]
+        axis.plot(x, [result.requests_per_second for result in rows], "o-", color="tab:blue")
+        axis.set_xlabel("concurrent clients" if mode == "concurrency" else "offered requests/s")
+        axis.set_ylabel("answered requests/s", color="tab:blue")
+        latency = axis.twinx()
+        latency.plot(x, [result.latency_ms.get("p99", float("nan")) for result in rows], "s--", color="tab:red")
+        latency.set_ylabel("p99 latency (ms)", color="tab:red")
+        axis.set_title("closed loop" if mode == "concurrency" else "open loop")
+    figure.savefig(path, dpi=100)
