@@ -289,3 +289,20 @@ def test_several_models_each_with_their_own_batcher(start_server):
     assert len(server.engines["alpha"].calls) == 3 and len(server.engines["beta"].calls) == 4  # 2 warm-ups each
     status, _, info = call(server.port, "GET", "/info")
     assert json.loads(info)["models"] == ["alpha", "beta"] and json.loads(info)["model_id"] == "alpha"
+
+
+def test_a_bundle_that_fails_to_load_stops_the_server_with_its_error():
+    from roberta_deploy.errors import BundleError
+    from roberta_deploy.serve.options import BundleSpec, ServeOptions
+    from roberta_deploy.serve.server import Server, bind
+
+    def fail_to_load(spec, options):
+        raise BundleError("model.bin does not match its manifest hash", "rebuild the bundle")
+
+    server = Server(ServeOptions(bundles=(BundleSpec("broken", path=None),)), open_model=fail_to_load)
+    sock = bind("127.0.0.1", 0)
+    run = Background(server.run, sock)
+    with pytest.raises(BundleError, match="manifest hash"):
+        run.result()
+    with pytest.raises(OSError):
+        call(server.port, "GET", "/v2/health/live", timeout=5)

@@ -82,6 +82,8 @@ def create_app(state: ServerState) -> Starlette:
                  needs_key: bool = True, counted: bool = True):
         async def run(request: Request) -> Response:
             model_name = request.path_params.get("name") or state.names[0]
+            if model_name not in state.names:
+                model_name = "unknown"  # a label per made-up name would let clients grow /metrics without bound
             try:
                 if needs_key:
                     authorize(request)
