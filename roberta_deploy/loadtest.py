@@ -323,7 +323,7 @@ def plot_results(results: Sequence[LevelResult], path: Path) -> None:
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no process-wide state
     except ImportError:
-        raise UsageError("the PNG plot needs matplotlib", "pip install 'roberta-deploy[serve]'") from None
+        raise UsageError("the PNG plot needs matplotlib", "pip install 'roberta-deploy[report]'") from None
 
     modes = [mode for mode in ("concurrency", "rate") if any(result.mode == mode for result in results)]
     figure = Figure(figsize=(6 * len(modes), 4), layout="constrained")
