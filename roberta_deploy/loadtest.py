@@ -246,14 +246,20 @@ def _summarize(mode: str, level: float, recorder: _Recorder, duration: float, te
     return summary
 
 
-async def _server_model(options: LoadtestOptions) -> str | None:
-    if options.protocol != "v2" or options.model:
-        return options.model
+async def _check_server(options: LoadtestOptions) -> str | None:
+    """Fail at once when nothing listens at the URL; return the v2 model name to load (None for others)."""
     parts = urlsplit(options.url)
     connection = HttpConnection(parts.hostname, parts.port or 80)
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+    prefix = parts.path.rstrip("/")
     try:
-        status, _, body = await connection.request("GET", parts.path.rstrip("/") + "/info", headers=headers)
+        await connection.request("GET", prefix + "/v2/health/live")
+        if options.protocol != "v2" or options.model:
+            return options.model
+        status, _, body = await connection.request("GET", prefix + "/info", headers=headers)
+    except OSError as error:
+        raise UsageError(f"cannot reach {options.url}: {error.strerror or error}",
+                         "start the server first, or fix the URL") from None
     finally:
         connection.close()
     if status != 200:
@@ -265,12 +271,7 @@ def run_loadtest(options: LoadtestOptions, on_level=lambda result: None) -> list
     """Every concurrency level, then every request rate; on_level(result) after each."""
 
     async def main() -> list[LevelResult]:
-        try:
-            model = await _server_model(options)
-        except OSError as error:
-            raise UsageError(f"cannot reach {options.url}: {error}", "start the server first, or fix the URL") \
-                from None
-        load = _Load(options, model)
+        load = _Load(options, await _check_server(options))
         results = []
         for concurrency in options.concurrency:
             recorder = await _closed_loop(load, concurrency, options.warmup, options.duration)

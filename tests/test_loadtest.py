@@ -77,5 +77,6 @@ def test_bad_flags_are_one_line_errors(tmp_path, args, fragment):
 def test_an_unreachable_server_is_a_one_line_error(tmp_path):
     data = tmp_path / "texts.tsv"
     data.write_text("text_a\nhello\n", encoding="utf-8")
-    result = CliRunner().invoke(app, ["loadtest", "http://127.0.0.1:9", "--data", str(data), "--protocol", "v2"])
-    assert result.exit_code != 0 and "cannot reach" in result.output
+    for protocol in ("predict", "v2"):
+        result = CliRunner().invoke(app, ["loadtest", "http://127.0.0.1:9", "--data", str(data), "--protocol", protocol])
+        assert result.exit_code == 2 and "cannot reach http://127.0.0.1:9" in result.output
