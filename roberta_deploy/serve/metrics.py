@@ -44,6 +44,8 @@ class ServerMetrics:
         self.truncated = Counter("roberta_deploy_texts_truncated", "Texts cut at the bundle's max_seq_length",
                                  ["model"], registry=registry)
         self._batchers: dict[str, object] = {}
+        self._request_children: dict[tuple[str, str, str], Counter] = {}
+        self._model_children: dict[str, tuple] = {}
         registry.register(_BatcherStatsCollector(self._batchers))
 
     def watch(self, model_name: str, batcher) -> None:
@@ -61,17 +63,33 @@ class ServerMetrics:
         batcher.add_batch_listener(on_batch)
 
     def observe_result(self, model_name: str, result, total_s: float) -> None:
+        tokenization, queue, inference, total, texts, truncated = self._per_model(model_name)
         timings = result.timings
-        for stage, value in (("tokenization", timings.tokenization_s), ("queue", timings.queue_s),
-                             ("inference", timings.inference_s), ("total", total_s)):
-            self.durations[stage].labels(model=model_name).observe(value)
-        self.texts.labels(model=model_name).inc(len(result.logits))
-        truncated = int(result.truncated.sum())
-        if truncated:
-            self.truncated.labels(model=model_name).inc(truncated)
+        tokenization.observe(timings.tokenization_s)
+        queue.observe(timings.queue_s)
+        inference.observe(timings.inference_s)
+        total.observe(total_s)
+        texts.inc(len(result.logits))
+        cut = int(result.truncated.sum())
+        if cut:
+            truncated.inc(cut)
 
     def count(self, model_name: str, route: str, outcome: str) -> None:
-        self.requests.labels(model=model_name, route=route, outcome=outcome).inc()
+        key = (model_name, route, outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(model=model_name, route=route, outcome=outcome)
+        child.inc()
+
+    def _per_model(self, model_name: str) -> tuple:
+        """The labelled children of one model, looked up once (labels() costs more than the observation)."""
+        children = self._model_children.get(model_name)
+        if children is None:
+            children = self._model_children[model_name] = (
+                *(self.durations[stage].labels(model=model_name) for stage in ("tokenization", "queue", "inference",
+                                                                               "total")),
+                self.texts.labels(model=model_name), self.truncated.labels(model=model_name))
+        return children
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
