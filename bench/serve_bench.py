@@ -68,6 +68,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--soak-seconds", type=float, default=0.0)
     parser.add_argument("--soak-clients", type=int, default=32)
     parser.add_argument("--disconnect-share", type=float, default=0.1)
+    parser.add_argument("--soak-bundle", choices=("bert-base int8", "demo int8"), default="bert-base int8")
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true", help="Only the soak.")
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default: <workdir>/serve.json).")
@@ -417,9 +418,10 @@ def main(argv=None) -> int:
                 report["throughput"][name] = {"offline": {k: v for k, v in offline.items() if k != "probabilities"},
                                               "full_batch": batch, "server": served}
         if arguments.soak_seconds > 0:
-            bundle_name = "bert-base int8"
-            offline = offline_bert or offline_infer(bundles[bundle_name], arguments.data, Path(scratch))
-            offline["label_names"] = list(LABELS)
+            bundle_name = arguments.soak_bundle
+            offline = offline_bert if offline_bert and bundle_name.startswith("bert") else \
+                offline_infer(bundles[bundle_name], arguments.data, Path(scratch))
+            offline["label_names"] = list(LABELS)  # both bundles: negative, positive
             log(f"soak: {arguments.soak_seconds:g} s on {bundle_name}")
             report["soak"], report["soak_bundle"] = soak(bundles[bundle_name], texts, offline, arguments), bundle_name
     report["load_average_after"] = os.getloadavg()
