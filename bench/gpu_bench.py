@@ -19,6 +19,7 @@ works: the targets are stated for the GPU.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import sys
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"-b{arguments.batch_size}", precision, device, arguments.batch_size, data)
     ours = measure_bundle_throughput(bundle, texts, arguments.batch_size, arguments.seconds)
     eager = measure_padded_eager(checkpoint, texts, arguments.batch_size, arguments.seconds, precision, device)
-    ceiling = measure_bf16_ceiling(device)
+    ceiling = off_main_thread(measure_bf16_ceiling, device)
     useful_gflop = float(sequence_flops(checkpoint, ours.pop("token_lengths")).sum() / 1e9)
     latency = measure_latency(bundle, arguments.latency_seconds)
     agreement = measure_agreement(workdir, data, arguments.limit, device, offered)
@@ -159,6 +160,14 @@ def torch_bundle(export: Path, folder: Path, precision: str, device: str, max_ba
     return folder
 
 
+def off_main_thread(function, *arguments):
+    """function(*arguments) on a worker thread, as the bundle's model calls run (InferenceQueue's worker):
+    on a busy CPU, the main thread's OpenMP pool ran the demo model's batch 6x slower than a worker
+    thread's (525 vs 85 ms, 2 cores at load 8), which would bias the baseline and the ceiling."""
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(function, *arguments).result()
+
+
 def timed_passes(run_once, seconds: float) -> tuple[int, float]:
     """Call run_once() once untimed (graphs, caches), then until `seconds` have passed: (passes, elapsed)."""
     run_once()
@@ -206,7 +215,7 @@ def measure_padded_eager(checkpoint: Path, texts: list[str], batch_size: int, se
                 labels.extend(model(**inputs).logits.float().argmax(-1).cpu().tolist())
         results["labels"] = labels
 
-    passes, elapsed = timed_passes(run_once, seconds)
+    passes, elapsed = off_main_thread(timed_passes, run_once, seconds)
     return {"texts_per_second": passes * len(texts) / elapsed, "passes": passes, "seconds": elapsed,
             "attention": model.config._attn_implementation, "labels": results["labels"]}
 
@@ -232,17 +241,19 @@ def measure_bf16_ceiling(device: str) -> dict:
 def best_call_seconds(call, device: str) -> float:
     import torch
 
-    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    on_gpu = device.startswith("cuda")
+    synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
+    calls_per_sample = 10 if on_gpu else 1  # one GPU GEMM is shorter than the timer's resolution allows
     for _ in range(3):
         call()
     synchronize()
     best, deadline = float("inf"), time.perf_counter() + CEILING_SECONDS_PER_SHAPE
     while time.perf_counter() < deadline:
         started = time.perf_counter()
-        for _ in range(10):  # ten calls per sample: one GPU GEMM is shorter than a timer's resolution allows
+        for _ in range(calls_per_sample):
             call()
         synchronize()
-        best = min(best, (time.perf_counter() - started) / 10)
+        best = min(best, (time.perf_counter() - started) / calls_per_sample)
     return best
 
 
@@ -287,7 +298,8 @@ def measure_agreement(workdir: Path, data: Path, limit: int | None, device: str,
 
 
 def judge(results: dict) -> list[dict]:
-    rows = [("throughput >= 2x PyTorch eager padded to 128, batch 256", results["ratio_vs_padded_eager"],
+    rows = [(f"throughput >= 2x PyTorch eager padded to 128 (batch {results['batch_size']}; the target's is 256)",
+             results["ratio_vs_padded_eager"],
              results["ratio_vs_padded_eager"] >= TARGET_VS_PADDED_EAGER, "{:.2f}x"),
             ("useful GFLOP/s >= 30% of the bf16 matmul ceiling", results["share_of_bf16_ceiling"],
              results["share_of_bf16_ceiling"] >= TARGET_SHARE_OF_BF16_CEILING, "{:.1%}"),
