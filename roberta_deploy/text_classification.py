@@ -42,8 +42,8 @@ Result = dict  # {"label": str, "score": float}
 
 
 def pipeline(model: str | Path, *, backend: str = DEFAULT_BACKEND, precision: str = "fp32",
-             top_k: TopK = UNSET, function_to_apply: str | None = None, hint: str = LATENCY,
-             cpu_threads: int | None = None, batch_size: int | None = None,
+             device: str | None = None, top_k: TopK = UNSET, function_to_apply: str | None = None,
+             hint: str = LATENCY, cpu_threads: int | None = None, batch_size: int | None = None,
              build_dir: str | Path | None = None, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
              calibration_data: str | Path | None = None,
              on_step: Callable[[str], None] | None = None) -> "TextClassificationPipeline":
@@ -54,7 +54,9 @@ def pipeline(model: str | Path, *, backend: str = DEFAULT_BACKEND, precision: st
     `backend`, into `build_dir` (kept; load `build_dir/bundle` next time) or into a temporary folder
     removed when the pipeline is closed; `calibration_data` (real texts, TSV/CSV/JSONL) then feeds the
     export's parity check and int8 calibration. `top_k` and `function_to_apply` are call defaults, as in
-    transformers; `hint`, `cpu_threads` and `batch_size` size the engine (see `Engine.load`).
+    transformers; `hint`, `cpu_threads` and `batch_size` size the engine (see `Engine.load`). `device`
+    ("cpu", "cuda", "cuda:N"; cuda with backend="torch") is where a build is verified and the engine runs;
+    by default a bundle's own device, and the CPU for a build.
     """
     source = Path(model)
     kind = _artifact_kind(source)
@@ -67,14 +69,14 @@ def pipeline(model: str | Path, *, backend: str = DEFAULT_BACKEND, precision: st
         root = Path(build_dir) if build_dir is not None else owned_dir
         try:
             bundle = _build_bundle(str(model), kind, root, backend=backend, precision=precision,
-                                   max_seq_length=max_seq_length, calibration_data=calibration_data,
-                                   on_step=on_step)
+                                   device=device or "cpu", max_seq_length=max_seq_length,
+                                   calibration_data=calibration_data, on_step=on_step)
         except BaseException:
             if owned_dir is not None:
                 shutil.rmtree(owned_dir, ignore_errors=True)
             raise
     try:
-        engine = Engine.load(bundle, hint=hint, cpu_threads=cpu_threads)
+        engine = Engine.load(bundle, hint=hint, cpu_threads=cpu_threads, device=device)
     except BaseException:
         if owned_dir is not None:
             shutil.rmtree(owned_dir, ignore_errors=True)
@@ -95,8 +97,8 @@ def _artifact_kind(source: Path) -> str | None:
     return kind if kind in (KIND_BUNDLE, KIND_EXPORT) else None
 
 
-def _build_bundle(model: str, kind: str | None, root: Path, *, backend: str, precision: str, max_seq_length: int,
-                  calibration_data, on_step) -> Path:
+def _build_bundle(model: str, kind: str | None, root: Path, *, backend: str, precision: str, device: str,
+                  max_seq_length: int, calibration_data, on_step) -> Path:
     from .build.bundle import BuildOptions, build_engine  # build code only when something must be built
     from .build.export import ExportOptions, export_model
 
@@ -107,7 +109,7 @@ def _build_bundle(model: str, kind: str | None, root: Path, *, backend: str, pre
                                    check_data=Path(calibration_data) if calibration_data else None), on_step=on_step)
     bundle = root / BUNDLE_SUBDIR
     build_engine(BuildOptions(export_dir=export_dir, output=bundle, backend=backend, precision=precision,
-                              calibration_data=Path(calibration_data) if calibration_data else None),
+                              device=device, calibration_data=Path(calibration_data) if calibration_data else None),
                  on_step=on_step)
     return bundle
 

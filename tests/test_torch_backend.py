@@ -291,3 +291,14 @@ def test_perf_reports_the_gpu(cuda_bundle):
 def test_an_unknown_device_is_refused_at_load(bundle_factory):
     with pytest.raises(UsageError, match="unknown device"):
         Engine.load(bundle_factory("torch", "fp32"), device="npu")
+
+
+def test_the_text_classification_pipeline_runs_a_torch_bundle_and_names_a_missing_gpu(bundle_factory, tmp_path):
+    from roberta_deploy import pipeline
+
+    with pipeline(str(bundle_factory("torch", "fp32")), device="cpu") as classify:
+        assert classify.engine.device == "cpu"
+        assert classify("酒店很干净")[0]["label"] in ("negative", "positive")
+    if not HAS_CUDA:
+        with pytest.raises(UsageError, match="no CUDA device"):
+            pipeline(str(bundle_factory("torch", "fp32")), device="cuda")
