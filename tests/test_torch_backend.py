@@ -302,3 +302,14 @@ def test_the_text_classification_pipeline_runs_a_torch_bundle_and_names_a_missin
     if not HAS_CUDA:
         with pytest.raises(UsageError, match="no CUDA device"):
             pipeline(str(bundle_factory("torch", "fp32")), device="cuda")
+
+
+def test_an_fp16_bundle_is_refused_on_the_cpu_at_load(bundle_factory, tmp_path):
+    # An fp16 bundle can only be built on a GPU; its manifest is all that differs from an fp32 one.
+    bundle = tmp_path / "fp16"
+    shutil.copytree(bundle_factory("torch", "fp32"), bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "precision": "fp16", "device": "cuda"}))
+    with pytest.raises(UnsupportedPrecisionError, match="fp16 torch bundle cannot run on cpu") as caught:
+        Engine.load(bundle, device="cpu")
+    assert "fp16 is for --device cuda" in caught.value.fix
