@@ -313,3 +313,13 @@ def test_an_fp16_bundle_is_refused_on_the_cpu_at_load(bundle_factory, tmp_path):
     with pytest.raises(UnsupportedPrecisionError, match="fp16 torch bundle cannot run on cpu") as caught:
         Engine.load(bundle, device="cpu")
     assert "fp16 is for --device cuda" in caught.value.fix
+
+
+def test_a_torch_bundle_is_a_checkpoint_transformers_loads_as_it_is(bundle_factory, dev_texts):
+    import transformers
+
+    bundle = bundle_factory("torch", "fp32")
+    theirs = transformers.pipeline("text-classification", model=str(bundle), device="cpu")
+    ours = Engine.load(bundle).predict(dev_texts[:16])
+    assert [row["label"] for row in theirs(dev_texts[:16], truncation=True, max_length=128)] == \
+        [ours.label_names[label] for label in ours.labels]
