@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, whe
 from measure import CompetingLoad  # noqa: E402
 
 from roberta_deploy.defaults import DEMO_SAMPLES_PATH  # noqa: E402
+from roberta_deploy.machine import this_cpu  # noqa: E402
 
 OLD_WRITER_MAX_ROWS = 20_000  # quadratic: 200k rows would take over an hour
 
@@ -121,16 +121,6 @@ def build_demo_bundle(folder: Path) -> Path:
     return folder / "bundle"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="10000,200000", help="comma-separated file sizes")
@@ -143,7 +133,7 @@ def main() -> None:
         return
     arguments.output.mkdir(parents=True, exist_ok=True)
     bundle = arguments.bundle or build_demo_bundle(arguments.output)
-    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu_model(),
+    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": this_cpu()["model"],
                "cores": len(os.sched_getaffinity(0)), "bundle": str(bundle),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "sizes": []}
     for rows in (int(value) for value in arguments.rows.split(",")):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -68,16 +67,6 @@ else:
     engine.predict(texts, batch_size=4)
 print("ok")
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_bundle(folder: Path, backend: str) -> Path:
@@ -154,7 +143,10 @@ def main() -> None:
                                 args.data.resolve())
                 results.append(result)
                 print(json.dumps(result, ensure_ascii=False), flush=True)
-    report = {"cpu": cpu_model(), "cores": os.cpu_count(), "backend": args.backend, "timeout_s": args.timeout,
+    sys.path.insert(0, str(REPO))  # this checkout's machine reader, whatever --checkout the children import
+    from roberta_deploy.machine import this_cpu
+
+    report = {"cpu": this_cpu()["model"], "cores": os.cpu_count(), "backend": args.backend, "timeout_s": args.timeout,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv),
               "results": results}
     if args.json:

@@ -18,12 +18,10 @@ import numpy as np
 from .runtime.batching import plan_batches
 from .data import read_dataset
 from .errors import UsageError
+from .machine import this_cpu
 from .manifest import library_versions
 
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
-# CPU flags that decide low-precision speed, as /proc/cpuinfo spells them.
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-               "amx_bf16", "amx_int8")
 PROGRESS_INTERVAL_SECONDS = 0.1
 
 
@@ -73,18 +71,7 @@ def percentiles(samples_ms: list[float], requested: tuple[float, ...] = DEFAULT_
 
 def host_description() -> dict:
     """The machine a measurement ran on: what benchmark_app and trtexec print before their numbers."""
-    cpu_model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and cpu_model is None:
-                    cpu_model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:  # not Linux
-        pass
+    cpu = this_cpu()
     try:
         import psutil
 
@@ -99,8 +86,8 @@ def host_description() -> dict:
         "hostname": socket.gethostname(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "os": platform.platform(),
-        "cpu_model": cpu_model or platform.processor() or platform.machine(),
-        "cpu_flags": [flag for flag in SPEED_FLAGS if flag in flags],
+        "cpu_model": cpu["model"],
+        "cpu_flags": cpu["flags"],
         "logical_cores": os.cpu_count(),
         "physical_cores": physical_cores,
         "usable_cores": usable_cores,

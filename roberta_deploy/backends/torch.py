@@ -9,8 +9,6 @@ extra (pip install 'roberta-deploy[torch]'), and nothing of OpenVINO or ONNX Run
 
 from __future__ import annotations
 
-import contextlib
-import platform
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, ModelLoadError, UnsupportedPrecisionError, UsageError
-from ..logs import third_party_output_wanted
+from ..machine import this_cpu
+from ..quiet import quiet_in_this_thread
 from ..shapes import ShapeProfile
 from .base import CPU, CUDA, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner, device_kind
 
@@ -58,30 +57,8 @@ def cpu_has_native_bf16() -> bool:
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if any(probe is not None for probe in probes):
         return any(probe() for probe in probes if probe is not None)
-    try:  # a PyTorch without the probes: ask the kernel
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
+    flags = this_cpu()["flags"]  # a PyTorch without the probes: ask the kernel
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers draws a "Loading weights" progress bar; the library must not print, so it is off
-    while we load and restored after, unless the application asked for other libraries' output (the
-    rule of build/checkpoint.quiet_transformers, which the runtime may not import)."""
-    from transformers.utils import logging as transformers_logging
-
-    if third_party_output_wanted():
-        yield
-        return
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
 
 
 def load_classifier(folder: Path, attention: str = ATTENTION):
@@ -90,7 +67,8 @@ def load_classifier(folder: Path, attention: str = ATTENTION):
     from transformers import AutoModelForSequenceClassification
 
     try:
-        with _quiet_transformers():
+        # transformers' "Loading weights" bar and advice, dropped for this thread only (as build/checkpoint does)
+        with quiet_in_this_thread(("transformers",)):
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(folder), attn_implementation=attention, output_loading_info=True)
     except (OSError, ValueError) as error:
@@ -216,19 +194,9 @@ class TorchEngine(LoadedEngine):
                          "cuda": torch.version.cuda, "cuda_graphs": {
                              **self.graph_stats, "capture_failures": list(self.graph_stats["capture_failures"])}})
         else:
-            info.update({"name": _cpu_name(), "torch_threads": torch.get_num_threads(),
+            info.update({"name": this_cpu()["model"], "torch_threads": torch.get_num_threads(),
                          "native_bf16": cpu_has_native_bf16()})
         return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @dataclass
