@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputDataError
 from .options import Limits
-from .payload import check_texts, ranked_labels, sigmoid, softmax
+from .payload import check_texts, ranked_labels, request_inputs, sigmoid, softmax
 
 EXAMPLE = '{"inputs": "酒店很干净", "parameters": {"top_k": 2}}'
 FUNCTIONS = ("softmax", "sigmoid", "none")
@@ -27,16 +27,8 @@ class TextClassificationRequest:
 
 
 def parse_text_classification(body: Any, limits: Limits) -> TextClassificationRequest:
-    if not isinstance(body, dict) or "inputs" not in body:
-        raise InputDataError("the request has no `inputs`", f"send a JSON object such as {EXAMPLE}")
-    inputs = body["inputs"]
-    if isinstance(inputs, str):
-        texts = [inputs]
-    elif isinstance(inputs, list):
-        texts = inputs
-    else:
-        raise InputDataError(f"`inputs` is {type(inputs).__name__}, not a text or a list of texts",
-                             f"send a JSON object such as {EXAMPLE}")
+    inputs = request_inputs(body, EXAMPLE)
+    texts = [inputs] if isinstance(inputs, str) else inputs
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InputDataError("`parameters` must be a JSON object", f"send a JSON object such as {EXAMPLE}")

@@ -23,6 +23,18 @@ def dump_json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def request_inputs(body: Any, example: str) -> str | list:
+    """The `inputs` of a JSON request body (TEI's /predict and Hugging Face's text classification share
+    it): one text or a list, checked for the shape only; each protocol reads the list its own way."""
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise InputDataError("the request has no `inputs`", f"send a JSON object such as {example}")
+    inputs = body["inputs"]
+    if not isinstance(inputs, (str, list)):
+        raise InputDataError(f"`inputs` is {type(inputs).__name__}, not a text or a list of texts",
+                             f"send a JSON object such as {example}")
+    return inputs
+
+
 def check_texts(texts: list, limits: Limits, field: str) -> list[str]:
     """Every item a non-empty string within the character limit; no more texts than the batch limit."""
     if not texts:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputDataError
 from .options import Limits
-from .payload import check_texts, optional_bool, ranked_labels, softmax
+from .payload import check_texts, optional_bool, ranked_labels, request_inputs, softmax
 
 EXAMPLE = '{"inputs": "酒店很干净"}'
 
@@ -27,16 +27,11 @@ class PredictRequest:
 
 
 def parse_predict(body: Any, limits: Limits) -> PredictRequest:
-    if not isinstance(body, dict) or "inputs" not in body:
-        raise InputDataError("the request has no `inputs`", f"send a JSON object such as {EXAMPLE}")
-    inputs = body["inputs"]
+    inputs = request_inputs(body, EXAMPLE)
     if isinstance(inputs, str):
         texts, batch = [inputs], False
-    elif isinstance(inputs, list):
-        texts, batch = [_single_text(item, index) for index, item in enumerate(inputs)], True
     else:
-        raise InputDataError(f"`inputs` is {type(inputs).__name__}, not a text or a list of texts",
-                             f"send a JSON object such as {EXAMPLE}")
+        texts, batch = [_single_text(item, index) for index, item in enumerate(inputs)], True
     raw_scores = optional_bool(body.get("raw_scores"), "raw_scores")
     return PredictRequest(texts=check_texts(texts, limits, "inputs"), batch=batch,
                           truncate=optional_bool(body.get("truncate"), "truncate"), raw_scores=bool(raw_scores))
