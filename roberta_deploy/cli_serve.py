@@ -3,23 +3,100 @@ roberta_deploy.loadtest. cli.py registers both; only these functions print."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Optional, Sequence
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from .errors import UsageError
-from .serve.options import API_KEY_ENV, BatchingOptions, Limits
+from .serve.options import API_KEY_ENV, BatchingOptions, Limits, ServeOptions, api_key_from, parse_bundle_specs
 
 console = Console()
 status_console = Console(stderr=True)
 _DEFAULT_LIMITS = Limits()
 
 
-def _require_serve_extra() -> None:
+# Serve's flags, defined once: `serve` and `deploy` both take them (with_serve_flags) and build their
+# ServeOptions from them (ServeFlags.options), so the two commands can never disagree on a flag.
+SERVE_FLAGS = (
+    ("host", Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 keeps the server private to this "
+                                              "machine; 0.0.0.0 exposes it (set --api-key then).")], "127.0.0.1"),
+    ("port", Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed at start).")], 8080),
+    ("name", Annotated[Optional[str], typer.Option(help="Model name for a single bundle (default: the bundle "
+                                                        "folder's name); used in /v2/models/NAME.")], None),
+    ("max_batch_tokens", Annotated[Optional[int], typer.Option(
+        help="Padded tokens (rows x padded length) per engine batch. Bounds memory and the latency of one "
+             "batch; too small and concurrent requests cannot share a batch (default: one full-length batch "
+             "split across the contexts).")], None),
+    ("max_wait_ms", Annotated[float, typer.Option(
+        help="How long a partial batch waits for more requests. Higher merges more requests into a batch "
+             "(throughput) at the cost of latency when the server is quiet.")], 2.0),
+    ("max_concurrent_requests", Annotated[int, typer.Option(
+        help="Requests in flight at once; past it the server answers 429 with Retry-After at once instead of "
+             "queueing without bound.")], _DEFAULT_LIMITS.max_concurrent_requests),
+    ("max_client_batch_size", Annotated[int, typer.Option(help="Texts in one request; more is answered 422.")],
+     _DEFAULT_LIMITS.max_client_batch_size),
+    ("payload_limit", Annotated[int, typer.Option(help="Bytes in one request body; more is answered 413.")],
+     _DEFAULT_LIMITS.payload_limit),
+    ("max_input_chars", Annotated[int, typer.Option(
+        help="Characters in one text, checked before tokenizing; more is answered 422.")],
+     _DEFAULT_LIMITS.max_input_chars),
+    ("auto_truncate", Annotated[bool, typer.Option(
+        "--auto-truncate/--no-auto-truncate",
+        help="Cut texts past the bundle's max_seq_length (as infer does) unless a /predict request sends "
+             "\"truncate\": false; with --no-auto-truncate such texts are answered 422.")], True),
+    ("api_key", Annotated[Optional[str], typer.Option(
+        help=f"Require 'Authorization: Bearer KEY' on every route but /v2/health/live (401 otherwise). Default: "
+             f"the {API_KEY_ENV} environment variable, which keeps the key out of the process list.")], None),
+    ("contexts", Annotated[Optional[int], typer.Option(
+        help="Engine contexts computing batches at once (default: one per core below 8 cores).")], None),
+)
+
+
+class ServeFlags:
+    """The values of SERVE_FLAGS one command was given; `options(bundles)` is the ServeOptions they describe."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def options(self, bundles: Sequence[str]) -> ServeOptions:
+        """`bundles`: --bundle values (PATH or NAME=PATH). Raises UsageError for a flag out of range."""
+        flags = self.values
+        return ServeOptions(
+            bundles=parse_bundle_specs(list(bundles), default_name=flags["name"]), host=flags["host"],
+            port=flags["port"], api_key=api_key_from(flags["api_key"]),
+            limits=Limits(max_concurrent_requests=flags["max_concurrent_requests"],
+                          max_client_batch_size=flags["max_client_batch_size"], payload_limit=flags["payload_limit"],
+                          max_input_chars=flags["max_input_chars"], auto_truncate=flags["auto_truncate"]),
+            batching=BatchingOptions(max_batch_tokens=flags["max_batch_tokens"], max_wait_ms=flags["max_wait_ms"],
+                                     contexts=flags["contexts"]))
+
+
+def with_serve_flags(command: Callable) -> Callable:
+    """Give `command` serve's flags (after its own): typer sees them in the signature, and the command
+    receives them as one `serve_flags: ServeFlags` argument."""
+    names = [name for name, _, _ in SERVE_FLAGS]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        flags = ServeFlags({name: kwargs.pop(name) for name in names})
+        return command(*args, serve_flags=flags, **kwargs)
+
+    own = [parameter for parameter in inspect.signature(command, eval_str=True).parameters.values()
+           if parameter.name != "serve_flags"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, annotation, default in SERVE_FLAGS]
+    wrapper.__signature__ = inspect.Signature(own + added)
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in own + added}
+    return wrapper
+
+
+def require_serve_extra() -> None:
     try:
         import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
@@ -29,62 +106,25 @@ def _require_serve_extra() -> None:
                          "pip install 'roberta-deploy[serve]'") from None
 
 
-def _event_printer() -> Callable[[str], None]:
+def event_printer() -> Callable[[str], None]:
     started = time.perf_counter()
     return lambda message: status_console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}",
                                                 highlight=False, soft_wrap=True)
 
 
+@with_serve_flags
 def serve_command(
     bundle: Annotated[list[str], typer.Option(help="Bundle folder to serve, or NAME=PATH; repeat to serve several "
                                                    "models from one process, each with its own batcher. The first "
                                                    "answers /predict and /.")],
-    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 keeps the server private to this "
-                                           "machine; 0.0.0.0 exposes it (set --api-key then).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed at start).")] = 8080,
-    name: Annotated[Optional[str], typer.Option(help="Model name for a single --bundle PATH (default: the "
-                                                     "folder's name); used in /v2/models/NAME.")] = None,
-    max_batch_tokens: Annotated[Optional[int], typer.Option(
-        help="Padded tokens (rows x padded length) per engine batch. Bounds memory and the latency of one "
-             "batch; too small and concurrent requests cannot share a batch (default: one full-length batch "
-             "split across the contexts).")] = None,
-    max_wait_ms: Annotated[float, typer.Option(
-        help="How long a partial batch waits for more requests. Higher merges more requests into a batch "
-             "(throughput) at the cost of latency when the server is quiet.")] = 2.0,
-    max_concurrent_requests: Annotated[int, typer.Option(
-        help="Requests in flight at once; past it the server answers 429 with Retry-After at once instead of "
-             "queueing without bound.")] = _DEFAULT_LIMITS.max_concurrent_requests,
-    max_client_batch_size: Annotated[int, typer.Option(
-        help="Texts in one request; more is answered 422.")] = _DEFAULT_LIMITS.max_client_batch_size,
-    payload_limit: Annotated[int, typer.Option(
-        help="Bytes in one request body; more is answered 413.")] = _DEFAULT_LIMITS.payload_limit,
-    max_input_chars: Annotated[int, typer.Option(
-        help="Characters in one text, checked before tokenizing; more is answered 422.")]
-        = _DEFAULT_LIMITS.max_input_chars,
-    auto_truncate: Annotated[bool, typer.Option(
-        "--auto-truncate/--no-auto-truncate",
-        help="Cut texts past the bundle's max_seq_length (as infer does) unless a /predict request sends "
-             "\"truncate\": false; with --no-auto-truncate such texts are answered 422.")] = True,
-    api_key: Annotated[Optional[str], typer.Option(
-        help=f"Require 'Authorization: Bearer KEY' on every route but /v2/health/live (401 otherwise). Default: "
-             f"the {API_KEY_ENV} environment variable, which keeps the key out of the process list.")] = None,
-    contexts: Annotated[Optional[int], typer.Option(
-        help="Engine contexts computing batches at once (default: one per core below 8 cores).")] = None,
+    serve_flags: ServeFlags,
 ) -> None:
     """Serve bundles over HTTP: text-embeddings-inference's /predict, Hugging Face's text classification at /,
     the Open Inference Protocol (v2) and Prometheus /metrics, with dynamic batching."""
-    from .serve.options import ServeOptions, api_key_from, parse_bundle_specs
+    require_serve_extra()
+    from .serve.server import serve
 
-    _require_serve_extra()
-    from .serve.server import Server, check_bundles
-
-    options = ServeOptions(
-        bundles=parse_bundle_specs(bundle, default_name=name), host=host, port=port, api_key=api_key_from(api_key),
-        limits=Limits(max_concurrent_requests=max_concurrent_requests, max_client_batch_size=max_client_batch_size,
-                      payload_limit=payload_limit, max_input_chars=max_input_chars, auto_truncate=auto_truncate),
-        batching=BatchingOptions(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, contexts=contexts))
-    check_bundles(options)
-    Server(options, on_event=_event_printer()).run()
+    serve(serve_flags.options(bundle), on_event=event_printer())
 
 
 def loadtest_command(
@@ -113,7 +153,6 @@ def loadtest_command(
     from .cli import parse_int_list
     from .data import read_dataset
     from .loadtest import LoadtestOptions, describe_level, run_loadtest, write_report
-    from .serve.options import api_key_from
 
     rates = ()
     if request_rate:

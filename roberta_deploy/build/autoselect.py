@@ -51,7 +51,7 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".auto-precision-", dir=Path(options.output).parent))
     try:
-        measured = []
+        measured, reference_labels = [], None
         for precision in candidates:  # fp32 first: the reference
             step(f"building {precision}")
             try:
@@ -61,26 +61,13 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
                 measured.append({"precision": precision, "verdict": f"rejected: {error.problem}"})
                 continue
             step(f"timing {precision} on {len(scoring)} held-back texts")
-            measured.append({"precision": precision, **score_and_time(scratch / precision, scoring, device)})
-        reference_accuracy = measured[0]["accuracy"]
-        for row in measured:
-            if "accuracy" in row:
-                # Negative: below fp32. The budget bounds how far below.
-                row["points_vs_fp32"] = (row["accuracy"] - reference_accuracy) * 100
-        within = [row for row in measured if "accuracy" in row and -row["points_vs_fp32"] <= accuracy_budget_points]
-        chosen = max(within, key=lambda row: row["texts_per_second"])  # fp32 is always within
-        for row in measured:
-            if "verdict" in row:
-                continue
-            if row is chosen:
-                row["verdict"] = "chosen: fastest within the budget"
-            elif row in within:
-                row["verdict"] = f"within the budget, {row['texts_per_second']:.0f} texts/s is slower"
-            else:
-                row["verdict"] = f"rejected: more than {accuracy_budget_points} points below fp32"
+            row, labels = score_and_time(scratch / precision, scoring, device)
+            reference_labels = labels if reference_labels is None else reference_labels
+            measured.append({"precision": precision, **row, "agreement_with_fp32": agreement(labels, reference_labels)})
+        chosen = choose_fastest_within_budget(measured, accuracy_budget_points)
         selection = {"accuracy_budget_points": accuracy_budget_points, "data": dataset.source,
                      "scored_texts": len(scoring), "scored_on": "texts held back from int8 calibration",
-                     "fp32_accuracy": reference_accuracy, "timing": f"fastest of {TIMING_REPEATS} passes, "
+                     "fp32_accuracy": measured[0]["accuracy"], "timing": f"fastest of {TIMING_REPEATS} passes, "
                      "throughput hint, on this machine", "candidates": measured,
                      "reason": f"fastest precision within {accuracy_budget_points} accuracy points of fp32"}
         chosen_dir = scratch / chosen["precision"]
@@ -96,16 +83,62 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def score_and_time(bundle_dir: Path, dataset: Dataset, device: str | None = None) -> dict:
-    """Accuracy on `dataset` and the fastest of TIMING_REPEATS timed passes over it (after the warm-up)."""
+def choose_fastest_within_budget(measured: list[dict], accuracy_budget_points: float | None,
+                                 not_eligible: Callable[[dict], str | None] = lambda row: None) -> dict:
+    """Give every candidate row its verdict and return the chosen one: the fastest (texts_per_second)
+    whose accuracy is at most `accuracy_budget_points` below the fp32 reference, the first timed row.
+
+    Rows that already hold a verdict were rejected before timing. `not_eligible(row)` says why a row may
+    not be chosen whatever its speed (e.g. another precision was asked for). A budget of None means
+    nothing was scored (no labelled texts): the fastest eligible row wins. Sets points_vs_fp32 (negative:
+    below fp32) on every scored row. NumericalCheckError when no eligible row is within the budget."""
+    timed = [row for row in measured if "verdict" not in row]
+    if accuracy_budget_points is not None:
+        reference_accuracy = timed[0]["accuracy"]
+        for row in timed:
+            row["points_vs_fp32"] = (row["accuracy"] - reference_accuracy) * 100
+    within = [row for row in timed if accuracy_budget_points is None
+              or -row["points_vs_fp32"] <= accuracy_budget_points]
+    eligible = [row for row in within if not_eligible(row) is None]
+    if not eligible:
+        closest = max((row for row in timed if not_eligible(row) is None and "accuracy" in row),
+                      key=lambda row: row["accuracy"], default=None)
+        detail = f" (the closest is {-closest['points_vs_fp32']:.2f} points below)" if closest else ""
+        raise NumericalCheckError(f"no candidate that may be chosen is within {accuracy_budget_points} accuracy "
+                                  f"points of fp32{detail}", "raise --accuracy-budget or use --precision auto")
+    chosen = max(eligible, key=lambda row: row["texts_per_second"])
+    within_what = "within the budget" if accuracy_budget_points is not None else "accuracy not checked"
+    for row in timed:
+        if row is chosen:
+            row["verdict"] = ("chosen: fastest within the budget" if accuracy_budget_points is not None
+                              else "chosen: fastest (accuracy not checked)")
+        elif row not in within:
+            row["verdict"] = f"rejected: more than {accuracy_budget_points} points below fp32"
+        elif not_eligible(row) is not None:
+            row["verdict"] = f"not chosen: {not_eligible(row)}"
+        else:
+            row["verdict"] = f"{within_what}, {row['texts_per_second']:.0f} texts/s is slower"
+    return chosen
+
+
+def agreement(labels: np.ndarray, reference_labels: np.ndarray) -> float:
+    """Share of texts given the same label as the reference (fp32)."""
+    return float((np.asarray(labels) == np.asarray(reference_labels)).mean())
+
+
+def score_and_time(bundle_dir: Path, dataset: Dataset, device: str | None = None,
+                   passes: int = TIMING_REPEATS) -> tuple[dict, np.ndarray]:
+    """The fastest of `passes` timed passes over `dataset` (after the warm-up) and, when it is labelled,
+    the accuracy; and the predicted label ids (int64 (texts,)) to compare candidates by."""
     with Engine.load(bundle_dir, hint=THROUGHPUT, device=device) as engine:
         engine.batcher  # started: every context warmed up, outside the timing
-        passes = []
-        for _ in range(TIMING_REPEATS):
+        seconds = []
+        for _ in range(passes):
             started = time.perf_counter()
             predictions = engine.predict(dataset.texts)
-            passes.append(time.perf_counter() - started)
-    accuracy = float((predictions.labels == np.asarray(dataset.labels)).mean())
-    best = min(passes)
-    return {"accuracy": accuracy, "seconds": best, "texts_per_second": len(dataset) / best,
-            "pass_seconds": passes}
+            seconds.append(time.perf_counter() - started)
+    best = min(seconds)
+    row = {"seconds": best, "texts_per_second": len(dataset) / best, "pass_seconds": seconds}
+    if dataset.labels is not None:
+        row = {"accuracy": float((predictions.labels == np.asarray(dataset.labels)).mean()), **row}
+    return row, predictions.labels

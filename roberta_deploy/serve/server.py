@@ -28,6 +28,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 OpenModel = Callable[[BundleSpec, ServeOptions], ServedModel]
 
 
+def serve(options: ServeOptions, on_event: Callable[[str], None] = lambda message: None,
+          on_ready: Callable[[str], None] = lambda url: None) -> None:
+    """Serve `options.bundles` in this process until SIGTERM or SIGINT, then drain and return.
+
+    The one call `serve` and `deploy` make into this layer; on_ready(url) runs once every bundle is warmed
+    up. A Ray Serve deployment would be a second implementation of this call, chosen by the caller."""
+    check_bundles(options)
+    Server(options, on_event=on_event, on_ready=on_ready).run()
+
+
 def open_bundle(spec: BundleSpec, options: ServeOptions) -> ServedModel:
     """Load a bundle for serving (throughput hint: batches come from many clients)."""
     engine = Engine.load(spec.path, contexts=options.batching.contexts, hint=THROUGHPUT)
@@ -96,9 +106,10 @@ class Server:
     """One serving process. `run()` blocks until stopped; a bundle that fails to load or warm up is raised."""
 
     def __init__(self, options: ServeOptions, on_event: Callable[[str], None] = lambda message: None,
-                 open_model: OpenModel = open_bundle):
+                 open_model: OpenModel = open_bundle, on_ready: Callable[[str], None] = lambda url: None):
         self.options = options
         self.on_event = on_event
+        self.on_ready = on_ready
         self.open_model = open_model
         self.state: ServerState | None = None
         self.port: int | None = None
@@ -156,6 +167,7 @@ class Server:
                 self.on_event(f"warmed up {model.name}: {engine.backend} {engine.precision} from {spec.path}")
             self.state.ready = True
             self.on_event(f"ready: {', '.join(self.state.models)} at {self.url}")
+            self.on_ready(self.url)
         except BaseException as error:
             self._failure = error
             if self._uvicorn is not None:
