@@ -610,6 +610,9 @@ def _register_serving() -> None:
 
     app.command("serve")(reports_errors(serve_command))
     app.command("loadtest")(reports_errors(loadtest_command))
+    from .cli_deploy import deploy_command
+
+    app.command("deploy")(reports_errors(deploy_command))
 
 
 _register_serving()

@@ -10,3 +10,5 @@ DEMO_MODEL_DIR = DEMO_DIR / "model"  # small BERT trained by `finetune` on ChnSe
 DEMO_SAMPLES_PATH = DEMO_DIR / "samples.tsv"  # short reviews written for this project, with labels
 DEFAULT_MAX_SEQ_LENGTH = 128
 DEFAULT_BACKEND = "openvino"  # fastest measured on the project's CPUs at every precision it offers
+AUTO_BACKEND = "auto"  # deploy --backend auto: every CPU engine of AUTO_BACKENDS that is installed
+AUTO_BACKENDS = ("openvino", "onnxruntime")

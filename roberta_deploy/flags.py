@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import UsageError
 
 POSITIVE_COUNTS = {"batch_size", "max_batch_tokens", "max_seq_length", "min_batch", "max_batch", "min_seq",
-                   "max_seq", "seq_len", "calibration_samples", "verification_samples", "epochs"}
+                   "max_seq", "seq_len", "calibration_samples", "verification_samples", "epochs", "timing_passes"}
 THREAD_COUNTS = {"threads", "cpu_threads"}  # positive, and at most the cores this process may use
 NON_NEGATIVE_COUNTS = {"iterations"}  # 0: "not a criterion" (perf times by --duration alone)
 DURATIONS = {"duration", "warmup", "perf_seconds"}  # seconds; 0 allowed where the command says what it means

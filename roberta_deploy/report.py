@@ -1,4 +1,5 @@
-"""report.html: one self-contained page (inline SVG charts, no scripts, no outside files) for `run` and `eval`.
+"""report.html: one self-contained page (inline SVG charts, no scripts, no outside files) for `run`, `eval`
+and `deploy`.
 
 Charts are drawn with matplotlib, imported only here and only when a page is drawn; without it (the
 `report` extra) the page keeps its tables and says how to get the charts.
@@ -105,6 +106,49 @@ def eval_report_html(report: dict) -> str:
                   f"max_seq_length {report['max_seq_length']}", {}),
             "<h2>Accuracy</h2>", table, "<h2>Charts</h2>", charts.html(), *_per_class_sections(report)]
     return _page(f"roberta-deploy eval: {report['backend']}", body)
+
+
+def deployment_report_html(report: dict) -> str:
+    """The `deploy` page: every candidate's accuracy, agreement, throughput and batch-1 latency, the choice
+    and why, the machine. `report` is what deployment.json holds."""
+    measured = [row for row in report["candidates"] if "measured" in row]
+    names = [f"{row['backend']} {row['precision']}" for row in measured]
+    charts = _Charts()
+    if report["accuracy_checked"]:
+        charts.bars("chart-accuracy", "Accuracy and agreement with fp32 per candidate (held-back texts)", names,
+                    {"accuracy": [row["measured"]["accuracy"] for row in measured],
+                     "agreement with fp32": [row["agreement_with_fp32"] for row in measured]},
+                    ylabel="share of texts", zoom_to_data=True)
+    charts.bars("chart-throughput", "Throughput per candidate (fastest pass, throughput hint)", names,
+                {"texts/s": [row["measured"]["texts_per_second"] for row in measured]}, ylabel="texts / s")
+    charts.bars("chart-latency", "Batch-1 latency per candidate (latency hint, real lengths)", ["p50", "p99"],
+                {name: [row["measured"]["latency_ms_batch1"]["median"], row["measured"]["latency_ms_batch1"]["p99"]]
+                 for name, row in zip(names, measured)}, ylabel="ms")
+
+    def cell(row: dict, key: str, template: str) -> str:
+        value = row.get(key, row.get("measured", {}).get(key))
+        return "" if value is None else template.format(value)
+
+    table = _table(["backend", "precision", "artifacts", "accuracy", "vs fp32 (points)", "agreement with fp32",
+                    "texts/s", "batch-1 p50 ms", "batch-1 p99 ms", "verdict"],
+                   [[row["backend"], row["precision"],
+                     row["status"],
+                     cell(row, "accuracy", "{:.4f}"), cell(row, "points_vs_fp32", "{:+.2f}"),
+                     cell(row, "agreement_with_fp32", "{:.4f}"), cell(row, "texts_per_second", "{:.1f}"),
+                     cell(row.get("measured", {}).get("latency_ms_batch1", {}), "median", "{:.2f}"),
+                     cell(row.get("measured", {}).get("latency_ms_batch1", {}), "p99", "{:.2f}"), row["verdict"]]
+                    for row in report["candidates"]])
+    choice, settings = report["choice"], report["settings"]
+    unchecked = ("" if report["accuracy_checked"] else
+                 '<p class="note">Accuracy was not checked: no --data was given.</p>')
+    body = [f"<h1>roberta-deploy deploy: {_e(report['model'])}</h1>",
+            _meta(f"{report['scored_texts']} {report['scored_on']}; accuracy budget "
+                  f"{settings['accuracy_budget_points']:g} points; export {report['export']['status']}",
+                  report["machine"]),
+            f"<p><strong>Chosen: {_e(choice['backend'])} {_e(choice['precision'])}</strong> "
+            f"(<code>{_e(choice['bundle'])}</code>): {_e(choice['reason'])}.</p>", unchecked,
+            "<h2>Candidates</h2>", table, "<h2>Charts</h2>", charts.html(), _host_section(report["machine"])]
+    return _page(f"roberta-deploy deploy: {report['model']}", body)
 
 
 class _Charts:

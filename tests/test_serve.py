@@ -31,14 +31,15 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
 class ServerProcess:
-    """`python -m roberta_deploy serve --port 0 ...`; stderr is collected on a thread."""
+    """`python -m roberta_deploy serve --port 0 ...` (or another serving command, such as deploy); its output
+    (stdout and stderr together) is collected on a thread."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, command: str = "serve"):
         package_root = str(Path(roberta_deploy.__file__).resolve().parents[1])
         environment = {**os.environ, **(env or {}),
                        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen([sys.executable, "-m", "roberta_deploy", "serve", "--port", "0", *args],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+        self.process = subprocess.Popen([sys.executable, "-m", "roberta_deploy", command, "--port", "0", *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
         self.lines: list[str] = []
         self._listening = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -50,7 +51,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def _read(self) -> None:
-        for line in self.process.stderr:
+        for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
             if LISTENING.search(line):
                 self._listening.set()

@@ -126,14 +126,16 @@ def agreement(labels: np.ndarray, reference_labels: np.ndarray) -> float:
     return float((np.asarray(labels) == np.asarray(reference_labels)).mean())
 
 
-def score_and_time(bundle_dir: Path, dataset: Dataset, device: str | None = None,
-                   passes: int = TIMING_REPEATS) -> tuple[dict, np.ndarray]:
-    """The fastest of `passes` timed passes over `dataset` (after the warm-up) and, when it is labelled,
-    the accuracy; and the predicted label ids (int64 (texts,)) to compare candidates by."""
+def score_and_time(bundle_dir: Path, dataset: Dataset, device: str | None = None, passes: int = TIMING_REPEATS,
+                   min_seconds: float = 0.0) -> tuple[dict, np.ndarray]:
+    """The fastest of at least `passes` timed passes over `dataset` (after the warm-up), more until
+    `min_seconds` have passed (a small set takes milliseconds a pass: one disturbance would decide), and,
+    when it is labelled, the accuracy; and the predicted label ids (int64 (texts,)) to compare candidates by."""
     with Engine.load(bundle_dir, hint=THROUGHPUT, device=device) as engine:
         engine.batcher  # started: every context warmed up, outside the timing
         seconds = []
-        for _ in range(passes):
+        begun = time.perf_counter()
+        while len(seconds) < passes or time.perf_counter() - begun < min_seconds:
             started = time.perf_counter()
             predictions = engine.predict(dataset.texts)
             seconds.append(time.perf_counter() - started)

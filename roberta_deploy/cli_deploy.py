@@ -1,0 +1,135 @@
+"""`roberta-deploy deploy`: the command-line face of roberta_deploy.deploy, then the serving step.
+cli.py registers it; only this module's functions print."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .cli_serve import ServeFlags, event_printer, require_serve_extra, with_serve_flags
+from .defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
+from .serve.options import API_KEY_ENV
+
+# What the server answers, printed once it is ready (docs/serving.md has the full table).
+ROUTES = (("POST", "/predict", "text-embeddings-inference: every label with its score"),
+          ("POST", "/", "Hugging Face text classification (InferenceClient)"),
+          ("POST", "/v2/models/{name}/infer", "Open Inference Protocol (tritonclient)"),
+          ("GET", "/info, /health, /v2/health/ready", "model, readiness"),
+          ("GET", "/metrics", "Prometheus"))
+
+
+@with_serve_flags
+def deploy_command(
+    model: Annotated[str, typer.Option(help="Checkpoint folder or hub id (a hub id needs the network or the local "
+                                            "Hugging Face cache).")],
+    data: Annotated[Optional[Path], typer.Option(
+        help="Labelled texts (TSV/CSV/JSONL): int8 calibration, and accuracy on the texts held back from it. "
+             "Without it accuracy is not checked and fp32 is kept (unless --precision says otherwise).")] = None,
+    accuracy_budget: Annotated[float, typer.Option(
+        help="Accuracy points below fp32 that a faster candidate may lose on the held-back texts of --data.")] = 0.5,
+    backend: Annotated[str, typer.Option(
+        help=f"{AUTO_BACKEND}: every CPU engine installed ({', '.join(AUTO_BACKENDS)}), each at every precision "
+             "it offers on this CPU; or one backend.")] = AUTO_BACKEND,
+    precision: Annotated[Optional[str], typer.Option(
+        help="auto (the default with --data): the fastest within --accuracy-budget; or one precision to deploy "
+             "(still checked against the budget when --data is given). Default without --data: fp32.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        help="Folder for the export, every candidate's bundle and the reports (default: deployments/<model "
+             "name>). A second deploy into it reuses what was made with the same model and settings.")] = None,
+    max_seq_length: Annotated[int, typer.Option(help="Longest input in tokens; longer texts are truncated.")]
+        = DEFAULT_MAX_SEQ_LENGTH,
+    calibration_samples: Annotated[int, typer.Option(
+        help="Texts of --data that calibrate int8; the rest score every candidate.")] = 128,
+    timing_passes: Annotated[int, typer.Option(
+        help="At least this many timed passes over the scored texts per candidate; the fastest counts (least "
+             "disturbed).")] = 3,
+    perf_seconds: Annotated[float, typer.Option(
+        help="Timed seconds per candidate for its passes over the scored texts, and again for batch-1 latency. "
+             "Short is quick but noisy on a busy machine.")] = 2.0,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve",
+                                        help="Serve the chosen bundle when it is ready (--no-serve: stop after "
+                                             "the reports).")] = True,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a deployment of another model in --output (a deployment of this model is reused or "
+             "updated without it).")] = False,
+    serve_flags: ServeFlags = None,
+) -> None:
+    """One command from a checkpoint to a served endpoint: export, build every backend and precision this CPU
+    offers, time and score each here, keep the fastest within the accuracy budget, write deployment.md/json and
+    report.html, and serve it."""
+    from .cli import console, step_printer
+    from .deploy import DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, DeployOptions, plan_deployment, prepare_deployment
+    from .report import REPORT_HTML
+
+    output = output or Path("deployments") / _folder_name(model)
+    if serve:
+        require_serve_extra()
+        serve_flags.options([str(output / "chosen")])  # the serve flags are checked before any build
+    plan = plan_deployment(DeployOptions(
+        model=model, output=output, data=data, accuracy_budget=accuracy_budget, backend=backend,
+        precision=precision, max_seq_length=max_seq_length, calibration_samples=calibration_samples,
+        timing_passes=timing_passes, perf_seconds=perf_seconds, overwrite=overwrite))
+    report = prepare_deployment(plan, on_step=step_printer())
+    console.print(candidates_table(report))
+    choice = report["choice"]
+    if not report["accuracy_checked"]:
+        console.print("accuracy was not checked: no --data was given (pass labelled texts to let deploy choose a "
+                      "faster precision within --accuracy-budget)")
+    console.print(f"chosen: {choice['backend']} {choice['precision']} ({output / choice['bundle']}): "
+                  f"{choice['reason']}")
+    console.print(f"wrote {output / DEPLOYMENT_MARKDOWN}, {output / DEPLOYMENT_JSON} and {output / REPORT_HTML}")
+    if serve:
+        serve_chosen(output / choice["bundle"], serve_flags, example_text=plan.scoring.texts[0])
+
+
+def serve_chosen(bundle: Path, serve_flags: ServeFlags, example_text: str) -> None:
+    """The serving step: one call into the serve layer with the chosen bundle and serve's options. This is
+    the seam for `--ray` (to come): it would send the same bundle and options to the Ray Serve deployment."""
+    from .cli import console
+    from .serve.server import serve
+
+    options = serve_flags.options([str(bundle)])
+    name = options.bundles[0].name
+
+    def print_endpoint(url: str) -> None:
+        console.print(f"serving {name} at {url} (Ctrl-C or SIGTERM stops it; accepted requests are answered first)")
+        for method, path, what in ROUTES:
+            console.print(f"  {method:4} {url}{path.replace('{name}', name)}  {what}")
+        key = f" -H \"Authorization: Bearer ${API_KEY_ENV}\"" if options.api_key else ""
+        body = shlex.quote(json.dumps({"inputs": example_text}, ensure_ascii=False))
+        console.print(f"try: curl -s {url}/predict -H 'Content-Type: application/json'{key} -d {body}")
+
+    serve(options, on_event=event_printer(), on_ready=print_endpoint)
+
+
+def candidates_table(report: dict) -> Table:
+    table = Table(title=f"deploy {report['model']}: {report['scored_texts']} {report['scored_on']}")
+    for column in ("backend", "precision", "artifacts", "accuracy", "vs fp32", "agreement", "texts/s",
+                   "b1 p50 ms", "b1 p99 ms", "verdict"):
+        table.add_column(column, justify="left" if column in ("backend", "precision", "artifacts", "verdict")
+                         else "right")
+    for row in report["candidates"]:
+        measured = row.get("measured", {})
+        latency = measured.get("latency_ms_batch1", {})
+        table.add_row(row["backend"], row["precision"],
+                      row["status"],
+                      *(_format(value, template) for value, template in (
+                          (measured.get("accuracy"), "{:.4f}"), (row.get("points_vs_fp32"), "{:+.2f}"),
+                          (row.get("agreement_with_fp32"), "{:.4f}"), (measured.get("texts_per_second"), "{:.1f}"),
+                          (latency.get("median"), "{:.2f}"), (latency.get("p99"), "{:.2f}"))),
+                      row["verdict"])
+    return table
+
+
+def _format(value, template: str) -> str:
+    return "" if value is None else template.format(value)
+
+
+def _folder_name(model: str) -> str:
+    """deployments/<this>: the checkpoint folder's name, or the hub id with '/' as '--' (as the hub cache does)."""
+    return Path(model.rstrip("/")).name if Path(model).expanduser().exists() else model.replace("/", "--")

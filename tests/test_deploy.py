@@ -1,0 +1,211 @@
+"""`roberta-deploy deploy` end to end on a tiny model: every candidate this CPU offers is built, scored and timed,
+the choice and the reports follow from what was measured, a second deploy reuses every artifact and serves the
+chosen bundle (real HTTP against the real process, answers equal to Engine.predict, SIGTERM exits 0), and bad
+input fails before any build with a one-line error and nothing written."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, invoke
+from test_report import assert_self_contained_with_charts
+from test_serve import ServerProcess
+from serve_client import call, post_json
+
+from roberta_deploy import deploy as deploy_module
+from roberta_deploy.backends import get_backend, offered_precisions
+from roberta_deploy.data import read_dataset
+from roberta_deploy.defaults import AUTO_BACKENDS
+from roberta_deploy.errors import UsageError
+from roberta_deploy.machine import this_cpu
+from roberta_deploy.runtime.engine import Engine
+
+pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install -e '.[serve]'")
+
+# Short timing keeps the suite quick; nothing here asserts a speed, only that the choice follows the figures.
+QUICK = ("--perf-seconds", 0.1, "--timing-passes", 2, "--max-seq-length", 64)
+CALIBRATION = 128
+SAMPLES = 202
+
+
+def installed_backends() -> list[str]:
+    names = []
+    for name in AUTO_BACKENDS:
+        try:
+            names.append(get_backend(name).name)
+        except UsageError:
+            continue
+    return names
+
+
+def manifest_times(output) -> dict[str, str]:
+    """The `created` time and sha256 of every manifest under the output: a rebuild changes both."""
+    from roberta_deploy.manifest import file_sha256
+
+    return {str(path.relative_to(output)): (json.loads(path.read_text())["created"], file_sha256(path))
+            for path in sorted(output.rglob("manifest.json"))}
+
+
+@pytest.fixture(scope="module")
+def deployment(tiny_checkpoints, samples_tsv, tmp_path_factory):
+    output = tmp_path_factory.mktemp("deploy") / "tiny"
+    args = ("--model", tiny_checkpoints["bert"], "--data", samples_tsv, "--output", output, *QUICK)
+    result = invoke("deploy", *args, "--no-serve")
+    assert result.exit_code == 0, result.output
+    return output, args, result
+
+
+def test_the_choice_and_the_reports_follow_from_what_every_candidate_measured(deployment):
+    output, _, result = deployment
+    report = json.loads((output / "deployment.json").read_text(encoding="utf-8"))
+    candidates = report["candidates"]
+    assert [(row["backend"], row["precision"]) for row in candidates] == [
+        (backend, precision) for backend in installed_backends() for precision in offered_precisions(backend)]
+    assert report["scored_texts"] == SAMPLES - CALIBRATION and report["accuracy_checked"]
+    measured = [row for row in candidates if "measured" in row]
+    reference = measured[0]
+    assert reference["precision"] == "fp32" and reference["backend"] == installed_backends()[0]
+    for row in measured:
+        figures = row["measured"]
+        assert row["status"] == "built, measured"
+        assert len(figures["pass_seconds"]) >= 2
+        assert figures["texts_per_second"] == pytest.approx(report["scored_texts"] / min(figures["pass_seconds"]))
+        assert row["points_vs_fp32"] == pytest.approx((figures["accuracy"] - reference["measured"]["accuracy"]) * 100)
+        assert row["agreement_with_fp32"] == pytest.approx(float(np.mean(
+            np.asarray(figures["predicted_labels"]) == np.asarray(reference["measured"]["predicted_labels"]))))
+        assert figures["latency_ms_batch1"]["median"] <= figures["latency_ms_batch1"]["p99"]
+        bundle = json.loads((output / row["bundle"] / "manifest.json").read_text())
+        assert (bundle["backend"], bundle["precision"]) == (row["backend"], row["precision"])
+        assert bundle["checks"]["against_fp32_reference"]["passed"]
+    for row in candidates:
+        if "measured" not in row:
+            assert row["verdict"].startswith("rejected")
+    within = [row for row in measured if -row["points_vs_fp32"] <= 0.5]
+    chosen = max(within, key=lambda row: row["measured"]["texts_per_second"])
+    choice = report["choice"]
+    assert (choice["backend"], choice["precision"]) == (chosen["backend"], chosen["precision"])
+    assert choice["bundle"] == chosen["bundle"] and chosen["verdict"].startswith("chosen")
+    assert sum(row["verdict"].startswith("chosen") for row in candidates) == 1
+    assert report["machine"]["cpu_model"] == this_cpu()["model"]
+    assert report["machine"]["cpu_flags"] == this_cpu()["flags"]
+    assert (output / "export" / "manifest.json").is_file() and report["export"]["status"] == "exported"
+
+    markdown = (output / "deployment.md").read_text(encoding="utf-8")
+    assert f"**Chosen: {choice['backend']} {choice['precision']}**" in markdown
+    for row in measured:
+        assert (f"| {row['backend']} | {row['precision']} | built, measured | {row['measured']['accuracy']:.4f} | "
+                f"{row['points_vs_fp32']:+.2f} | {row['agreement_with_fp32']:.4f} | "
+                f"{row['measured']['texts_per_second']:.1f} |") in markdown
+    assert this_cpu()["model"] in markdown
+    assert_self_contained_with_charts((output / "report.html").read_text(encoding="utf-8"),
+                                      ["chart-accuracy", "chart-throughput", "chart-latency"])
+    assert f"chosen: {choice['backend']} {choice['precision']}" in result.output
+
+
+def test_a_new_budget_chooses_again_from_the_same_artifacts(deployment):
+    output, args, _ = deployment
+    before = manifest_times(output)
+    result = invoke("deploy", *args, "--no-serve", "--accuracy-budget", 0)
+    assert result.exit_code == 0, result.output
+    assert manifest_times(output) == before
+    report = json.loads((output / "deployment.json").read_text(encoding="utf-8"))
+    assert {row["status"] for row in report["candidates"]} <= {"reused", "reused (rejected)"}
+    measured = [row for row in report["candidates"] if "measured" in row]
+    within = [row for row in measured if row["points_vs_fp32"] >= 0]
+    chosen = max(within, key=lambda row: row["measured"]["texts_per_second"])
+    assert (report["choice"]["backend"], report["choice"]["precision"]) == (chosen["backend"], chosen["precision"])
+    assert "building" not in result.output and "reusing" in result.output
+
+
+def test_a_second_deploy_reuses_everything_and_serves_what_the_engine_predicts(deployment, samples_tsv):
+    output, args, _ = deployment
+    before = manifest_times(output)
+    server = ServerProcess(*(str(arg) for arg in args), command="deploy")
+    try:
+        server.wait_ready()
+        log = "\n".join(server.lines)
+        assert "building" not in log and "exporting" not in log, log
+        assert "reusing the export" in log
+        report = json.loads((output / "deployment.json").read_text(encoding="utf-8"))
+        assert report["export"]["status"] == "reused"
+        assert {row["status"] for row in report["candidates"]} <= {"reused", "reused (rejected)"}
+        choice = report["choice"]
+        name = f"{choice['backend']}-{choice['precision']}"
+        assert re.search(rf"serving {name} at {server.url}", log), log
+        assert f"try: curl -s {server.url}/predict" in log and f"POST {server.url}/v2/models/{name}/infer" in log
+
+        engine = Engine.load(output / choice["bundle"])
+        for text in read_dataset(samples_tsv).texts[:6]:
+            status, _, answer = post_json(server.port, "/predict", {"inputs": text})
+            expected = engine.predict(text)
+            assert status == 200
+            assert answer[0]["label"] == expected.label_name
+            assert {item["label"]: item["score"] for item in answer} == pytest.approx(
+                dict(zip(engine.label_names, expected.probabilities.tolist())), abs=1e-4)
+        status, _, info = call(server.port, "GET", "/info")
+        info = json.loads(info)
+        assert status == 200 and (info["backend"], info["precision"]) == (choice["backend"], choice["precision"])
+    finally:
+        code = server.stop(signal.SIGTERM)
+    assert code == 0, "\n".join(server.lines)
+    assert manifest_times(output) == before  # nothing was rebuilt
+
+
+def test_another_model_into_the_same_output_is_refused(deployment, tiny_checkpoints):
+    output, _, _ = deployment
+    before = manifest_times(output)
+    result = invoke("deploy", "--model", tiny_checkpoints["roberta"], "--output", output, "--no-serve", *QUICK)
+    assert_one_line_error(result, "holds the deployment of another model", "--overwrite")
+    assert manifest_times(output) == before
+
+
+def test_without_data_accuracy_is_not_checked_and_fp32_is_kept(tiny_checkpoints, tmp_path):
+    output = tmp_path / "plain"
+    result = invoke("deploy", "--model", tiny_checkpoints["bert"], "--backend", "onnxruntime", "--output", output,
+                    "--no-serve", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert "accuracy was not checked" in result.output
+    report = json.loads((output / "deployment.json").read_text(encoding="utf-8"))
+    assert not report["accuracy_checked"]
+    assert [(row["backend"], row["precision"]) for row in report["candidates"]] == [("onnxruntime", "fp32")]
+    assert report["choice"]["precision"] == "fp32" and "accuracy" not in report["candidates"][0]["measured"]
+    assert "Accuracy was not checked" in (output / "deployment.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("case", ["no labels", "negative budget", "nan budget", "offline hub id", "missing folder",
+                                  "output inside the model", "auto without data"])
+def test_bad_input_fails_before_any_build_and_writes_nothing(case, tiny_checkpoints, samples_tsv, tmp_path,
+                                                             monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("a build started")
+
+    monkeypatch.setattr(deploy_module, "export_model", no_build)
+    monkeypatch.setattr(deploy_module, "build_engine", no_build)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    unlabelled = tmp_path / "unlabelled.tsv"
+    unlabelled.write_text("text_a\n酒店很干净\n太吵了\n", encoding="utf-8")
+    model, output = tiny_checkpoints["bert"], tmp_path / "out"
+    arguments, fragments = {
+        "no labels": (["--data", unlabelled], ["has no label column"]),
+        "negative budget": (["--data", samples_tsv, "--accuracy-budget", -0.5], ["--accuracy-budget -0.5"]),
+        "nan budget": (["--data", samples_tsv, "--accuracy-budget", "nan"], ["not a finite number"]),
+        "offline hub id": (["--data", samples_tsv], ["cannot fetch model 'nobody/no-such-model'", "HF_HUB_OFFLINE"]),
+        "missing folder": (["--data", samples_tsv], ["does not exist"]),
+        "output inside the model": (["--data", samples_tsv], ["overlaps the input"]),
+        "auto without data": (["--precision", "auto"], ["--precision auto needs labelled texts"]),
+    }[case]
+    if case == "offline hub id":
+        model = "nobody/no-such-model"
+    elif case == "missing folder":
+        model = tmp_path / "no-such-folder"
+    elif case == "output inside the model":
+        output = tiny_checkpoints["bert"] / "deployment"
+    before = sorted(path.name for path in tmp_path.iterdir())
+    result = invoke("deploy", "--model", model, "--output", output, *arguments, *QUICK)
+    assert_one_line_error(result, *fragments)
+    assert not output.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
