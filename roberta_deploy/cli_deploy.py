@@ -16,11 +16,11 @@ from .defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
 from .serve.options import API_KEY_ENV
 
 # What the server answers, printed once it is ready (docs/serving.md has the full table).
-ROUTES = (("POST", "/predict", "text-embeddings-inference: every label with its score"),
-          ("POST", "/", "Hugging Face text classification (InferenceClient)"),
-          ("POST", "/v2/models/{name}/infer", "Open Inference Protocol (tritonclient)"),
-          ("GET", "/info, /health, /v2/health/ready", "model, readiness"),
-          ("GET", "/metrics", "Prometheus"))
+ROUTES = (("POST /predict", "text-embeddings-inference: every label with its score"),
+          ("POST /", "Hugging Face text classification (InferenceClient)"),
+          ("POST /v2/models/{name}/infer", "Open Inference Protocol (tritonclient)"),
+          ("GET  /info, /health, /v2/health/ready", "the model; readiness"),
+          ("GET  /metrics", "Prometheus"))
 
 
 @with_serve_flags
@@ -98,8 +98,10 @@ def serve_chosen(bundle: Path, serve_flags: ServeFlags, example_text: str) -> No
 
     def print_endpoint(url: str) -> None:
         console.print(f"serving {name} at {url} (Ctrl-C or SIGTERM stops it; accepted requests are answered first)")
-        for method, path, what in ROUTES:
-            console.print(f"  {method:4} {url}{path.replace('{name}', name)}  {what}")
+        routes = [(route.replace("{name}", name), what) for route, what in ROUTES]
+        width = max(len(route) for route, _ in routes)
+        for route, what in routes:
+            console.print(f"  {route:{width}}  {what}")
         key = f" -H \"Authorization: Bearer ${API_KEY_ENV}\"" if options.api_key else ""
         body = shlex.quote(json.dumps({"inputs": example_text}, ensure_ascii=False))
         console.print(f"try: curl -s {url}/predict -H 'Content-Type: application/json'{key} -d {body}")

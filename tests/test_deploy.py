@@ -136,7 +136,7 @@ def test_a_second_deploy_reuses_everything_and_serves_what_the_engine_predicts(d
         choice = report["choice"]
         name = f"{choice['backend']}-{choice['precision']}"
         assert re.search(rf"serving {name} at {server.url}", log), log
-        assert f"try: curl -s {server.url}/predict" in log and f"POST {server.url}/v2/models/{name}/infer" in log
+        assert f"try: curl -s {server.url}/predict" in log and f"POST /v2/models/{name}/infer" in log
 
         engine = Engine.load(output / choice["bundle"])
         for text in read_dataset(samples_tsv).texts[:6]:
