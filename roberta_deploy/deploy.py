@@ -188,7 +188,11 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
                                                             if plan.dataset is not None else
                                                             f"the bundled sample reviews ({DEMO_SAMPLES_PATH.name}), "
                                                             "texts only: accuracy not checked"))
-        earlier = {(row["backend"], row["precision"]): row for row in (previous or {}).get("candidates", [])}
+        earlier = {(row["backend"], row["precision"]): row for row in (previous or {}).get("candidates", [])
+                   + (previous or {}).get("other_candidates", [])}
+        # Records of candidates this run does not try (another --backend or --precision) are kept, so that
+        # switching back reuses their bundles too.
+        report["other_candidates"] = [row for key, row in earlier.items() if key not in plan.candidates]
         report["candidates"] = []
         for number, (backend, precision) in enumerate(plan.candidates):
             record = _candidate(plan, export, backend, precision, scoring, earlier.get((backend, precision)), step)

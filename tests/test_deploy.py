@@ -209,3 +209,32 @@ def test_bad_input_fails_before_any_build_and_writes_nothing(case, tiny_checkpoi
     assert_one_line_error(result, *fragments)
     assert not output.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_the_rule_keeps_the_fastest_within_the_budget_among_what_may_be_chosen():
+    from roberta_deploy.build.autoselect import choose_fastest_within_budget
+    from roberta_deploy.errors import NumericalCheckError
+
+    def rows():
+        return [{"backend": "openvino", "precision": "fp32", "accuracy": 0.900, "texts_per_second": 100.0},
+                {"backend": "openvino", "precision": "bf16", "accuracy": 0.898, "texts_per_second": 200.0},
+                {"backend": "openvino", "precision": "int8", "accuracy": 0.890, "texts_per_second": 300.0},
+                {"backend": "onnxruntime", "precision": "int8", "verdict": "rejected: drifted past tolerance"}]
+
+    measured = rows()
+    assert choose_fastest_within_budget(measured, 0.5) is measured[1]  # int8 is 1 point below
+    assert [row["verdict"].split(":")[0].split(",")[0] for row in measured] == [
+        "within the budget", "chosen", "rejected", "rejected"]
+    assert measured[2]["points_vs_fp32"] == pytest.approx(-1.0) and measured[3]["verdict"].endswith("tolerance")
+    measured = rows()
+    assert choose_fastest_within_budget(measured, 2.0) is measured[2]
+    int8_only = rows()
+    assert choose_fastest_within_budget(int8_only, 2.0, lambda row: None if row["precision"] == "int8"
+                                        else "--precision int8 was asked for") is int8_only[2]
+    assert int8_only[1]["verdict"] == "not chosen: --precision int8 was asked for"
+    with pytest.raises(NumericalCheckError, match="1.00 points below"):
+        choose_fastest_within_budget(rows(), 0.5, lambda row: None if row["precision"] == "int8" else "no")
+    unscored = [{"backend": name, "precision": "fp32", "texts_per_second": speed}
+                for name, speed in (("openvino", 50.0), ("onnxruntime", 80.0))]
+    assert choose_fastest_within_budget(unscored, None) is unscored[1]
+    assert unscored[1]["verdict"] == "chosen: fastest (accuracy not checked)" and "points_vs_fp32" not in unscored[0]
