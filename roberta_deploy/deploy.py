@@ -177,11 +177,13 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
         else:
             previous = plan.previous
         folder.mkdir(exist_ok=True)
-        # The marker tells the other commands' --overwrite that these names are ours.
-        atomic_write_json(folder / MARKER_FILE, {"tool": "roberta-deploy", "entries": list(OWN_ENTRIES)})
         report = {"schema_version": SCHEMA_VERSION, "kind": KIND, "model": options.model,
                   "model_path": str(plan.checkpoint), "model_sha256": plan.model_sha256,
                   "settings": _settings(plan), "accuracy_checked": plan.dataset is not None}
+        # First of all: this folder is a deployment (with every record it had), whatever interrupts what follows.
+        atomic_write_json(folder / DEPLOYMENT_JSON, {**(previous or {}), **report})
+        # The marker tells the other commands' --overwrite that these names are ours.
+        atomic_write_json(folder / MARKER_FILE, {"tool": "roberta-deploy", "entries": list(OWN_ENTRIES)})
         export, report["export"] = _export(plan, folder / EXPORT_DIR, step)
         scoring = plan.scoring
         report.update(scored_texts=len(scoring), scored_on=("texts of --data held back from int8 calibration"
@@ -224,29 +226,30 @@ def _settings(plan: Plan) -> dict:
 def _export(plan: Plan, folder: Path, step) -> tuple[ExportArtifact, dict]:
     """The export in `folder` when it was made from this model with these settings; else a new one."""
     options = plan.options
-    why = _export_mismatch(plan, folder) if folder.exists() else None
-    if folder.exists() and why is None:
+    export, why = _reusable_export(plan, folder) if folder.exists() else (None, None)
+    if export is not None:
         step(f"reusing the export in {folder} (same model sha256 {plan.model_sha256[:12]}, same settings)")
-        return ExportArtifact.load(folder), _export_record(ExportArtifact.load(folder), "reused")
+        return export, _export_record(export, "reused")
     step(f"exporting {options.model}" + (f" again: the export in {folder} {why}" if why else ""))
     export = export_model(ExportOptions(model=options.model, output=folder, max_seq_length=options.max_seq_length,
                                         check_data=options.data, overwrite=True), on_step=step)
     return export, _export_record(export, "exported")
 
 
-def _export_mismatch(plan: Plan, folder: Path) -> str | None:
-    """Why the export in `folder` cannot be reused (None: it can)."""
+def _reusable_export(plan: Plan, folder: Path) -> tuple[ExportArtifact | None, str | None]:
+    """(the export in `folder`, None) when it can be reused, else (None, why not)."""
     try:
-        manifest = ExportArtifact.load(folder).manifest  # every file against its hash
+        export = ExportArtifact.load(folder)  # every file against its hash
     except BundleError as error:
-        return f"is unusable ({error.problem})"
+        return None, f"is unusable ({error.problem})"
+    manifest = export.manifest
     if manifest["source_model_sha256"] != plan.model_sha256:
-        return "was made from another checkpoint"
+        return None, "was made from another checkpoint"
     if manifest["max_seq_length"] != plan.options.max_seq_length:
-        return f"was made with --max-seq-length {manifest['max_seq_length']}, not {plan.options.max_seq_length}"
+        return None, f"was made with --max-seq-length {manifest['max_seq_length']}, not {plan.options.max_seq_length}"
     if manifest["opset"] != DEFAULT_OPSET:
-        return f"has opset {manifest['opset']}, not {DEFAULT_OPSET}"
-    return None
+        return None, f"has opset {manifest['opset']}, not {DEFAULT_OPSET}"
+    return export, None
 
 
 def _export_record(export: ExportArtifact, status: str) -> dict:

@@ -175,6 +175,19 @@ def test_without_data_accuracy_is_not_checked_and_fp32_is_kept(tiny_checkpoints,
     assert report["choice"]["precision"] == "fp32" and "accuracy" not in report["candidates"][0]["measured"]
     assert "Accuracy was not checked" in (output / "deployment.md").read_text(encoding="utf-8")
 
+    # Another setting: nothing made with the old one is reused, and each step says why.
+    before = manifest_times(output)
+    result = invoke("deploy", "--model", tiny_checkpoints["bert"], "--backend", "onnxruntime", "--output", output,
+                    "--no-serve", *QUICK, "--max-seq-length", 32)
+    assert result.exit_code == 0, result.output
+    assert "was made with --max-seq-length 64, not 32" in result.output
+    assert "onnxruntime-fp32: building (made with other settings: export_manifest_sha256)" in result.output
+    after = manifest_times(output)
+    assert after.keys() == before.keys() and all(after[name] != before[name] for name in before)
+    report = json.loads((output / "deployment.json").read_text(encoding="utf-8"))
+    assert report["export"]["status"] == "exported" and report["candidates"][0]["status"] == "built, measured"
+    assert json.loads((output / "export" / "manifest.json").read_text())["max_seq_length"] == 32
+
 
 @pytest.mark.parametrize("case", ["no labels", "negative budget", "nan budget", "offline hub id", "missing folder",
                                   "output inside the model", "auto without data"])
