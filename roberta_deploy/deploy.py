@@ -104,7 +104,8 @@ def plan_deployment(options: DeployOptions) -> Plan:
                                 f"(sha256 {model_sha256[:12]})",
                                 "choose another --output, or pass --overwrite to replace that deployment")
     return Plan(options=options, precision=precision, checkpoint=checkpoint, model_sha256=model_sha256,
-                dataset=dataset, data_sha256=file_sha256(options.data) if options.data else None, scoring=scoring, candidates=candidates, previous=previous, output=output)
+                dataset=dataset, data_sha256=file_sha256(options.data) if options.data else None, scoring=scoring,
+                candidates=candidates, previous=previous, output=output)
 
 
 def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[tuple[str, str], ...]:
