@@ -5,14 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from .errors import InputDataError
+from .tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 
 TEXT_COLUMN_CANDIDATES = ("text_a", "text", "sentence", "review", "content")
+# Sentence-pair files (LCQMC, AFQMC, GLUE, NLI, reranking data): the first pair present is read as pairs.
+TEXT_PAIR_COLUMN_CANDIDATES = (("text_a", "text_b"), ("sentence1", "sentence2"), ("premise", "hypothesis"),
+                               ("query", "passage"))
+LABEL_SEPARATOR = ","  # between the labels of a multi-label row in TSV/CSV ("1,3" or "sports,politics")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "gold")
 FORMATS = ("tsv", "csv", "jsonl")
 
@@ -22,12 +28,19 @@ class Dataset:
     """Texts read from one file. `labels` is None when the file has no label column."""
 
     texts: list[str]
-    labels: list[int] | None
+    labels: list | None  # int ids; multi-label: a tuple of ids per row; regression: a float per row
     line_numbers: list[int]  # 1-based line of each row in the source file, for error messages
     source: str
+    text_pairs: list[str] | None = None  # the second text of each row, for sentence-pair data
+    task: str = SINGLE_LABEL  # how `labels` were read (tasks.TASKS)
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def inputs(self) -> list:
+        """What the engine takes: the texts, or (text, text_pair) tuples."""
+        return self.texts if self.text_pairs is None else list(zip(self.texts, self.text_pairs))
 
 
 def detect_format(path: Path, explicit: str | None = None) -> str:
@@ -54,11 +67,19 @@ def read_dataset(
     label_names: Sequence[str] | None = None,
     require_labels: bool = False,
     data_format: str | None = None,
+    text_pair_column: str | None = None,
+    text_pairs: bool | None = None,
+    task: str = SINGLE_LABEL,
+    label_separator: str = LABEL_SEPARATOR,
+    ignore_labels: bool = False,
 ) -> Dataset:
-    """Read a data file into texts and integer labels.
+    """Read a data file into texts (or text pairs) and labels for `task`.
 
-    Labels may be written as integer ids or, when `label_names` is given, as those names.
-    Every problem raises InputDataError naming the file and the line.
+    Labels may be written as integer ids or, when `label_names` is given, as those names; a multi-label
+    row holds a JSON list (JSONL) or `label_separator`-joined labels (TSV/CSV); a regression row a number.
+    text_pairs: True when the model takes pairs (a second text column is required), False when it takes
+    one text, None to read pairs when the file has a pair of the usual columns. ignore_labels: read the
+    texts only (check texts for export). Every problem raises InputDataError naming the file and the line.
     """
     path = Path(path)
     if not path.is_file():
@@ -76,9 +97,11 @@ def read_dataset(
         raise InputDataError(f"data file {path} has a header but no rows", "add at least one example")
 
     columns = list(rows[0][1].keys()) if fmt != "jsonl" else sorted({key for _, row in rows for key in row})
-    text_key = _pick_column(path, columns, text_column, TEXT_COLUMN_CANDIDATES, "text", "--text-column")
+    text_key, pair_key = pick_text_columns(path, columns, text_column, text_pair_column, text_pairs)
     label_key = label_column
-    if label_key is None:
+    if ignore_labels:
+        label_key = None
+    elif label_key is None:
         label_key = next((name for name in LABEL_COLUMN_CANDIDATES if name in columns), None)
     elif label_key not in columns:
         raise InputDataError(f"{path} has no column {label_key!r} (columns: {', '.join(columns)})",
@@ -88,23 +111,110 @@ def read_dataset(
                              "add a 'label' column or pass --label-column")
 
     texts: list[str] = []
-    labels: list[int] | None = [] if label_key is not None else None
+    pairs: list[str] | None = [] if pair_key is not None else None
+    labels: list | None = [] if label_key is not None else None
     line_numbers: list[int] = []
     for line_number, row in rows:
-        text = row.get(text_key)
-        if not isinstance(text, str):
-            raise InputDataError(f"{path}:{line_number}: the {text_key!r} field is missing or not a string",
-                                 "give every row a text")
-        if not text.strip():
-            raise InputDataError(f"{path}:{line_number}: empty text", "remove the row or fill in its text")
-        if not has_visible_characters(text):
-            raise InputDataError(f"{path}:{line_number}: the text has only control, format or space characters "
-                                 "(NUL, zero-width space...), so it gives no tokens", "remove the row or fill in its text")
-        texts.append(text)
+        texts.append(_checked_text(path, line_number, row, text_key))
+        if pairs is not None:
+            pairs.append(_checked_text(path, line_number, row, pair_key))
         line_numbers.append(line_number)
         if labels is not None:
-            labels.append(_parse_label(path, line_number, row.get(label_key), label_names))
-    return Dataset(texts=texts, labels=labels, line_numbers=line_numbers, source=str(path))
+            labels.append(parse_task_label(task, path, line_number, row.get(label_key), label_names, label_separator))
+    return Dataset(texts=texts, labels=labels, line_numbers=line_numbers, source=str(path), text_pairs=pairs,
+                   task=task)
+
+
+def _checked_text(path, line_number: int, row: dict, key: str) -> str:
+    text = row.get(key)
+    if not isinstance(text, str):
+        raise InputDataError(f"{path}:{line_number}: the {key!r} field is missing or not a string",
+                             "give every row a text")
+    if not text.strip():
+        raise InputDataError(f"{path}:{line_number}: empty text (column {key!r})", "remove the row or fill in its text")
+    if not has_visible_characters(text):
+        raise InputDataError(f"{path}:{line_number}: the text has only control, format or space characters "
+                             f"(NUL, zero-width space...), so it gives no tokens (column {key!r})", "remove the row or fill in its text")
+    return text
+
+
+def pick_text_columns(path, columns, text_column: str | None, text_pair_column: str | None,
+                      text_pairs: bool | None) -> tuple[str, str | None]:
+    """The text column and, for pair data, the second text column.
+
+    An explicit --text-pair-column always reads pairs. Otherwise the first of TEXT_PAIR_COLUMN_CANDIDATES
+    present (whose first column is --text-column, when given) is read as pairs, unless the model takes
+    one text (text_pairs False); a model that takes pairs (text_pairs True) needs one.
+    """
+    if text_pair_column is not None:
+        if text_pair_column not in columns:
+            raise InputDataError(f"{path} has no column {text_pair_column!r} (columns: {', '.join(columns)})",
+                                 "pass the right --text-pair-column")
+        first = text_column or next((a for a, b in TEXT_PAIR_COLUMN_CANDIDATES if b == text_pair_column and a in columns),
+                                    None)
+        return _pick_column(path, columns, first, TEXT_COLUMN_CANDIDATES, "text", "--text-column"), text_pair_column
+    candidate = None if text_pairs is False else next(
+        ((a, b) for a, b in TEXT_PAIR_COLUMN_CANDIDATES if a in columns and b in columns
+         and (text_column is None or text_column == a)), None)
+    if candidate is not None:
+        return candidate
+    if text_pairs:
+        usual = ", ".join(b for _, b in TEXT_PAIR_COLUMN_CANDIDATES)
+        raise InputDataError(f"the model takes text pairs but {path} has no second text column "
+                             f"(columns: {', '.join(columns)})",
+                             f"name it with --text-pair-column (usual names: {usual})")
+    return _pick_column(path, columns, text_column, TEXT_COLUMN_CANDIDATES, "text", "--text-column"), None
+
+
+def parse_task_label(task: str, path, line_number: int, value, label_names, separator: str = LABEL_SEPARATOR):
+    """One row's label as `task` reads it: an id, a tuple of ids (multi-label) or a float (regression)."""
+    if task == MULTI_LABEL:
+        return _parse_label_set(path, line_number, value, label_names, separator)
+    if task == REGRESSION:
+        return _parse_score(path, line_number, value)
+    return _parse_label(path, line_number, value, label_names)
+
+
+def _parse_label_set(path, line_number, value, label_names, separator: str) -> tuple[int, ...]:
+    """A JSON list of ids or names, or a `separator`-joined string of them; empty means no label."""
+    example = '["sports", "politics"]' if label_names else "[0, 2]"
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(separator)] if value.strip() else []
+        if any(not part for part in parts):
+            raise InputDataError(f"{path}:{line_number}: multi-label cell {value!r} has an empty label",
+                                 f"join labels with {separator!r} and nothing between two separators, e.g. "
+                                 f"{separator.join(['0', '2'])}")
+    elif isinstance(value, list):
+        parts = value
+    else:
+        shown = "missing" if value is None else f"a JSON {type(value).__name__} ({json.dumps(value)[:40]})"
+        raise InputDataError(f"{path}:{line_number}: the multi-label labels are {shown}, not a list",
+                             f"write the labels of each row as a JSON list such as {example}, or [] for none")
+    labels = []
+    for part in parts:
+        if isinstance(part, list) or isinstance(part, dict):
+            raise InputDataError(f"{path}:{line_number}: multi-label labels {json.dumps(value)[:60]} hold a nested "
+                                 f"{type(part).__name__}", f"write a flat list such as {example}")
+        labels.append(_parse_label(path, line_number, part, label_names))
+    if len(set(labels)) != len(labels):
+        raise InputDataError(f"{path}:{line_number}: multi-label labels {json.dumps(value, ensure_ascii=False)[:60]} "
+                             "name a label twice", "list each label of a row once")
+    return tuple(sorted(labels))
+
+
+def _parse_score(path, line_number, value) -> float:
+    """A finite number (JSON number or its text) for regression."""
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+        raise InputDataError(f"{path}:{line_number}: missing or non-numeric score {json.dumps(value)}",
+                             "give every row a number such as 3.5 in the label column")
+    try:
+        score = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise InputDataError(f"{path}:{line_number}: score {json.dumps(value, ensure_ascii=False)[:40]} is not a number",
+                             "write regression labels as numbers such as 3.5") from None
+    if not math.isfinite(score):
+        raise InputDataError(f"{path}:{line_number}: score {value!r} is not finite", "write a finite number")
+    return score
 
 
 def has_visible_characters(text: str) -> bool:

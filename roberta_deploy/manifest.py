@@ -18,6 +18,7 @@ from .atomic import atomic_write_json
 from .errors import BundleError
 from .logs import get_logger
 from .precision import PRECISIONS
+from .tasks import schema_problem as task_schema_problem
 
 logger = get_logger(__name__)
 
@@ -143,6 +144,9 @@ def schema_problem(manifest: dict, kind: str) -> str | None:
         return "files must map file names to sha256 strings"
     if not string_list(manifest["labels"]):
         return "labels must be a non-empty list of names"
+    problem = task_schema_problem(manifest)  # task, problem_type, text_pairs: absent before issue 13
+    if problem:
+        return problem
     inputs = manifest["inputs"]
     if not string_list(inputs) or not set(inputs) <= set(MODEL_INPUTS) or inputs[:2] != list(MODEL_INPUTS[:2]):
         return f"inputs {inputs!r} must be input_ids, attention_mask and optionally token_type_ids"

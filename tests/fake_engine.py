@@ -21,7 +21,10 @@ FAILING_CHARACTER = "!"
 GATE_TIMEOUT_S = 20  # a test that forgets to open the gate fails instead of blocking forever
 
 
-def token_ids(text: str, max_seq_length: int) -> list[int]:
+def token_ids(text, max_seq_length: int) -> list[int]:
+    """A text, or a pair (a, b) as [CLS] a [SEP] b [SEP]."""
+    if not isinstance(text, str):
+        return (token_ids(text[0], max_seq_length)[:-1] + [SEP] + token_ids(text[1], max_seq_length)[1:])[:max_seq_length]
     return ([CLS] + [1000 + ord(character) % 5000 for character in text] + [SEP])[:max_seq_length]
 
 
@@ -37,10 +40,12 @@ class FakeEncoder:
 
     def encode(self, texts) -> EncodedTexts:
         for index, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
+            parts = [text] if isinstance(text, str) else list(text) if isinstance(text, (tuple, list)) else [None]
+            if len(parts) > 2 or not all(isinstance(part, str) and part.strip() for part in parts):
                 raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
         ids = [np.array(token_ids(text, self.max_seq_length), dtype=np.int64) for text in texts]
-        truncated = np.array([len(text) + 2 > self.max_seq_length for text in texts], dtype=bool)
+        truncated = np.array([(len(text) + 2 if isinstance(text, str) else len(text[0]) + len(text[1]) + 3)
+                              > self.max_seq_length for text in texts], dtype=bool)
         return EncodedTexts(token_ids=ids, type_ids=[np.zeros_like(row) for row in ids], truncated=truncated)
 
     def pad(self, encoded: EncodedTexts, indices, padded_length: int) -> ModelInputs:
@@ -82,6 +87,7 @@ class FakeEngine:
     def __init__(self, contexts: int = 2, max_seq_length: int = 32, max_batch: int = 16):
         self.max_seq_length = max_seq_length
         self.label_names = ("short", "long")
+        self.task = None  # single-label
         self.encoder = FakeEncoder(max_seq_length)
         self.profile = ShapeProfile(dynamic=True, min_batch=1, max_batch=max_batch, min_seq=1, max_seq=max_seq_length)
         self.settings = RuntimeSettings(contexts=contexts, cpu_threads=contexts)

@@ -26,6 +26,7 @@ from .loader_files import write_loader_files
 from ..manifest import KIND_BUNDLE, write_manifest
 from ..precision import TOLERANCES, canonical_precision
 from ..shapes import ShapeProfile
+from ..tasks import Task
 
 CALIBRATION_BATCH = 8
 VERIFICATION_BATCH = 16
@@ -68,6 +69,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
     output = OutputFolder(options.output, overwrite=options.overwrite,
                           inputs=(options.export_dir, options.calibration_data))
     export = ExportArtifact.load(options.export_dir)
+    task = Task.from_manifest(export.manifest)
     precision = canonical_precision(options.precision)
     backend = get_backend(options.backend)
     device = canonical_device(options.device)
@@ -123,6 +125,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
             "shape_profile": profile.to_dict(),
             "inputs": input_names,
             "labels": export.manifest["labels"],
+            **task.to_manifest(),
             "max_seq_length": profile.max_seq,
             "calibration": ({"source": dataset.source, "texts": len(calibration.texts)}
                             if precision == "int8" else None),

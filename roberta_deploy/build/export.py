@@ -23,6 +23,7 @@ from ..defaults import DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
 from ..errors import ModelLoadError, NumericalCheckError, UsageError
 from ..manifest import KIND_EXPORT, read_manifest, write_manifest
 from ..runtime.tokenization import TOKENIZER_DIR, TOKENIZER_FILE, TOKENIZER_META_FILE, TextEncoder
+from ..tasks import Task
 
 ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 17
@@ -71,8 +72,28 @@ def parity_tolerance(reference: np.ndarray) -> float:
 
 
 def load_check_texts(path: Path | None, limit: int = PARITY_SAMPLES) -> list[str]:
-    texts = read_dataset(path or DEMO_SAMPLES_PATH).texts
+    texts = read_dataset(path or DEMO_SAMPLES_PATH, text_pairs=False, ignore_labels=True).texts
     return texts[:limit]
+
+
+def check_pairs(texts: Sequence[str], limit: int = PARITY_SAMPLES // 2) -> list[tuple[str, str]]:
+    """Pairs of check texts, so the parity check also runs segment B (token type 1 in BERT) and the
+    tokenizer's pair template, whatever the model was trained on."""
+    return [(texts[index], texts[-1 - index]) for index in range(min(limit, len(texts) // 2))]
+
+
+def trained_on_pairs(folder: Path, config) -> bool | None:
+    """Whether the checkpoint was fine-tuned on text pairs, when it says so: our finetune.json, or the
+    `sentence_transformers` block a CrossEncoder writes into config.json. None when unknown."""
+    finetune_record = folder / "finetune.json"
+    if finetune_record.is_file():
+        try:
+            pairs = json.loads(finetune_record.read_text(encoding="utf-8")).get("text_pairs")
+        except (OSError, ValueError, AttributeError):
+            pairs = None
+        if isinstance(pairs, bool):
+            return pairs
+    return True if getattr(config, "sentence_transformers", None) is not None else None
 
 
 def export_model(options: ExportOptions, on_step: Callable[[str], None] | None = None) -> ExportArtifact:
@@ -117,6 +138,7 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
     forward_parameters = inspect.signature(model.forward).parameters
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in forward_parameters else [])
     labels = [str(config.id2label[index]) for index in range(config.num_labels)]
+    task = Task.from_config(getattr(config, "problem_type", None), config.num_labels, trained_on_pairs(folder, config))
     if len(tokenizer) > config.vocab_size:
         raise ModelLoadError(f"the tokenizer of {folder} has {len(tokenizer)} tokens but the model's embedding table "
                              f"only {config.vocab_size}: texts would map to ids past the table",
@@ -135,6 +157,22 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
         encoder = TextEncoder.from_folder(tokenizer_dir, options.max_seq_length)
         inputs = encoder.encode_padded(check_texts)
         _check_runtime_tokenizer_matches(tokenizer, check_texts, inputs.input_ids, options.max_seq_length)
+        pairs = check_pairs(check_texts)
+        pair_inputs = encoder.encode_padded(pairs) if pairs else None
+        if pairs:
+            _check_runtime_tokenizer_matches(tokenizer, pairs, pair_inputs.input_ids, options.max_seq_length,
+                                             pair_inputs.token_type_ids)
+            type_vocab_size = getattr(config, "type_vocab_size", None)
+            if "token_type_ids" in input_names and type_vocab_size and \
+                    int(pair_inputs.token_type_ids.max()) >= type_vocab_size:
+                # A BERT-style pair template on a model with one token type: such pairs would index
+                # past its embedding table (the runtime refuses them), so they are not checked either.
+                if task.text_pairs:
+                    raise ModelLoadError(f"the tokenizer gives token type ids up to "
+                                         f"{int(pair_inputs.token_type_ids.max())} for text pairs, but the model has "
+                                         f"{type_vocab_size} token type(s)",
+                                         "use the tokenizer the model was fine-tuned with")
+                pairs, pair_inputs = [], None
 
         step("exporting to ONNX")
         onnx_path = work / ONNX_FILE
@@ -151,7 +189,7 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
         step("checking ONNX against PyTorch")
         shortest = np.argsort(encoder.encode(check_texts).lengths)[:5]
         short_inputs = encoder.encode_padded([check_texts[index] for index in shortest])
-        feeds_list = [batch.as_feeds(input_names) for batch in (inputs, short_inputs)]
+        feeds_list = [batch.as_feeds(input_names) for batch in (inputs, short_inputs, pair_inputs) if batch is not None]
         max_difference, tolerance = 0.0, 0.0
         for feeds, exported in zip(feeds_list, onnx_reference_logits(onnx_path, feeds_list)):
             with torch.no_grad():
@@ -169,6 +207,7 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
             "model_type": config.model_type,
             "num_labels": config.num_labels,
             "labels": labels,
+            **task.to_manifest(),
             "max_seq_length": options.max_seq_length,
             "opset": options.opset,
             "inputs": input_names,
@@ -183,19 +222,27 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
             "parameters": int(sum(parameter.numel() for parameter in model.parameters())),
             "checks": {"onnx_vs_pytorch": {
                 "passed": True, "max_abs_logit_diff": max_difference, "tolerance": tolerance,
-                "texts": len(check_texts), "shapes": [list(feeds["input_ids"].shape) for feeds in feeds_list],
+                "texts": len(check_texts), "pairs": len(pairs), "shapes": [list(feeds["input_ids"].shape) for feeds in feeds_list],
                 "text_source": str(options.check_data or DEMO_SAMPLES_PATH)}},
         })
     return ExportArtifact(Path(options.output), manifest)
 
 
-def _check_runtime_tokenizer_matches(tokenizer, texts: Sequence[str], runtime_ids: np.ndarray,
-                                     max_seq_length: int) -> None:
-    """The runtime reads tokenizer.json without transformers; it must give the very same ids."""
-    expected = tokenizer(list(texts), truncation=True, max_length=max_seq_length)["input_ids"]
-    for row, ids in enumerate(expected):
-        if list(runtime_ids[row, :len(ids)]) != list(ids):
-            raise ModelLoadError(f"the saved tokenizer.json encodes text {row} differently from the checkpoint's tokenizer",
+def _check_runtime_tokenizer_matches(tokenizer, texts: Sequence, runtime_ids: np.ndarray, max_seq_length: int,
+                                     runtime_type_ids: np.ndarray | None = None) -> None:
+    """The runtime reads tokenizer.json without transformers; it must give the very same ids (and, for
+    pairs, token type ids and longest-first truncation)."""
+    if texts and not isinstance(texts[0], str):
+        expected = tokenizer([first for first, _ in texts], [second for _, second in texts], truncation=True,
+                             max_length=max_seq_length)
+    else:
+        expected = tokenizer(list(texts), truncation=True, max_length=max_seq_length)
+    for row, ids in enumerate(expected["input_ids"]):
+        same_types = runtime_type_ids is None or "token_type_ids" not in expected or \
+            list(runtime_type_ids[row, :len(ids)]) == list(expected["token_type_ids"][row])
+        if list(runtime_ids[row, :len(ids)]) != list(ids) or not same_types:
+            what = "text" if isinstance(texts[row], str) else "text pair"
+            raise ModelLoadError(f"the saved tokenizer.json encodes {what} {row} differently from the checkpoint's tokenizer",
                                  "report this checkpoint; its tokenizer cannot be saved as tokenizer.json faithfully")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import BackendError, InputDataError, NotReadyError, OverloadedError, RobertaDeployError, UsageError
 from .batching import plan_batches
 from .results import BatcherStats, BatchStats, Predictions, RequestResult, RequestTimings
-from .tokenization import EncodedTexts
+from .tokenization import EncodedTexts, TextInput
 
 TOKENIZE_CHUNK = 2048  # texts per tokenizer call in run(): large enough to bucket well, small enough to start fast
 QUEUED_BATCHES_PER_CONTEXT = 4  # run() keeps this many planned batches ahead of each worker
@@ -35,6 +35,7 @@ class EngineSurface(Protocol):
 
     label_names: tuple[str, ...]
     max_seq_length: int
+    task: object  # tasks.Task (None: single-label), handed on to the results
 
     @property
     def encoder(self): ...  # encode(texts) -> EncodedTexts; pad(encoded, indices, length) -> ModelInputs
@@ -67,8 +68,9 @@ class _Sink:
 
 class _Request(_Sink):
     def __init__(self, future: Future, encoded: EncodedTexts, labels: int, label_names: tuple[str, ...],
-                 submitted: float, tokenization_s: float):
+                 submitted: float, tokenization_s: float, task=None):
         self.future = future
+        self.task = task
         self.encoded = encoded
         self.label_names = label_names
         self.logits = np.zeros((len(encoded), labels), dtype=np.float32)
@@ -110,7 +112,7 @@ class _Request(_Sink):
                                  inference_s=self.inference_s, total_s=now - self.submitted)
         self.future.set_result(RequestResult(logits=self.logits, truncated=self.encoded.truncated,
                                              token_lengths=self.encoded.lengths, compute_tokens=self.compute_tokens,
-                                             timings=timings, label_names=self.label_names))
+                                             timings=timings, label_names=self.label_names, task=self.task))
 
     def fail(self, error: BaseException) -> None:
         with self._lock:
@@ -326,8 +328,9 @@ class Batcher:
 
     # -- online -----------------------------------------------------------------------------------
 
-    def submit(self, texts: Sequence[str] | str, *, truncate: bool = True) -> Future:
-        """Queue one request; the future's result is a RequestResult, its rows in the order of `texts`.
+    def submit(self, texts: Sequence[TextInput] | str, *, truncate: bool = True) -> Future:
+        """Queue one request; the future's result is a RequestResult, its rows in the order of `texts`
+        (each a text or a (text, text_pair) tuple).
 
         Tokenizes on the calling thread. Raises InputDataError (empty or, with truncate=False, too long
         text), OverloadedError (more than max_queued_texts waiting) and NotReadyError (not started or
@@ -346,7 +349,7 @@ class Batcher:
         tokenization_s = time.perf_counter() - submitted
         future: Future = Future()
         request = _Request(future, encoded, len(self.engine.label_names), tuple(self.engine.label_names),
-                           submitted, tokenization_s)
+                           submitted, tokenization_s, getattr(self.engine, "task", None))
         lengths = encoded.lengths
         with self._condition:
             self._check_accepting()
@@ -365,9 +368,9 @@ class Batcher:
 
     # -- offline ----------------------------------------------------------------------------------
 
-    def run(self, texts: Sequence[str], *, batch_size: int | None = None, max_batch_tokens: int | None = None,
+    def run(self, texts: Sequence[TextInput], *, batch_size: int | None = None, max_batch_tokens: int | None = None,
             bucketing: bool = True, on_batch_done: Callable[[int], None] | None = None) -> Predictions:
-        """texts -> Predictions in input order. Tokenizes and plans on the calling thread while the
+        """texts (or (text, text_pair) tuples) -> Predictions in input order. Tokenizes and plans on the calling thread while the
         workers compute; on_batch_done(rows) is called from worker threads. The first failing batch
         stops the run and its error is raised here."""
         if isinstance(texts, str):
@@ -420,7 +423,7 @@ class Batcher:
         if job.error is not None:
             raise job.error
         return Predictions(logits=job.logits, truncated=truncated, token_lengths=token_lengths,
-                           label_names=tuple(engine.label_names))
+                           label_names=tuple(engine.label_names), task=getattr(engine, "task", None))
 
     # -- internals --------------------------------------------------------------------------------
 

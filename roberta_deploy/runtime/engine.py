@@ -20,9 +20,10 @@ from ..flags import available_cores
 from ..machine import cpu_mismatch_warning
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..shapes import ShapeProfile
+from ..tasks import Task
 from .batcher import Batcher
 from .results import Prediction, Predictions
-from .tokenization import TOKENIZER_DIR, TextEncoder, pad_to_shape
+from .tokenization import TOKENIZER_DIR, TextEncoder, TextInput, pad_to_shape
 
 
 THROUGHPUT = "throughput"  # many texts: keep every core busy on its own batch
@@ -57,6 +58,7 @@ class Engine:
         self.profile = ShapeProfile.from_dict(manifest["shape_profile"])
         self.input_names: tuple[str, ...] = tuple(manifest["inputs"])
         self.label_names: tuple[str, ...] = tuple(manifest["labels"])
+        self.task = Task.from_manifest(manifest)  # what the outputs mean; single-label for older bundles
         self.max_seq_length: int = self.profile.max_seq
         self.encoder = TextEncoder.from_folder(bundle_dir / TOKENIZER_DIR, self.max_seq_length)
         model = manifest["export_manifest"]
@@ -132,11 +134,12 @@ class Engine:
                 self._batcher = Batcher(self).start()
             return self._batcher
 
-    def predict(self, texts: Sequence[str] | str, *, batch_size: int | None = None,
+    def predict(self, texts: Sequence[TextInput] | str, *, batch_size: int | None = None,
                 max_batch_tokens: int | None = None, bucketing: bool = True) -> Predictions | Prediction:
         """Tokenize, batch (length-bucketed by default) and classify `texts`; results in input order.
 
-        A single string is one text and gets one Prediction back; a list gets Predictions.
+        A single string is one text and gets one Prediction back; a list gets Predictions. Items of
+        the list may be (text, text_pair) tuples, for models fine-tuned on sentence pairs.
         """
         if isinstance(texts, str):
             return self.batcher.run([texts])[0]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """float32 (n, labels) -> probabilities of the same shape, rows summing to 1."""
@@ -25,6 +27,9 @@ class Prediction:
     probabilities: np.ndarray  # float32 (labels,)
     truncated: bool  # the text was cut at max_seq_length
     token_length: int  # tokens used, specials included
+    scores: np.ndarray | None = None  # float32 (labels,): the task's scores (softmax, sigmoid, or the value)
+    predicted_labels: tuple[str, ...] = ()  # multi-label: every label whose score reaches the threshold
+    value: float | None = None  # regression: the score
 
 
 @dataclass(frozen=True)
@@ -33,15 +38,38 @@ class Predictions:
     truncated: np.ndarray  # bool (n,): text was cut at max_seq_length
     token_lengths: np.ndarray  # int64 (n,): tokens used, specials included
     label_names: tuple[str, ...]
+    task: Task | None = None  # from the bundle's manifest; None reads as single-label
+    threshold: float = DEFAULT_THRESHOLD  # multi-label: a label is predicted at a score of at least this
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind if self.task is not None else SINGLE_LABEL
 
     # Computed once: callers read them per row, and an argmax over every row per read is quadratic.
     @functools.cached_property
     def labels(self) -> np.ndarray:
+        """int64 (n,): the best label (for multi-label the highest-scoring one)."""
         return self.logits.argmax(axis=1)
 
     @functools.cached_property
     def probabilities(self) -> np.ndarray:
         return softmax(self.logits)
+
+    @functools.cached_property
+    def scores(self) -> np.ndarray:
+        """float32 (n, labels): softmax (single-label), sigmoid (multi-label, one-logit models) or the
+        logits themselves (regression), as transformers' pipeline scores them."""
+        return self.task.scores(self.logits) if self.task is not None else softmax(self.logits)
+
+    @functools.cached_property
+    def label_sets(self) -> np.ndarray:
+        """bool (n, labels): multi-label decisions, score >= threshold."""
+        return self.scores >= self.threshold
+
+    @property
+    def values(self) -> np.ndarray:
+        """float32 (n,): regression scores."""
+        return self.scores[:, 0]
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -49,9 +77,13 @@ class Predictions:
     def __getitem__(self, index: int) -> Prediction:
         logits = self.logits[index]
         label = int(logits.argmax())
+        scores = self.scores[index]
+        chosen = tuple(name for name, score in zip(self.label_names, scores) if score >= self.threshold) \
+            if self.kind == MULTI_LABEL else ()
         return Prediction(label=label, label_name=self.label_names[label], logits=logits,
                           probabilities=softmax(logits), truncated=bool(self.truncated[index]),
-                          token_length=int(self.token_lengths[index]))
+                          token_length=int(self.token_lengths[index]), scores=scores, predicted_labels=chosen,
+                          value=float(scores[0]) if self.kind == REGRESSION else None)
 
 
 @dataclass(frozen=True)
@@ -74,10 +106,11 @@ class RequestResult:
     compute_tokens: int  # padded tokens computed for this request's rows
     timings: RequestTimings
     label_names: tuple[str, ...] = ()
+    task: Task | None = None
 
     def predictions(self) -> Predictions:
         return Predictions(logits=self.logits, truncated=self.truncated, token_lengths=self.token_lengths,
-                           label_names=self.label_names)
+                           label_names=self.label_names, task=self.task)
 
 
 @dataclass(frozen=True)

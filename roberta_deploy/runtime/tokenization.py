@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -22,6 +22,9 @@ TOKENIZER_META_FILE = "tokenizer_meta.json"
 # gives the same ids whenever it already overflows (checked per text, else the text is read whole).
 CHARACTERS_PER_TOKEN = 64
 LONGEST_WORD = 200  # characters; WordPiece gives up on words past 100, BPE words are shorter
+# One model input: a text, or a text pair (encoded as the tokenizer's pair template: token type ids 0
+# then 1 for BERT, `[CLS] a [SEP] [SEP] b [SEP]` for RoBERTa; truncated longest-first as transformers does).
+TextInput = Union[str, tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,11 @@ class TextEncoder:
             raise BundleError(f"cannot read tokenizer {tokenizer_file}: {error}".splitlines()[0],
                               "re-run export to write the tokenizer again") from None
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=max_seq_length)
+        self._tokenizer.enable_truncation(max_length=max_seq_length)  # longest_first, transformers' default
+        # Counts the tokens of a cut pair side without truncating it (see _pair_prefix_suffices).
+        self._counter = Tokenizer.from_file(str(tokenizer_file))
+        self._counter.no_padding()
+        self._counter.no_truncation()
         self.pad_token_id = pad_token_id
         self.max_seq_length = max_seq_length
         self.vocab_size: int = self._tokenizer.get_vocab_size(with_added_tokens=True)
@@ -87,21 +94,57 @@ class TextEncoder:
             raise BundleError(f"cannot read {meta_path}: {error}", "re-run export or build") from None
         return cls(folder / TOKENIZER_FILE, pad_token_id, max_seq_length)
 
-    def encode(self, texts: Sequence[str]) -> EncodedTexts:
-        """Tokenize and truncate; InputDataError for a text that is empty or gives no tokens."""
-        for index, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
-        encodings = self._encode_truncated(list(texts))
+    def encode(self, texts: Sequence[TextInput]) -> EncodedTexts:
+        """Tokenize and truncate texts and text pairs (a tuple or list of two strings); InputDataError
+        for a text that is empty or gives no tokens."""
+        inputs = [_checked_input(text, index) for index, text in enumerate(texts)]
+        singles = [index for index, text in enumerate(inputs) if isinstance(text, str)]
+        pairs = [index for index, text in enumerate(inputs) if not isinstance(text, str)]
+        encodings: list = [None] * len(inputs)
+        for index, encoding in zip(singles, self._encode_truncated([inputs[index] for index in singles])):
+            encodings[index] = encoding
+        for index, encoding in zip(pairs, self._encode_pairs([inputs[index] for index in pairs])):
+            encodings[index] = encoding
         for index, encoding in enumerate(encodings):
-            if len(encoding.ids) <= self._special_only_length:
-                raise InputDataError(f"text {index} gives no tokens (only control, format or space characters)",
-                                     "give every input a text with visible characters")
+            if isinstance(inputs[index], str):
+                if len(encoding.ids) <= self._special_only_length:
+                    raise InputDataError(f"text {index} gives no tokens (only control, format or space characters)",
+                                         "give every input a text with visible characters")
+                continue
+            for side, name in ((0, "first"), (1, "second")):
+                if side not in encoding.sequence_ids:
+                    raise InputDataError(f"the {name} text of pair {index} gives no tokens (only control, format "
+                                         "or space characters)", "give both texts of a pair visible characters")
         token_ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
         type_ids = [np.asarray(encoding.type_ids, dtype=np.int64) for encoding in encodings]
         truncated = np.fromiter((bool(encoding.overflowing) for encoding in encodings), dtype=bool,
                                 count=len(encodings))
         return EncodedTexts(token_ids=token_ids, type_ids=type_ids, truncated=truncated)
+
+    def _encode_pairs(self, pairs: list[tuple[str, str]]) -> list:
+        """encode_batch of pairs, each side cut at the character limit when the cut cannot change the ids."""
+        limit = self.max_seq_length * CHARACTERS_PER_TOKEN
+        if not pairs:
+            return []
+        encodings = self._tokenizer.encode_batch([(first[:limit], second[:limit]) for first, second in pairs])
+        for index, (first, second) in enumerate(pairs):
+            if (len(first) > limit or len(second) > limit) and not self._pair_prefix_suffices(first, second, limit):
+                encodings[index] = self._tokenizer.encode(first, second)
+        return encodings
+
+    def _pair_prefix_suffices(self, first: str, second: str, limit: int) -> bool:
+        """Longest-first truncation keeps the shorter side's tokens up to half the budget and gives the
+        rest to the longer side, so a cut side gives the same ids when its prefix alone already has
+        max_seq_length tokens, more than the other side, and those end a word before the cut. With
+        both sides cut, which one is longer is unknown: the caller reads both whole."""
+        if len(first) > limit and len(second) > limit:
+            return False
+        long_side, other = (first, second) if len(first) > limit else (second, first)
+        counted = self._counter.encode(long_side[:limit], add_special_tokens=False)
+        other_length = len(self._counter.encode(other, add_special_tokens=False).ids)
+        if len(counted.ids) < max(self.max_seq_length, other_length + 1):
+            return False
+        return counted.offsets[self.max_seq_length - 1][1] <= limit - LONGEST_WORD
 
     def _encode_truncated(self, texts: list[str]) -> list:
         """encode_batch, reading long texts only as far as max_seq_length tokens need.
@@ -141,11 +184,29 @@ class TextEncoder:
             token_type_ids[row, :length] = encoded.type_ids[index]
         return ModelInputs(input_ids, attention_mask, token_type_ids)
 
-    def encode_padded(self, texts: Sequence[str], padded_length: int | None = None) -> ModelInputs:
+    def encode_padded(self, texts: Sequence[TextInput], padded_length: int | None = None) -> ModelInputs:
         """Encode and pad to one length (the longest text, or `padded_length`)."""
         encoded = self.encode(texts)
         length = padded_length or int(encoded.lengths.max())
         return self.pad(encoded, range(len(texts)), length)
+
+
+def _checked_input(text, index: int) -> TextInput:
+    """A non-empty text, or a pair of two (a tuple or a list, as transformers and JSON give them)."""
+    if isinstance(text, str):
+        if not text.strip():
+            raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
+        return text
+    if isinstance(text, (tuple, list)):
+        if len(text) != 2:
+            raise InputDataError(f"input {index} holds {len(text)} texts; a pair has two",
+                                 "give a text, or a pair (text, text_pair)")
+        for side, name in zip(text, ("first", "second")):
+            if not isinstance(side, str) or not side.strip():
+                raise InputDataError(f"the {name} text of pair {index} is empty or not a string",
+                                     "give both texts of a pair as non-empty strings")
+        return (text[0], text[1])
+    raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
 
 
 def pad_to_shape(arrays: dict[str, np.ndarray], rows: int, columns: int, pad_token_id: int) -> dict[str, np.ndarray]:
