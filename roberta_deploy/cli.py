@@ -43,6 +43,8 @@ STDIO = Path("-")  # `--data -` reads stdin; `--json -` and `--output -` write s
 BACKEND_HELP = ("Engine to build for: openvino (fastest on Intel CPUs, bf16/int8), onnxruntime (portable) or "
                 "torch (PyTorch; the only one for --device cuda).")
 DEVICE_HELP = "cpu, cuda or cuda:N (cuda needs --backend torch and an NVIDIA GPU)."
+TEXT_PAIR_HELP = ("Column holding the second text of a sentence pair (default: the pair columns text_a/text_b, "
+                  "sentence1/sentence2, premise/hypothesis or query/passage when present).")
 PRECISION_HELP = ("fp32, fp16, bf16 or int8 (aliases force_float32, force_float16, qint8_mixed_float16). "
                   "Lower precision is faster; each is checked against fp32 within its tolerance.")
 
@@ -205,9 +207,11 @@ def build(
             measured = (f"accuracy {candidate['accuracy']:.4f} ({candidate['points_vs_fp32']:+.2f} points vs fp32), "
                         f"{candidate['texts_per_second']:.0f} texts/s " if "accuracy" in candidate else "")
             console.print(f"  {candidate['precision']}: {measured}-> {candidate['verdict']}")
+    from .tasks import agreement_text
+
     console.print(f"built {manifest['backend']} {manifest['precision']} bundle at {output} "
                   f"({describe_shapes(manifest)}); vs fp32: max |diff| {check['max_abs_logit_diff']:.3g} "
-                  f"(tolerance {check['tolerance']:.3g}), agreement {check['label_agreement']:.4f} "
+                  f"(tolerance {check['tolerance']:.3g}), {agreement_text(check)} "
                   f"on {check['texts']} texts: {verdict}")
 
 
@@ -252,16 +256,18 @@ def inspect(
     console.print(table)
 
 
-def load_dataset_for(engine, data: Path, text_column, label_column, data_format):
-    """Read --data; `-` reads stdin (format from --data-format, else guessed from the first line)."""
+def load_dataset_for(engine, data: Path, text_column, label_column, data_format, text_pair_column=None,
+                     label_separator: str = ","):
+    """Read --data as the bundle's task reads it; `-` reads stdin (format from --data-format, else
+    guessed from the first line)."""
     from .data import read_dataset
 
-    if data != STDIO:
-        return read_dataset(data, text_column=text_column, label_column=label_column,
-                            label_names=engine.label_names, data_format=data_format)
-    return read_stdin_dataset(lambda path, fmt: read_dataset(path, text_column=text_column, label_column=label_column,
-                                                             label_names=engine.label_names, data_format=fmt),
-                              data_format)
+    def read(path, fmt):
+        return read_dataset(path, text_column=text_column, label_column=label_column, label_names=engine.label_names,
+                            data_format=fmt, text_pair_column=text_pair_column, text_pairs=engine.task.text_pairs,
+                            task=engine.task.kind, label_separator=label_separator)
+
+    return read(data, data_format) if data != STDIO else read_stdin_dataset(read, data_format)
 
 
 def read_stdin_dataset(read: Callable, data_format: Optional[str]):
@@ -298,7 +304,11 @@ def infer(
     max_batch_tokens: Optional[int] = typer.Option(None, help="Token budget per batch (padded length x rows); bounds memory and latency."),
     bucketing: bool = typer.Option(True, help="Sort by length and pad each batch only to its longest text (1.5x fewer padded tokens on ChnSentiCorp)."),
     text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: text_a, text, sentence, review)."),
+    text_pair_column: Optional[str] = typer.Option(None, help=TEXT_PAIR_HELP),
     label_column: Optional[str] = typer.Option(None, help="Column holding the gold label (default: label, if present)."),
+    label_separator: str = typer.Option(",", help="Multi-label models: what separates the labels of a row in a TSV/CSV "
+                                                  "cell (JSONL rows give a list)."),
+    threshold: float = typer.Option(0.5, help="Multi-label models: the sigmoid score from which a label is predicted."),
     data_format: Optional[str] = typer.Option(None, "--data-format", help="Input as tsv, csv or jsonl (default: from the "
                                                                           "extension; for stdin, from the first line)."),
     threads: Optional[int] = typer.Option(None, help="Contexts running concurrently (default: for throughput on this "
@@ -307,15 +317,16 @@ def infer(
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP + " Default: the device the bundle was built for."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
-    """Classify every row of a data file; write predictions, accuracy and per-class metrics."""
+    """Classify (or score) every row of a data file; write predictions and the metrics of the bundle's task."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from .atomic import OutputFolder
     from .runtime.engine import THROUGHPUT, Engine
-    from .infer import (check_output_format, classify_dataset, prediction_rows, predictions_file,
+    from .infer import (check_output_format, check_threshold, classify_dataset, prediction_rows, predictions_file,
                         write_inference_outputs, write_predictions)
 
     check_output_format(output_format)
+    check_threshold(threshold)
     # The output is checked and locked before the engine loads: an output on top of an input, a folder
     # of someone else's files or a second writer is refused before any work.
     reserved = (contextlib.nullcontext() if output == STDIO
@@ -326,12 +337,14 @@ def infer(
         engine = stack.enter_context(Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads,
                                                  hint=THROUGHPUT, device=device))
         print_warnings(engine.warnings)
-        dataset = load_dataset_for(engine, data, text_column, label_column, data_format)
+        dataset = load_dataset_for(engine, data, text_column, label_column, data_format, text_pair_column,
+                                   label_separator)
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=status_console, transient=True) as progress:
             task = progress.add_task("classifying", total=len(dataset))
             report = classify_dataset(engine, dataset, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                      bucketing=bucketing, on_batch_done=lambda rows: progress.advance(task, rows))
+                                      bucketing=bucketing, on_batch_done=lambda rows: progress.advance(task, rows),
+                                      threshold=threshold)
         if output == STDIO:
             write_predictions(sys.stdout, prediction_rows(report.predictions, dataset), output_format,
                               engine.label_names)
@@ -345,10 +358,28 @@ def infer(
         summary_console.print(f"accuracy: {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['examples']}); "
                               f"macro-F1 {metrics['macro_f1']:.4f}")
         summary_console.print(per_class_table(metrics))
+    elif "micro_f1" in metrics:
+        summary_console.print(f"micro-F1 {metrics['micro_f1']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, exact match "
+                              f"{metrics['exact_match']:.4f} (threshold {metrics['threshold']})")
+        summary_console.print(per_label_table(metrics))
+    elif "pearson" in metrics:
+        summary_console.print("pearson {}, spearman {}, mse {:.4g}".format(
+            *(f"{metrics[key]:.4f}" if metrics[key] is not None else "n/a (constant)" for key in ("pearson", "spearman")),
+            metrics["mse"]))
     written = "stdout" if output == STDIO else output / predictions_file(output_format)
     summary_console.print(f"classified {metrics['examples']} texts in {metrics['elapsed_seconds']:.2f}s "
                           f"({metrics['texts_per_second']:.1f} texts/s); {metrics['truncated']} truncated at "
                           f"{engine.max_seq_length} tokens; wrote {written}")
+
+
+def per_label_table(metrics: dict) -> Table:
+    """Multi-label: precision, recall, F1 and support per label."""
+    table = Table()
+    for column in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, row in metrics["per_label"].items():
+        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+    return table
 
 
 def per_class_table(metrics: dict, title: str | None = None) -> Table:
@@ -381,10 +412,12 @@ def evaluate_command(
     calibration_data: Optional[Path] = typer.Option(None, help="int8 calibration texts (default: bundled samples)."),
     bucketing: bool = typer.Option(True, help="Length-bucketed batches (see infer)."),
     text_column: Optional[str] = typer.Option(None, help="Text column name."),
+    text_pair_column: Optional[str] = typer.Option(None, help=TEXT_PAIR_HELP),
     label_column: Optional[str] = typer.Option(None, help="Label column name."),
+    threshold: float = typer.Option(0.5, help="Multi-label models: the sigmoid score from which a label is predicted."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
-    """Accuracy table across precisions and batch sizes (builds what it needs)."""
+    """Accuracy table (or the task's measures) across precisions and batch sizes (builds what it needs)."""
     from .evaluate import ACCURACY_MARKDOWN, EvalOptions, evaluate
     from .report import REPORT_HTML
     from .precision import parse_precision_list
@@ -394,7 +427,12 @@ def evaluate_command(
         precisions=tuple(parse_precision_list(precisions)) if precisions else None,
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"), max_seq_length=max_seq_length,
         calibration_data=calibration_data, bucketing=bucketing, overwrite=overwrite,
-        text_column=text_column, label_column=label_column), on_step=step_printer())
+        text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
+        threshold=threshold), on_step=step_printer())
+    if report["task"] != "single_label_classification":
+        console.print(task_eval_table(report, data, backend))
+        console.print(f"wrote {output / ACCURACY_MARKDOWN} and {output / REPORT_HTML}")
+        return
     table = Table(title=f"accuracy on {data} ({report['rows'][0]['examples']} texts, {backend} on {report['device']})")
     for column in ("precision", "batch", "accuracy", "macro-F1", "correct", "agreement w/ fp32", "max |diff| vs fp32",
                    "truncated"):
@@ -409,6 +447,21 @@ def evaluate_command(
         if row["batch_size"] == largest_batch:
             console.print(per_class_table(row, title=f"{row['precision']} per class (batch {largest_batch})"))
     console.print(f"wrote {output / ACCURACY_MARKDOWN} and {output / REPORT_HTML}")
+
+
+def task_eval_table(report: dict, data: Path, backend: str) -> Table:
+    """Multi-label and regression eval rows: the task's measures, agreement and drift against fp32."""
+    names = list(report["rows"][0]["measures"])
+    table = Table(title=f"{report['task']} on {data} ({report['rows'][0]['examples']} texts, {backend} on "
+                        f"{report['device']})")
+    for column in ("precision", "batch", *names, "agreement w/ fp32", "max |diff| vs fp32", "truncated"):
+        table.add_column(column, justify="right")
+    for row in report["rows"]:
+        table.add_row(row["precision"], str(row["batch_size"]),
+                      *("n/a" if row["measures"][name] is None else f"{row['measures'][name]:.4f}" for name in names),
+                      f"{row['agreement_with_fp32']:.4f}", f"{row['max_abs_logit_diff_vs_fp32']:.3g}",
+                      str(row["truncated"]))
+    return table
 
 
 @app.command()

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from .atomic import atomic_directory
 from .backends import default_precisions, get_backend
 from .backends.base import canonical_device
@@ -17,10 +15,19 @@ from .build.bundle import BuildOptions, build_engine
 from .data import read_dataset
 from .defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH
 from .errors import UnsupportedPrecisionError, UsageError
-from .metrics import per_class_markdown
+from .metrics import per_class_markdown, task_metrics_markdown
+from .tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task, compare_with_reference
 from .report import REPORT_HTML, eval_report_html
 from .build.export import ExportArtifact, ExportOptions, export_model
 
+# What each task's table shows (column name, metrics key), and the details kept per row.
+MEASURES = {SINGLE_LABEL: (("accuracy", "accuracy"), ("macro-F1", "macro_f1")),
+            MULTI_LABEL: (("micro-F1", "micro_f1"), ("macro-F1", "macro_f1"), ("exact match", "exact_match")),
+            REGRESSION: (("pearson", "pearson"), ("spearman", "spearman"), ("mse", "mse"))}
+TASK_DETAILS = {SINGLE_LABEL: ("accuracy", "correct", "macro_f1", "per_class", "confusion_matrix"),
+                MULTI_LABEL: ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "exact_match", "per_label",
+                              "threshold"),
+                REGRESSION: ("pearson", "spearman", "mse", "mae")}
 ACCURACY_MARKDOWN = "accuracy.md"
 ACCURACY_JSON = "accuracy.json"
 
@@ -42,6 +49,8 @@ class EvalOptions:
     overwrite: bool = False
     text_column: str | None = None
     label_column: str | None = None
+    text_pair_column: str | None = None  # the second text of pair data; None: the usual names (data.py)
+    threshold: float = DEFAULT_THRESHOLD  # multi-label decisions
 
 
 def check_precisions(backend_name: str, precisions, device: str = "cpu") -> list[str]:
@@ -77,14 +86,17 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
     if options.export_dir is not None:
         export = ExportArtifact.load(options.export_dir)
     else:
-        # Fail on a bad data file before the slow export, not after it.
-        read_dataset(options.data, text_column=options.text_column, label_column=options.label_column,
-                     require_labels=True)
+        # Fail on a bad data file before the slow export, not after it (labels are read by the task
+        # the export finds, below).
+        read_dataset(options.data, text_column=options.text_column, text_pair_column=options.text_pair_column,
+                     ignore_labels=True)
         step(f"exporting {options.model}")
         export = export_model(ExportOptions(model=options.model, output=work / "export",
                                             max_seq_length=options.max_seq_length), on_step=step)
+    task = Task.from_manifest(export.manifest)
     dataset = read_dataset(options.data, text_column=options.text_column, label_column=options.label_column,
-                           label_names=export.manifest["labels"], require_labels=True)
+                           label_names=export.manifest["labels"], require_labels=True,
+                           text_pair_column=options.text_pair_column, text_pairs=task.text_pairs, task=task.kind)
     from .runtime.engine import THROUGHPUT, Engine
     from .infer import classify_dataset
 
@@ -101,22 +113,25 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
         engine = Engine.load(bundle_dir, hint=THROUGHPUT)
         for batch_size in options.batch_sizes:
             step(f"scoring {precision} at batch {batch_size}")
-            report = classify_dataset(engine, dataset, batch_size=batch_size, bucketing=options.bucketing)
+            report = classify_dataset(engine, dataset, batch_size=batch_size, bucketing=options.bucketing,
+                                      threshold=options.threshold)
             logits = report.predictions.logits
             if precision == "fp32":
                 reference_logits[batch_size] = logits
             reference = reference_logits[batch_size]
+            against = compare_with_reference(task, logits, reference, precision, options.threshold)
+            metrics = report.metrics
             rows.append({
-                "precision": precision, "batch_size": batch_size, "accuracy": report.metrics["accuracy"],
-                "correct": report.metrics["correct"], "examples": report.metrics["examples"],
-                "macro_f1": report.metrics["macro_f1"], "per_class": report.metrics["per_class"],
-                "confusion_matrix": report.metrics["confusion_matrix"],
-                "agreement_with_fp32": float((logits.argmax(1) == reference.argmax(1)).mean()),
-                "max_abs_logit_diff_vs_fp32": float(np.abs(logits - reference).max()),
-                "truncated": report.metrics["truncated"], "texts_per_second": report.metrics["texts_per_second"],
+                "precision": precision, "batch_size": batch_size, "examples": metrics["examples"],
+                "measures": {name: metrics[key] for name, key in MEASURES[task.kind]},
+                **{key: metrics[key] for key in TASK_DETAILS[task.kind]},
+                "agreement_with_fp32": against.get("label_agreement", against.get("scores_within_tolerance")),
+                "max_abs_logit_diff_vs_fp32": against["max_abs_logit_diff"],
+                "truncated": metrics["truncated"], "texts_per_second": metrics["texts_per_second"],
                 "build_check": result.manifest["checks"]["against_fp32_reference"],
             })
     report = {"model": export.manifest["source_model"], "data": str(options.data), "backend": options.backend,
+              "task": task.kind, "text_pairs": dataset.text_pairs is not None,
               "device": canonical_device(options.device),
               "max_seq_length": export.manifest["max_seq_length"], "bucketing": options.bucketing,
               "export": str(export.folder.relative_to(work)) if export.folder.is_relative_to(work) else str(export.folder),
@@ -127,6 +142,9 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
 
 
 def accuracy_markdown(report: dict) -> str:
+    task = report.get("task", SINGLE_LABEL)
+    if task != SINGLE_LABEL:
+        return task_markdown(report)
     lines = [f"# Accuracy of {report['model']} on {report['data']}", "",
              f"Backend {report['backend']} on {report.get('device', 'cpu')}, max_seq_length {report['max_seq_length']}, "
              f"length bucketing {'on' if report['bucketing'] else 'off'}.", "",
@@ -141,4 +159,29 @@ def accuracy_markdown(report: dict) -> str:
     for row in report["rows"]:
         if row["batch_size"] == largest_batch:
             lines += ["", f"## {row['precision']}: per class (batch {largest_batch})", "", per_class_markdown(row).rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def format_measure(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def task_markdown(report: dict) -> str:
+    """Multi-label and regression: the task's measures, agreement with fp32 (label decisions over the
+    threshold; regression: the share of scores within the precision's tolerance) and the logit drift."""
+    names = list(report["rows"][0]["measures"])
+    lines = [f"# {report['task']} of {report['model']} on {report['data']}", "",
+             f"Backend {report['backend']} on {report.get('device', 'cpu')}, max_seq_length {report['max_seq_length']}, "
+             f"text pairs {'yes' if report.get('text_pairs') else 'no'}.", "",
+             "| precision | batch | " + " | ".join(names) + " | agreement with fp32 | max abs logit diff vs fp32 | truncated |",
+             "|---|---|" + "---|" * len(names) + "---|---|---|"]
+    for row in report["rows"]:
+        lines.append(f"| {row['precision']} | {row['batch_size']} | "
+                     + " | ".join(format_measure(row["measures"][name]) for name in names)
+                     + f" | {row['agreement_with_fp32']:.4f} | {row['max_abs_logit_diff_vs_fp32']:.4g} | {row['truncated']} |")
+    largest_batch = max(row["batch_size"] for row in report["rows"])
+    for row in report["rows"]:
+        if row["batch_size"] == largest_batch and "per_label" in row:
+            lines += ["", f"## {row['precision']}: per label (batch {largest_batch}, threshold {row['threshold']})", "",
+                      task_metrics_markdown(row).rstrip()]
     return "\n".join(lines) + "\n"

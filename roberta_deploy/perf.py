@@ -258,7 +258,7 @@ def _input_batches(engine, options: PerfOptions) -> list[tuple[np.ndarray, np.nd
         if options.seq_len is not None:
             raise UsageError("--seq-len and --data both set the sequence length",
                              "drop --seq-len: with --data every batch takes its texts' real lengths")
-        texts = read_dataset(options.data, label_names=engine.label_names).texts
+        texts = read_dataset(options.data, text_pairs=engine.task.text_pairs, ignore_labels=True).inputs
         encoded = engine.encoder.encode(texts)
         plans = plan_batches(encoded.lengths, max_batch_size=options.batch_size,
                              max_seq_length=engine.max_seq_length, bucket_lengths=profile.bucket_lengths())

@@ -76,6 +76,8 @@ def run_report_html(summary: dict, accuracy: dict, perf_runs: dict[str, dict], s
 
 def eval_report_html(report: dict) -> str:
     """The `eval` page: accuracy, agreement and throughput per precision and batch size, per-class metrics."""
+    if report.get("task", "single_label_classification") != "single_label_classification":
+        return _task_eval_html(report)
     rows = report["rows"]
     precisions = list(dict.fromkeys(row["precision"] for row in rows))
     batch_sizes = sorted({row["batch_size"] for row in rows})
@@ -244,6 +246,22 @@ class _Charts:
         if not self.available:
             return f'<p class="note">Charts need matplotlib: {_e(INSTALL_CHARTS)}</p>'
         return '<div class="charts">' + "".join(self.figures) + "</div>"
+
+
+def _task_eval_html(report: dict) -> str:
+    """The `eval` page of a multi-label or regression model: its measures, agreement and drift per row."""
+    rows = report["rows"]
+    names = list(rows[0]["measures"])
+    table = _table(["precision", "batch", *names, "agreement with fp32", "max |diff| vs fp32", "texts/s", "truncated"],
+                   [[row["precision"], row["batch_size"],
+                     *("n/a" if row["measures"][name] is None else f"{row['measures'][name]:.4f}" for name in names),
+                     f"{row['agreement_with_fp32']:.4f}", f"{row['max_abs_logit_diff_vs_fp32']:.3g}",
+                     f"{row['texts_per_second']:.1f}", row["truncated"]] for row in rows])
+    body = [f"<h1>roberta-deploy eval: {_e(report['backend'])}, {_e(report['task'])}</h1>",
+            _meta(f"{rows[0]['examples']} texts from {report['data']}; model {report['model']}; "
+                  f"max_seq_length {report['max_seq_length']}", {}),
+            f"<h2>{_e(report['task'])}</h2>", table]
+    return _page("roberta-deploy eval", body)
 
 
 def _per_class_sections(report: dict) -> list[str]:

@@ -15,6 +15,8 @@ from .evaluate import EvalOptions, evaluate_into
 from .manifest import MANIFEST_FILE
 from .perf import PerfOptions, measure_shapes, run_benchmark
 from .report import REPORT_HTML, run_report_html
+from .errors import UsageError
+from .tasks import SINGLE_LABEL
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"
@@ -61,6 +63,9 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
             precisions=precisions,
             batch_sizes=options.batch_sizes, max_seq_length=options.max_seq_length,
             calibration_data=options.calibration_data), on_step)
+        if accuracy["task"] != SINGLE_LABEL:
+            raise UsageError(f"run summarizes accuracy per precision, which a {accuracy['task']} model does not have",
+                             "use `roberta-deploy eval` (the task's own measures) and `perf` for this model")
         perf_dir = work / "perf"
         perf_dir.mkdir()
         rows, perf_runs, sweeps = [], {}, {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelLoadError
+from .precision import TOLERANCES
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
@@ -89,3 +90,40 @@ def schema_problem(manifest: dict) -> str | None:
     if task == REGRESSION and len(manifest["labels"]) != 1:
         return "a regression model has exactly one label"
     return None
+
+
+def agreement_text(check: dict) -> str:
+    """The task's agreement figure of a check, for messages."""
+    if "max_abs_score_diff" in check:
+        return f"max score difference {check['max_abs_score_diff']:.3g} (tolerance {check['score_tolerance']:.3g})"
+    return f"label agreement {check['label_agreement']:.4f}"
+
+
+def compare_with_reference(task: "Task", built: np.ndarray, reference: np.ndarray, precision: str,
+                           threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """A bundle's logits against the fp32 reference's on the same inputs, by the task's own measure.
+
+    Every task must keep each logit within its precision's tolerance (precision.TOLERANCES). Then
+    single-label reports how many top labels agree; multi-label how many label decisions over the
+    threshold agree (a decision can only flip where the fp32 logit lies within the bound of the
+    threshold's); regression must also keep every score within the same tolerance of the fp32 score.
+    """
+    tolerance = TOLERANCES[precision]
+    difference = float(np.abs(built - reference).max(initial=0.0))
+    bound = tolerance.bound(reference)
+    check = {"passed": bool(difference <= bound), "max_abs_logit_diff": difference, "tolerance": bound}
+    if task.kind == MULTI_LABEL:
+        built_sets, reference_sets = task.scores(built) >= threshold, task.scores(reference) >= threshold
+        check["label_agreement"] = float((built_sets == reference_sets).mean())
+        check["label_set_agreement"] = float((built_sets == reference_sets).all(axis=1).mean())
+        check["threshold"] = threshold
+    elif task.kind == REGRESSION:
+        built_scores, reference_scores = task.scores(built)[:, 0], task.scores(reference)[:, 0]
+        score_difference = float(np.abs(built_scores - reference_scores).max(initial=0.0))
+        score_bound = tolerance.bound(reference_scores)
+        check.update({"max_abs_score_diff": score_difference, "score_tolerance": score_bound,
+                      "passed": bool(check["passed"] and score_difference <= score_bound)})
+        check["scores_within_tolerance"] = float(np.mean(np.abs(built_scores - reference_scores) <= score_bound))
+    else:
+        check["label_agreement"] = float((built.argmax(1) == reference.argmax(1)).mean())
+    return check

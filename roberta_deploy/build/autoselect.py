@@ -21,6 +21,7 @@ from ..atomic import OutputFolder
 from ..backends import get_backend
 from ..backends.base import canonical_device
 from ..data import Dataset, read_dataset
+from ..tasks import SINGLE_LABEL, Task
 from ..errors import NumericalCheckError, UsageError
 from ..manifest import KIND_BUNDLE, read_manifest, write_manifest
 from ..runtime.engine import THROUGHPUT, Engine
@@ -42,6 +43,10 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
     output = OutputFolder(options.output, overwrite=options.overwrite,
                           inputs=(options.export_dir, options.calibration_data))
     export = ExportArtifact.load(options.export_dir)
+    task = Task.from_manifest(export.manifest)
+    if task.kind != SINGLE_LABEL:
+        raise UsageError(f"--precision auto chooses by accuracy, which a {task.kind} model does not have",
+                         "pass --precision fp32, bf16 or int8: the build holds each to its tolerance against fp32")
     dataset = read_dataset(options.calibration_data, text_column=options.text_column,
                            label_column=options.label_column, label_names=export.manifest["labels"],
                            require_labels=True)
