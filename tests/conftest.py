@@ -39,8 +39,13 @@ def _tokenizer_folder(folder: Path) -> None:
         '{"tokenizer_class": "BertTokenizer", "do_lower_case": true, "model_max_length": 512}', encoding="utf-8")
 
 
-def make_checkpoint(folder: Path, model_type: str, seed: int = 0) -> Path:
-    """A 2-layer, 64-wide random classifier of `model_type` with the demo model's vocab."""
+def make_checkpoint(folder: Path, model_type: str, seed: int = 0, labels: dict | None = None,
+                    problem_type: str | None = None, config_extra: dict | None = None) -> Path:
+    """A 2-layer, 64-wide random classifier of `model_type` with the demo model's vocab.
+
+    RoBERTa gets RoBERTa's pair template (`[CLS] a [SEP] [SEP] b [SEP]`, every token type 0: it has one)
+    in its tokenizer.json, loaded by transformers as it is (PreTrainedTokenizerFast), as a real RoBERTa
+    tokenizer encodes pairs."""
     import torch
     from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
                               DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
@@ -48,7 +53,9 @@ def make_checkpoint(folder: Path, model_type: str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     _tokenizer_folder(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    common = dict(vocab_size=_vocab_size(), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    labels = labels or LABELS
+    common = dict(vocab_size=_vocab_size(), num_labels=len(labels), id2label=labels,
+                  label2id={v: k for k, v in labels.items()}, problem_type=problem_type, **(config_extra or {}))
     if model_type == "bert":
         model = BertForSequenceClassification(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                                          intermediate_size=128, **common))
@@ -67,7 +74,39 @@ def make_checkpoint(folder: Path, model_type: str, seed: int = 0) -> Path:
         head = model.classifier if model_type != "roberta" else model.classifier.out_proj
         head.weight.mul_(20.0)
     model.save_pretrained(str(folder))
+    if model_type == "roberta":
+        from tokenizers import processors
+
+        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] [SEP] $B:0 [SEP]:0",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     tokenizer.save_pretrained(str(folder))
+    if model_type == "roberta":
+        config_path = folder / "tokenizer_config.json"
+        tokenizer_config = json.loads(config_path.read_text(encoding="utf-8"))
+        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"  # BertTokenizer would rebuild BERT's template
+        config_path.write_text(json.dumps(tokenizer_config), encoding="utf-8")
+    return folder
+
+
+# The task models of issue 13, each built for BERT and RoBERTa: (labels, problem_type, trained on pairs,
+# config.json extras). "cross-encoder" is a one-logit reranker as sentence-transformers saves it.
+TASK_MODELS = {
+    "pairs": ({0: "entailment", 1: "neutral", 2: "contradiction"}, None, True, None),
+    "multilabel": ({0: "service", 1: "room", 2: "food", 3: "price"}, "multi_label_classification", False, None),
+    "regression": ({0: "similarity"}, "regression", True, None),
+    "cross-encoder": ({0: "LABEL_0"}, None, None,
+                      {"sentence_transformers": {"activation_fn": "torch.nn.modules.activation.Sigmoid"}}),
+}
+TASK_ARCHITECTURES = ("bert", "roberta")
+
+
+def make_task_checkpoint(folder: Path, kind: str, model_type: str) -> Path:
+    labels, problem_type, pairs, extra = TASK_MODELS[kind]
+    make_checkpoint(folder, model_type, seed=len(kind), labels=labels, problem_type=problem_type, config_extra=extra)
+    if pairs is not None:  # what `roberta-deploy finetune` records about its data
+        (folder / "finetune.json").write_text(json.dumps({"text_pairs": pairs}), encoding="utf-8")
     return folder
 
 
@@ -106,6 +145,42 @@ def tiny_exports(tiny_checkpoints, tmp_path_factory, samples_tsv) -> dict:
     root = tmp_path_factory.mktemp("exports")
     return {name: export_model(ExportOptions(model=str(folder), output=root / name, check_data=samples_tsv))
             for name, folder in tiny_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def task_checkpoints(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("task-checkpoints")
+    return {(kind, model_type): make_task_checkpoint(root / f"{kind}-{model_type}", kind, model_type)
+            for kind in TASK_MODELS for model_type in TASK_ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def task_exports(task_checkpoints, tmp_path_factory, samples_tsv) -> dict:
+    from roberta_deploy.build.export import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("task-exports")
+    return {key: export_model(ExportOptions(model=str(folder), output=root / "-".join(key), check_data=samples_tsv))
+            for key, folder in task_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def task_bundle_factory(task_exports, tmp_path_factory, samples_tsv):
+    """Build (once per distinct request) a bundle of a task model: (kind, model_type, backend, precision)."""
+    from roberta_deploy.build.bundle import BuildOptions, build_engine
+
+    root = tmp_path_factory.mktemp("task-bundles")
+    cache: dict = {}
+
+    def build(kind: str, model_type: str = "bert", backend: str = "openvino", precision: str = "fp32") -> Path:
+        key = (kind, model_type, backend, precision)
+        if key not in cache:
+            output = root / "-".join(key)
+            build_engine(BuildOptions(export_dir=task_exports[(kind, model_type)].folder, output=output,
+                                      backend=backend, precision=precision, calibration_samples=64))
+            cache[key] = output
+        return cache[key]
+
+    return build
 
 
 @pytest.fixture(scope="session")
