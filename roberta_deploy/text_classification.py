@@ -22,8 +22,8 @@ from .defaults import DEFAULT_MAX_SEQ_LENGTH
 from .errors import InputDataError, UsageError
 from .manifest import KIND_BUNDLE, KIND_EXPORT, MANIFEST_FILE
 from .runtime.engine import LATENCY, Engine
+from .tasks import NONE, SIGMOID, SOFTMAX, apply_function
 
-SOFTMAX, SIGMOID, NONE = "softmax", "sigmoid", "none"
 FUNCTIONS = (SOFTMAX, SIGMOID, NONE)
 EXPORT_SUBDIR = "export"
 BUNDLE_SUBDIR = "bundle"
@@ -134,10 +134,11 @@ class TextClassificationPipeline:
     def bundle_dir(self) -> Path:
         return self.engine.bundle_dir
 
-    def __call__(self, inputs: str | Sequence[str], *, top_k: TopK = UNSET,
-                 function_to_apply: str | None = None) -> list:
+    def __call__(self, inputs, *, top_k: TopK = UNSET, function_to_apply: str | None = None) -> list:
         """str -> [{"label", "score"}] (top_k unset), or the top_k results sorted by score;
-        list[str] -> one such result per text, in input order.
+        list[str] -> one such result per text, in input order. A text pair is a dict
+        {"text", "text_pair"} (as transformers takes it) or a (text, text_pair) tuple: one pair gives one
+        result ({"label", "score"}, unwrapped, as transformers does for a dict), a list of pairs one per pair.
 
         top_k: None for every label; unset gives the best label as one dict per text.
         function_to_apply: "softmax" (default for several labels), "sigmoid" (default for one label or
@@ -150,13 +151,16 @@ class TextClassificationPipeline:
         legacy = top_k_value is UNSET
         function = _check_function(function_to_apply) or self._default_function or self._function_for_model()
         single = isinstance(inputs, str)
-        texts = [inputs] if single else _as_texts(inputs)
+        single_pair = _is_pair(inputs)
+        texts = [inputs] if single else [_as_pair(inputs)] if single_pair else _as_texts(inputs)
         if not texts:
             return []
         scores = apply_function(self.engine.predict(texts, batch_size=self.batch_size).logits, function)
         results = [self._format(row, top_k_value, legacy) for row in scores]
         if single:
             return [results[0]] if call_top_k is UNSET else results[0]
+        if single_pair:
+            return results[0]
         return results
 
     def _format(self, scores: np.ndarray, top_k: TopK, legacy: bool):
@@ -169,12 +173,7 @@ class TextClassificationPipeline:
         return [{"label": self.label_names[index], "score": float(scores[index])} for index in order]
 
     def _function_for_model(self) -> str:
-        problem_type = self.engine.manifest.get("problem_type")
-        if problem_type == "regression":
-            return NONE
-        if problem_type == "multi_label_classification" or len(self.label_names) == 1:
-            return SIGMOID
-        return SOFTMAX
+        return self.engine.task.score_function  # transformers' rule, from the task in the manifest
 
     def close(self) -> None:
         """Stop the engine's batcher; remove the temporary build folder if this pipeline made one."""
@@ -191,17 +190,6 @@ class TextClassificationPipeline:
     def __repr__(self) -> str:
         return (f"TextClassificationPipeline({self.engine.bundle_dir}, {self.engine.backend} "
                 f"{self.engine.precision}, labels={list(self.label_names)})")
-
-
-def apply_function(logits: np.ndarray, function: str) -> np.ndarray:
-    """float32 logits (n, labels) -> scores (n, labels) as transformers computes them."""
-    logits = np.asarray(logits, dtype=np.float32)
-    if function == SOFTMAX:
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
-    if function == SIGMOID:
-        return 1.0 / (1.0 + np.exp(-logits))
-    return logits
 
 
 def _check_top_k(top_k: TopK) -> TopK:
@@ -221,17 +209,32 @@ def _check_function(function: str | None) -> str | None:
     return name
 
 
-def _as_texts(inputs) -> list[str]:
-    if isinstance(inputs, dict) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], dict)):
-        raise UsageError("text pairs ({'text', 'text_pair'}) are not supported by this pipeline",
-                         "pass a string or a list of strings")
+def _is_pair(value) -> bool:
+    """One text pair: {"text", "text_pair"} or (text, text_pair)."""
+    return isinstance(value, dict) or (isinstance(value, tuple) and len(value) == 2
+                                       and all(isinstance(part, str) for part in value))
+
+
+def _as_pair(value):
+    """A dict or tuple input -> what the engine takes: a text, or a (text, text_pair) tuple."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"text", "text_pair"})
+        if unknown or "text" not in value:
+            raise InputDataError(f"a text pair dict has keys {sorted(value)}",
+                                 'pass {"text": "...", "text_pair": "..."} (text_pair optional)')
+        return value["text"] if value.get("text_pair") is None else (value["text"], value["text_pair"])
+    return value
+
+
+def _as_texts(inputs) -> list:
     try:
         texts = list(inputs)
     except TypeError:
         raise InputDataError(f"inputs of type {type(inputs).__name__} are not text",
-                             "pass a string or a list of strings") from None
+                             "pass a string, a list of strings, or text pairs as {'text', 'text_pair'} dicts") from None
+    texts = [_as_pair(text) if _is_pair(text) else text for text in texts]
     for index, text in enumerate(texts):
-        if not isinstance(text, str):
+        if not isinstance(text, (str, tuple)):
             raise InputDataError(f"input {index} is a {type(text).__name__}, not a string",
-                                 "pass a string or a list of strings")
+                                 "pass a string or a list of strings (pairs as {'text', 'text_pair'} dicts)")
     return texts

@@ -94,12 +94,14 @@ def test_fp32_outputs_match_pytorch_on_every_backend(task_bundle_factory, task_c
     np.testing.assert_allclose(predictions.scores, apply_function(reference, task.score_function), atol=2e-3)
 
 
-# One representative per task beyond fp32: every lower precision this CPU offers, each on one backend,
-# rotating over the tasks so that each task meets int8 and every offered combination is met once.
+# Beyond fp32, one representative per task: an int8 and a 16-bit build this CPU offers, the backends
+# rotating over the tasks, so each task meets int8 and every offered combination is met at least once.
 LOWER = [(backend, precision) for backend in BACKENDS for precision in get_backend(backend).precisions("cpu")
          if precision not in ("fp32", "fp16")]
-REPRESENTATIVES = [(kind, LOWER[(index + offset) % len(LOWER)]) for index, kind in enumerate(TASK_MODELS)
-                   for offset in range(2) if LOWER] if LOWER else []
+INT8 = [combination for combination in LOWER if combination[1] == "int8"]
+SIXTEEN_BIT = [combination for combination in LOWER if combination[1] != "int8"]
+REPRESENTATIVES = [(kind, group[index % len(group)]) for index, kind in enumerate(TASK_MODELS)
+                   for group in (INT8, SIXTEEN_BIT) if group]
 
 
 @pytest.mark.parametrize("kind, combination", REPRESENTATIVES, ids=lambda value: "-".join(value)

@@ -89,7 +89,8 @@ def test_an_export_folder_is_built_into_a_temporary_bundle_that_close_removes(ti
     (lambda p: p(TEXTS, top_k=0), UsageError, "top_k=0"),
     (lambda p: p(TEXTS, function_to_apply="relu"), UsageError, "function_to_apply='relu'"),
     (lambda p: p([TEXTS[0], 3]), InputDataError, "input 1 is a int"),
-    (lambda p: p({"text": "a", "text_pair": "b"}), UsageError, "text pairs"),
+    (lambda p: p({"text": "a", "pair": "b"}), InputDataError, "a text pair dict has keys ['pair', 'text']"),
+    (lambda p: p([("a", "b", "c")]), InputDataError, "input 0 holds 3 texts"),
     (lambda p: p(["   "]), InputDataError, "empty"),
 ])
 def test_bad_calls_raise_typed_errors(ours, call, error, fragment):
@@ -133,3 +134,31 @@ def test_calls_run_on_the_engines_one_long_lived_batcher(ours):
     ours(TEXTS[0])
     assert ours.engine.batcher is batcher and batcher.running
     assert batcher.stats.texts == before + len(TEXTS) + 1
+
+
+PAIRS = [("房间干净整洁，床很舒服，前台服务热情。", "隔音太差了，一晚上没睡好。"), ("位置不错", "早餐一般，价格偏贵，不会再来。"),
+         ("早餐一般", "位置不错")]
+TASK_CALLS = [{}, {"top_k": None}, {"top_k": 1}, {"function_to_apply": "none", "top_k": None}]
+
+
+@pytest.mark.parametrize("kind, model_type", [("pairs", "bert"), ("pairs", "roberta"), ("multilabel", "bert"),
+                                              ("regression", "roberta"), ("cross-encoder", "bert")])
+@pytest.mark.parametrize("kwargs", TASK_CALLS, ids=lambda kwargs: ",".join(f"{k}={v}" for k, v in kwargs.items())
+                         or "default")
+def test_pairs_and_every_task_match_transformers_pipeline(task_bundle_factory, task_checkpoints, kind, model_type,
+                                                          kwargs):
+    """{"text", "text_pair"} dicts, lists of them, and (text, text_pair) tuples, scored by each task's
+    default function (softmax, sigmoid per label, sigmoid for one logit, none for regression)."""
+    import transformers
+
+    theirs = transformers.pipeline("text-classification", model=str(task_checkpoints[(kind, model_type)]),
+                                   device="cpu")
+    with roberta_deploy.pipeline(task_bundle_factory(kind, model_type, "openvino")) as ours:
+        if kind == "multilabel":
+            cases = [(TEXTS[0], TEXTS[0]), (TEXTS, TEXTS)]
+        else:
+            dicts = [{"text": a, "text_pair": b} for a, b in PAIRS]
+            cases = [(dicts[0], dicts[0]), (dicts, dicts), (PAIRS[0], dicts[0]), (PAIRS, dicts)]
+        for mine, transformers_input in cases:
+            expected = theirs(transformers_input, **kwargs)
+            assert_same(ours(mine, **kwargs), expected, TOLERANCES["fp32"].bound(np.array([4.0])))
