@@ -111,3 +111,7 @@ class UnknownModelError(InputDataError):
 
 class UnauthorizedError(InputDataError):
     """A request without the server's API key."""
+
+
+class EmptyRequestError(InputDataError):
+    """A request with nothing to compute (text-embeddings-inference answers 400 `Empty`)."""

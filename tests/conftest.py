@@ -147,6 +147,28 @@ def tiny_exports(tiny_checkpoints, tmp_path_factory, samples_tsv) -> dict:
             for name, folder in tiny_checkpoints.items()}
 
 
+_torch_cache: dict = {}
+
+
+def pytorch_logits(checkpoint, inputs, max_length: int = 128):
+    """transformers' own tokenizer and model, unmodified, on the same inputs."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    key = (str(checkpoint), tuple(inputs), max_length)
+    if key not in _torch_cache:
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
+        if isinstance(inputs[0], str):
+            encoded = tokenizer(list(inputs), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        else:
+            encoded = tokenizer([a for a, _ in inputs], [b for _, b in inputs], truncation=True,
+                                max_length=max_length, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            _torch_cache[key] = model(**encoded).logits.numpy()
+    return _torch_cache[key]
+
+
 @pytest.fixture(scope="session")
 def task_checkpoints(tmp_path_factory) -> dict[tuple[str, str], Path]:
     root = tmp_path_factory.mktemp("task-checkpoints")

@@ -134,7 +134,10 @@ def test_open_inference_protocol_json_and_binary_tensors(shared_server):
     ("/predict", b'{"text": "a"}', 422, "no `inputs`"),
     ("/predict", b'{"inputs": "   "}', 422, "empty"),
     ("/predict", b'{"inputs": ["a", 7]}', 422, "not a string"),
-    ("/predict", b'{"inputs": [["a", "b"]]}', 422, "pairs"),
+    ("/predict", b'{"inputs": [["a", "b", "c"]]}', 422, "holds 3 texts"),
+    ("/rerank", b'{"query": "a"}', 422, "needs `query` and `texts`"),
+    ("/rerank", b'{"query": "a", "texts": []}', 400, "`texts` cannot be empty"),
+    ("/rerank", b'{"query": "a", "texts": ["b"]}', 424, "model is not a re-ranker model"),
     ("/predict", b'{"inputs": "a", "truncate": "yes"}', 422, "truncate"),
     ("/", b'[1, 2]', 422, "no `inputs`"),
     ("/", b'{"inputs": "a", "parameters": {"temperature": 1}}', 422, "unknown parameter"),
@@ -155,7 +158,9 @@ def test_bad_requests_get_a_clear_4xx_never_a_500(shared_server, path, body, sta
     answer = json.loads(content)
     assert got == status, answer
     assert fragment in answer["error"] and "Traceback" not in answer["error"]
-    assert ("error_type" in answer) == path.endswith("/predict")  # TEI's body shape on its route only
+    assert ("error_type" in answer) == path.endswith(("/predict", "/rerank"))  # TEI's body shape on its routes only
+    if path == "/rerank":
+        assert answer["error_type"] == {400: "Empty", 424: "Backend", 422: "Validation"}[status]
 
 
 def test_each_limit_is_answered_413_or_422_naming_its_flag(shared_server):

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TASK_ARCHITECTURES, TASK_MODELS
+from conftest import TASK_ARCHITECTURES, TASK_MODELS, pytorch_logits
 
 from roberta_deploy.backends import get_backend
 from roberta_deploy.data import read_dataset
@@ -39,28 +39,6 @@ def inputs_for(kind: str) -> list:
 
 def key_id(key) -> str:
     return "-".join(key)
-
-
-_torch_cache: dict = {}
-
-
-def pytorch_logits(checkpoint, inputs, max_length: int = 128) -> np.ndarray:
-    """transformers' own tokenizer and model, unmodified, on the same inputs."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    key = (str(checkpoint), tuple(inputs), max_length)
-    if key not in _torch_cache:
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
-        model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
-        if isinstance(inputs[0], str):
-            encoded = tokenizer(list(inputs), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        else:
-            encoded = tokenizer([a for a, _ in inputs], [b for _, b in inputs], truncation=True,
-                                max_length=max_length, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            _torch_cache[key] = model(**encoded).logits.numpy()
-    return _torch_cache[key]
 
 
 @pytest.mark.parametrize("key", TASK_KEYS, ids=key_id)

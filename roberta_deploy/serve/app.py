@@ -176,6 +176,17 @@ def create_app(state: ServerState) -> Starlette:
 
         return await admitted(request, run)
 
+    async def rerank(request: Request) -> Response:
+        model = state.model(request.path_params.get("name"))
+
+        async def run(body: bytes) -> Response:
+            parsed = tei.parse_rerank(parse_json(body, tei.RERANK_EXAMPLE), limits, len(model.label_names))
+            result, total_s = await classify(request, model, parsed.pairs, parsed.truncate)
+            headers = tei.timing_headers(result.timings, total_s, result.compute_tokens)
+            return Response(dump_json(tei.format_rerank(parsed, result.logits)), media_type=JSON, headers=headers)
+
+        return await admitted(request, run)
+
     async def info(request: Request) -> Response:
         model = state.model(request.path_params.get("name"))
         body = model.info(limits, version)
@@ -214,7 +225,8 @@ def create_app(state: ServerState) -> Starlette:
 
     async def v2_model(request: Request) -> Response:
         model = state.model(request.path_params["name"])
-        return Response(dump_json(v2.model_metadata(model.name, model.label_names, model.platform)),
+        return Response(dump_json(v2.model_metadata(model.name, model.label_names, model.platform,
+                                                    bool(model.task.text_pairs))),
                         media_type=JSON)
 
     async def v2_model_ready(request: Request) -> Response:
@@ -229,7 +241,7 @@ def create_app(state: ServerState) -> Starlette:
         async def run(body: bytes) -> Response:
             parsed = v2.parse_infer(body, request.headers.get(v2.HEADER_LENGTH), limits)
             result, _ = await classify(request, model, parsed.texts, None)
-            content, headers = v2.format_infer(parsed, model.name, result.logits, model.label_names)
+            content, headers = v2.format_infer(parsed, model.name, result.logits, model.label_names, model.task)
             media_type = headers.pop("content-type")
             return Response(content, media_type=media_type, headers=headers)
 
@@ -241,6 +253,8 @@ def create_app(state: ServerState) -> Starlette:
     routes = [
         Route("/predict", endpoint("/predict", TEI, predict), methods=["POST"]),
         Route("/models/{name}/predict", endpoint("/predict", TEI, predict), methods=["POST"]),
+        Route("/rerank", endpoint("/rerank", TEI, rerank), methods=["POST"]),
+        Route("/models/{name}/rerank", endpoint("/rerank", TEI, rerank), methods=["POST"]),
         Route("/info", endpoint("/info", TEI, info, counted=False), methods=["GET"]),
         Route("/models/{name}/info", endpoint("/info", TEI, info, counted=False), methods=["GET"]),
         Route("/health", endpoint("/health", TEI, health, counted=False), methods=["GET"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..tasks import SINGLE_LABEL, Task
 from .options import Limits
 
 
@@ -19,6 +20,11 @@ class ServedModel:
         return tuple(self.engine.label_names)
 
     @property
+    def task(self) -> Task:
+        """From the bundle's manifest (a fake engine without one: single-label)."""
+        return getattr(self.engine, "task", None) or Task(SINGLE_LABEL, len(self.label_names))
+
+    @property
     def ready(self) -> bool:
         return bool(self.batcher.ready)
 
@@ -27,10 +33,13 @@ class ServedModel:
         return f"roberta-deploy_{self.engine.backend}"
 
     def info(self, limits: Limits, version: str) -> dict:
-        """text-embeddings-inference's /info, with what this project adds (labels, precision, backend)."""
+        """text-embeddings-inference's /info (a one-logit model is a `reranker`, as TEI names it), with what
+        this project adds (labels, task, precision, backend)."""
         manifest = self.engine.manifest
+        model_type = "reranker" if len(self.label_names) == 1 else "classifier"
         return {"model_id": self.name, "model_sha": manifest.get("source_model_sha256"),
-                "source_model": manifest.get("source_model"), "model_type": {"classifier": {
+                "source_model": manifest.get("source_model"), "task": self.task.kind,
+                "text_pairs": self.task.text_pairs, "model_type": {model_type: {
                     "id2label": {str(index): label for index, label in enumerate(self.label_names)},
                     "label2id": {label: index for index, label in enumerate(self.label_names)}}},
                 "labels": list(self.label_names), "backend": self.engine.backend,

@@ -35,8 +35,9 @@ def request_inputs(body: Any, example: str) -> str | list:
     return inputs
 
 
-def check_texts(texts: list, limits: Limits, field: str) -> list[str]:
-    """Every item a non-empty string within the character limit; no more texts than the batch limit."""
+def check_texts(texts: list, limits: Limits, field: str) -> list:
+    """Every item a non-empty string (or a pair of them, as a tuple) within the character limit (a pair's
+    two texts together, as text-embeddings-inference counts them); no more texts than the batch limit."""
     if not texts:
         raise InputDataError(f"`{field}` holds no text", f"put at least one text in `{field}`")
     if len(texts) > limits.max_client_batch_size:
@@ -45,14 +46,17 @@ def check_texts(texts: list, limits: Limits, field: str) -> list[str]:
             f"send at most {limits.max_client_batch_size} texts per request, or start the server with a larger "
             f"--max-client-batch-size")
     for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputDataError(f"`{field}` item {index} is {type(text).__name__}, not a string",
-                                 "send texts as JSON strings")
-        if not text.strip():
-            raise InputDataError(f"`{field}` item {index} is empty", "give every input a non-empty text")
-        if len(text) > limits.max_input_chars:
+        parts = text if isinstance(text, tuple) else (text,)
+        for part in parts:
+            if not isinstance(part, str):
+                raise InputDataError(f"`{field}` item {index} is {type(part).__name__}, not a string",
+                                     "send texts as JSON strings")
+            if not part.strip():
+                raise InputDataError(f"`{field}` item {index} is empty", "give every input a non-empty text")
+        if sum(len(part) for part in parts) > limits.max_input_chars:
             raise InputDataError(
-                f"`{field}` item {index} has {len(text)} characters, past the limit of {limits.max_input_chars}",
+                f"`{field}` item {index} has {sum(len(part) for part in parts)} characters, past the limit of "
+                f"{limits.max_input_chars}",
                 f"send shorter texts, or start the server with a larger --max-input-chars")
     return texts
 
@@ -66,6 +70,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
+
+
+def tei_scores(logits: np.ndarray) -> np.ndarray:
+    """text-embeddings-inference's scores: softmax over several labels, the sigmoid of a single logit."""
+    return softmax(logits) if logits.shape[1] > 1 else sigmoid(logits)
 
 
 def optional_bool(value: Any, field: str) -> bool | None:

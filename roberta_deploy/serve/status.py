@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import (BackendError, InputDataError, NotReadyError, NumericalCheckError, OverloadedError,
+from ..errors import (BackendError, EmptyRequestError, InputDataError, NotReadyError, NumericalCheckError, OverloadedError,
                       RequestTooLargeError, RobertaDeployError, ShapeError, UnauthorizedError, UnknownModelError,
                       UsageError)
 
@@ -19,11 +19,12 @@ class ErrorStatus:
     error_type: str  # text-embeddings-inference's `error_type`
 
 
-# Most specific first: RequestTooLargeError and UnknownModelError are InputDataErrors too.
+# Most specific first: RequestTooLargeError, EmptyRequestError and UnknownModelError are InputDataErrors too.
 ERROR_TABLE: tuple[tuple[type[BaseException], ErrorStatus], ...] = (
     (UnauthorizedError, ErrorStatus(401, "unauthorized", "Unauthorized")),
     (UnknownModelError, ErrorStatus(404, "validation", "Validation")),
     (RequestTooLargeError, ErrorStatus(413, "validation", "PayloadTooLarge")),
+    (EmptyRequestError, ErrorStatus(400, "validation", "Empty")),
     (OverloadedError, ErrorStatus(429, "overloaded", "Overloaded")),
     (NotReadyError, ErrorStatus(503, "not_ready", "Unhealthy")),
     (BackendError, ErrorStatus(424, "backend_error", "Backend")),

@@ -1,7 +1,10 @@
-"""text-embeddings-inference's classifier API: POST /predict and the x-*-time headers.
+"""text-embeddings-inference's classifier and reranker API: POST /predict, POST /rerank and the x-*-time headers.
 
-Body: {"inputs": "text" | ["text", ...] | [["text"], ...], "truncate": bool, "raw_scores": bool}.
-Answer: [{"score", "label"}] sorted by score for one input; one such list per input for a batch.
+/predict body: {"inputs": "text" | ["text", ...] | [["text"], ["text", "text_pair"], ...], "truncate": bool,
+"raw_scores": bool}. Answer: [{"score", "label"}] sorted by score for one input; one such list per input for
+a batch. Scores are the softmax over labels, or the sigmoid of a one-logit model, as TEI computes them.
+/rerank body: {"query", "texts": [...], "raw_scores", "return_text", "truncate", "truncation_direction"}, for
+a one-logit model (a cross-encoder). Answer: [{"index", "score", "text"?}], highest score first.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputDataError
+from ..errors import BackendError, EmptyRequestError, InputDataError
 from .options import Limits
-from .payload import check_texts, optional_bool, ranked_labels, request_inputs, softmax
+from .payload import check_texts, optional_bool, ranked_labels, request_inputs, sigmoid, tei_scores
 
 EXAMPLE = '{"inputs": "酒店很干净"}'
+RERANK_EXAMPLE = '{"query": "哪家酒店安静", "texts": ["隔音很好", "太吵了"]}'
 
 
 @dataclass(frozen=True)
 class PredictRequest:
-    texts: list[str]
+    texts: list  # a text, or a (text, text_pair) tuple, per input
     batch: bool  # answer one list per input, even for a batch of one
     truncate: bool | None  # None: the server's --auto-truncate
     raw_scores: bool
@@ -31,25 +35,77 @@ def parse_predict(body: Any, limits: Limits) -> PredictRequest:
     if isinstance(inputs, str):
         texts, batch = [inputs], False
     else:
-        texts, batch = [_single_text(item, index) for index, item in enumerate(inputs)], True
+        texts, batch = [_sequence(item, index) for index, item in enumerate(inputs)], True
     raw_scores = optional_bool(body.get("raw_scores"), "raw_scores")
     return PredictRequest(texts=check_texts(texts, limits, "inputs"), batch=batch,
                           truncate=optional_bool(body.get("truncate"), "truncate"), raw_scores=bool(raw_scores))
 
 
-def _single_text(item: Any, index: int) -> Any:
+def _sequence(item: Any, index: int) -> Any:
+    """["text"] is a text and ["text", "text_pair"] a pair, as in TEI's batches; a bare string is a text
+    (a batch of strings, which TEI reads only as one pair when it holds two)."""
     if isinstance(item, list):
-        if len(item) != 1:
-            raise InputDataError(f"`inputs` item {index} holds {len(item)} texts; text pairs are not supported",
-                                 "send one text per input, as [\"text\"] or \"text\"")
-        return item[0]
+        if len(item) == 1:
+            return item[0]
+        if len(item) == 2:
+            return (item[0], item[1])
+        raise InputDataError(f"`inputs` item {index} holds {len(item)} texts",
+                             'send one text per input as "text" or ["text"], or a pair as ["text", "text_pair"]')
     return item
 
 
 def format_predict(request: PredictRequest, logits: np.ndarray, label_names: tuple[str, ...]) -> list:
-    scores = logits if request.raw_scores else softmax(logits)
+    scores = logits if request.raw_scores else tei_scores(logits)
     answers = [ranked_labels(row, label_names) for row in scores]
     return answers if request.batch else answers[0]
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    query: str
+    texts: list[str]
+    raw_scores: bool
+    return_text: bool
+    truncate: bool | None  # None: the server's --auto-truncate
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(self.query, text) for text in self.texts]
+
+
+def parse_rerank(body: Any, limits: Limits, label_count: int) -> RerankRequest:
+    if not isinstance(body, dict) or "query" not in body or "texts" not in body:
+        raise InputDataError("the request needs `query` and `texts`", f"send a JSON object such as {RERANK_EXAMPLE}")
+    query, texts = body["query"], body["texts"]
+    if not isinstance(query, str):
+        raise InputDataError(f"`query` is {type(query).__name__}, not a string", f"send {RERANK_EXAMPLE}")
+    if not isinstance(texts, list):
+        raise InputDataError(f"`texts` is {type(texts).__name__}, not a list of strings", f"send {RERANK_EXAMPLE}")
+    if not texts:
+        raise EmptyRequestError("`texts` cannot be empty", "send at least one text to rank against the query")
+    if label_count != 1:
+        # TEI's own status for this: 424, a backend that cannot do what was asked.
+        raise BackendError(f"model is not a re-ranker model (it has {label_count} labels, a re-ranker one score)",
+                           "send text pairs to /predict instead, or serve a one-logit cross-encoder")
+    direction = body.get("truncation_direction", "right")
+    if direction not in ("right", "Right"):
+        raise InputDataError(f"`truncation_direction` {direction!r} is not supported",
+                             "leave it out: texts are cut at the right, longest first")
+    checked = check_texts([(query, text) for text in texts], limits, "texts")
+    return RerankRequest(query=query, texts=[text for _, text in checked],
+                         raw_scores=bool(optional_bool(body.get("raw_scores"), "raw_scores")),
+                         return_text=bool(optional_bool(body.get("return_text"), "return_text")),
+                         truncate=optional_bool(body.get("truncate"), "truncate"))
+
+
+def format_rerank(request: RerankRequest, logits: np.ndarray) -> list[dict]:
+    """Highest score first; equal scores in TEI's order (a stable ascending sort, reversed)."""
+    scores = (logits if request.raw_scores else sigmoid(logits))[:, 0].tolist()
+    if any(score != score for score in scores):
+        raise BackendError("score is NaN", "rebuild the bundle at fp32 and report the model")
+    ranks = [{"index": index, **({"text": request.texts[index]} if request.return_text else {}), "score": score}
+             for index, score in enumerate(scores)]
+    return sorted(ranks, key=lambda rank: rank["score"])[::-1]
 
 
 def timing_headers(timings, total_s: float, compute_tokens: int) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The Open Inference Protocol (KServe v2, as Triton and OpenVINO Model Server speak it), JSON and binary tensors.
 
-A model takes one BYTES input `text` of shape [n] (or [n, 1]) and answers three outputs: `logits` and
-`probabilities` (FP32, [n, labels]) and `label` (BYTES, [n]). With the binary tensor extension
+A model takes one BYTES input `text` of shape [n] (or [n, 1]), and for sentence pairs a second one,
+`text_pair`, of the same shape; it answers three outputs: `logits` and `probabilities` (FP32, [n, labels]:
+the task's scores, softmax, sigmoid per label or the regression value) and `label` (BYTES, [n]). With the binary tensor extension
 (`Inference-Header-Content-Length`), tensors travel as raw bytes after the JSON header; BYTES elements
 are each a 4-byte little-endian length and the UTF-8 bytes.
 """
@@ -16,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputDataError
+from ..tasks import Task
 from .options import Limits
 from .payload import check_texts, dump_json, parse_json, softmax
 
 INPUT_NAME = "text"
+PAIR_INPUT_NAME = "text_pair"  # the second text of each pair: a second BYTES tensor of the same shape
 OUTPUTS = ("logits", "probabilities", "label")
 HEADER_LENGTH = "inference-header-content-length"
 EXAMPLE = '{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["酒店很干净"]}]}'
@@ -27,15 +30,18 @@ EXAMPLE = '{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data
 
 @dataclass(frozen=True)
 class InferRequest:
-    texts: list[str]
+    texts: list  # a text, or a (text, text_pair) tuple, per row
     request_id: str | None
     outputs: tuple[tuple[str, bool], ...]  # (name, binary) per output to send, in order
 
 
-def model_metadata(name: str, label_names: tuple[str, ...], platform: str) -> dict:
+def model_metadata(name: str, label_names: tuple[str, ...], platform: str, text_pairs: bool = False) -> dict:
+    """text_pairs: the model was fine-tuned on pairs, so `text_pair` is listed (it is accepted either way)."""
     labels = len(label_names)
-    return {"name": name, "versions": ["1"], "platform": platform,
-            "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+    inputs = [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+    if text_pairs:
+        inputs.append({"name": PAIR_INPUT_NAME, "datatype": "BYTES", "shape": [-1]})
+    return {"name": name, "versions": ["1"], "platform": platform, "inputs": inputs,
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, labels]},
                         {"name": "probabilities", "datatype": "FP32", "shape": [-1, labels]},
                         {"name": "label", "datatype": "BYTES", "shape": [-1]}]}
@@ -56,29 +62,22 @@ def parse_infer(body: bytes, header_length: str | None, limits: Limits) -> Infer
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InputDataError("the request has no `inputs` list", f"send a JSON object such as {EXAMPLE}")
     inputs = header["inputs"]
-    if len(inputs) != 1 or not isinstance(inputs[0], dict) or inputs[0].get("name") != INPUT_NAME:
-        names = [item.get("name") if isinstance(item, dict) else item for item in inputs]
-        raise InputDataError(f"inputs {names} do not match the model's one input {INPUT_NAME!r}",
-                             f"send one BYTES tensor named {INPUT_NAME!r}")
-    tensor = inputs[0]
-    if tensor.get("datatype") != "BYTES":
-        raise InputDataError(f"input {INPUT_NAME!r} has datatype {tensor.get('datatype')!r}, not BYTES",
-                             "send texts as a BYTES tensor")
-    count = _element_count(tensor.get("shape"))
-    parameters = tensor.get("parameters") or {}
-    if "binary_data_size" in parameters:
-        size = parameters["binary_data_size"]
-        if not isinstance(size, int) or size != len(binary):
-            raise InputDataError(f"binary_data_size {size!r} does not match the {len(binary)} bytes after the header",
-                                 "send the tensor's byte count in binary_data_size")
-        texts = _decode_bytes_tensor(binary)
-    elif "data" in tensor:
-        texts = _flatten(tensor["data"])
-    else:
-        raise InputDataError(f"input {INPUT_NAME!r} has neither `data` nor binary data", f"send {EXAMPLE}")
-    if len(texts) != count:
-        raise InputDataError(f"input {INPUT_NAME!r} has shape {tensor.get('shape')} but {len(texts)} elements",
-                             "send a shape that matches the number of texts")
+    names = [item.get("name") if isinstance(item, dict) else item for item in inputs]
+    if INPUT_NAME not in names or len(set(names)) != len(names) or not set(names) <= {INPUT_NAME, PAIR_INPUT_NAME} \
+            or not all(isinstance(item, dict) for item in inputs):
+        raise InputDataError(f"inputs {names} do not match the model's inputs {INPUT_NAME!r} and, for text pairs, "
+                             f"{PAIR_INPUT_NAME!r}", f"send a BYTES tensor named {INPUT_NAME!r} (and {PAIR_INPUT_NAME!r})")
+    columns, offset = {}, 0
+    for tensor in inputs:  # binary tensors follow the JSON header in the order of `inputs`
+        columns[tensor["name"]], offset = _read_tensor(tensor, binary, offset)
+    if offset != len(binary):
+        raise InputDataError(f"{len(binary) - offset} bytes after the header belong to no input",
+                             "send the tensors' byte counts in binary_data_size")
+    if PAIR_INPUT_NAME in columns and len(columns[PAIR_INPUT_NAME]) != len(columns[INPUT_NAME]):
+        raise InputDataError(f"{PAIR_INPUT_NAME!r} has {len(columns[PAIR_INPUT_NAME])} elements but {INPUT_NAME!r} "
+                             f"{len(columns[INPUT_NAME])}", "send one text_pair per text")
+    texts = columns[INPUT_NAME] if PAIR_INPUT_NAME not in columns else list(zip(columns[INPUT_NAME],
+                                                                                 columns[PAIR_INPUT_NAME]))
     texts = check_texts(texts, limits, INPUT_NAME)
     request_parameters = header.get("parameters") or {}
     all_binary = bool(isinstance(request_parameters, dict) and request_parameters.get("binary_data_output"))
@@ -100,11 +99,38 @@ def parse_infer(body: bytes, header_length: str | None, limits: Limits) -> Infer
     return InferRequest(texts=texts, request_id=str(request_id) if request_id is not None else None, outputs=outputs)
 
 
-def _element_count(shape: Any) -> int:
+def _read_tensor(tensor: dict, binary: bytes, offset: int) -> tuple[list, int]:
+    """One BYTES input's elements (JSON `data`, or its binary_data_size bytes from `offset`) and the
+    offset past them."""
+    name = tensor.get("name")
+    if tensor.get("datatype") != "BYTES":
+        raise InputDataError(f"input {name!r} has datatype {tensor.get('datatype')!r}, not BYTES",
+                             "send texts as a BYTES tensor")
+    count = _element_count(tensor.get("shape"), name)
+    parameters = tensor.get("parameters") or {}
+    if "binary_data_size" in parameters:
+        size = parameters["binary_data_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+            raise InputDataError(f"binary_data_size {size!r} of input {name!r} does not fit the "
+                                 f"{len(binary) - offset} bytes left after the header",
+                                 "send the tensor's byte count in binary_data_size")
+        elements = _decode_bytes_tensor(binary[offset:offset + size], name)
+        offset += size
+    elif "data" in tensor:
+        elements = _flatten(tensor["data"])
+    else:
+        raise InputDataError(f"input {name!r} has neither `data` nor binary data", f"send {EXAMPLE}")
+    if len(elements) != count:
+        raise InputDataError(f"input {name!r} has shape {tensor.get('shape')} but {len(elements)} elements",
+                             "send a shape that matches the number of texts")
+    return elements, offset
+
+
+def _element_count(shape: Any, name: str = INPUT_NAME) -> int:
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InputDataError(f"input {INPUT_NAME!r} has shape {shape!r}", "send shape [n] or [n, 1] for n texts")
+        raise InputDataError(f"input {name!r} has shape {shape!r}", "send shape [n] or [n, 1] for n texts")
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
-        raise InputDataError(f"input {INPUT_NAME!r} has shape {shape}, one text per row is expected",
+        raise InputDataError(f"input {name!r} has shape {shape}, one text per row is expected",
                              "send shape [n] or [n, 1] for n texts")
     return shape[0]
 
@@ -118,7 +144,7 @@ def _flatten(data: Any) -> list:
     return flat
 
 
-def _decode_bytes_tensor(binary: bytes) -> list[str]:
+def _decode_bytes_tensor(binary: bytes, name: str = INPUT_NAME) -> list[str]:
     texts, offset = [], 0
     while offset < len(binary):
         if offset + 4 > len(binary):
@@ -132,16 +158,18 @@ def _decode_bytes_tensor(binary: bytes) -> list[str]:
         try:
             texts.append(binary[offset:offset + length].decode("utf-8"))
         except UnicodeDecodeError:
-            raise InputDataError(f"element {len(texts)} of input {INPUT_NAME!r} is not UTF-8",
+            raise InputDataError(f"element {len(texts)} of input {name!r} is not UTF-8",
                                  "send texts encoded as UTF-8") from None
         offset += length
     return texts
 
 
 def format_infer(request: InferRequest, model_name: str, logits: np.ndarray,
-                 label_names: tuple[str, ...]) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers (Inference-Header-Content-Length when any output is binary)."""
-    arrays = {"logits": logits.astype(np.float32), "probabilities": softmax(logits).astype(np.float32),
+                 label_names: tuple[str, ...], task: Task | None = None) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers (Inference-Header-Content-Length when any output is binary).
+    `probabilities` are the task's scores (softmax for single-label models and when no task is given)."""
+    scores = task.scores(logits) if task is not None else softmax(logits)
+    arrays = {"logits": logits.astype(np.float32), "probabilities": scores.astype(np.float32),
               "label": [label_names[index] for index in logits.argmax(axis=1)]}
     outputs, binary_parts = [], []
     for name, binary in request.outputs:
