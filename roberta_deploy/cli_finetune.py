@@ -17,6 +17,12 @@ class ConfigSize(str, Enum):
     base = "base"
 
 
+class TaskName(str, Enum):
+    single_label_classification = "single_label_classification"
+    multi_label_classification = "multi_label_classification"
+    regression = "regression"
+
+
 def finetune_command(
     train: Annotated[Path, typer.Option(help="Labelled training file (.tsv/.csv/.jsonl) with a text and a "
                                              "label column (label ids 0..k-1).")],
@@ -53,6 +59,17 @@ def finetune_command(
     label_names: Annotated[Optional[str], typer.Option(help="Comma-separated names of label ids 0..k-1, written "
                                                             "to config.json (the data may then use the names). "
                                                             "Default for 2 classes: negative,positive.")] = None,
+    task: Annotated[TaskName, typer.Option(help="What the model learns: one label per text, several (a sigmoid per "
+                                                "label; labels as a JSON list or --label-separator-joined), or a "
+                                                "score (regression, e.g. STS-B similarity). Recorded in config.json "
+                                                "as problem_type, which export reads.")] =
+    TaskName.single_label_classification,
+    text_pair_column: Annotated[Optional[str], typer.Option(help="Second text of sentence-pair data (default: the "
+                                                                 "pair columns text_a/text_b, sentence1/sentence2, "
+                                                                 "premise/hypothesis or query/passage when "
+                                                                 "present).")] = None,
+    label_separator: Annotated[str, typer.Option(help="Multi-label TSV/CSV cells: what separates a row's "
+                                                      "labels.")] = ",",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for training. The weights depend on it "
                                                         "(float sums), so keep it fixed to reproduce a run. "
                                                         "Default: torch's choice (one per core).")] = None,
@@ -62,35 +79,36 @@ def finetune_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    from .train.finetune import FinetuneOptions, finetune
+    from .train.finetune import DEV_MEASURES, FinetuneOptions, finetune
 
     names = tuple(name.strip() for name in label_names.split(",")) if label_names else None
     options = FinetuneOptions(
         train=train, dev=dev, output=output, model=model, config=config.value if config else None, vocab=vocab,
         epochs=epochs, batch_size=batch_size, lr=lr, max_seq_length=max_seq_length, seed=seed,
         overwrite=overwrite, text_column=text_column, label_column=label_column, label_names=names,
-        num_threads=threads)
+        num_threads=threads, task=task.value, text_pair_column=text_pair_column, label_separator=label_separator)
     console = Console()
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console, transient=False)
-    task = None
+    bar = None
+    measure = DEV_MEASURES[options.task]
 
     def on_progress(report) -> None:
-        nonlocal task
-        if task is None:  # started on the first report, so an early error prints no empty bar
+        nonlocal bar
+        if bar is None:  # started on the first report, so an early error prints no empty bar
             progress.start()
-            task = progress.add_task("train", total=report.total_steps, epoch=f"1/{report.epochs}", loss=0.0)
-        progress.update(task, completed=report.step, epoch=f"{report.epoch}/{report.epochs}", loss=report.loss)
+            bar = progress.add_task("train", total=report.total_steps, epoch=f"1/{report.epochs}", loss=0.0)
+        progress.update(bar, completed=report.step, epoch=f"{report.epoch}/{report.epochs}", loss=report.loss)
         if report.dev_accuracy is not None:
-            progress.console.print(f"epoch {report.epoch}: dev accuracy {report.dev_accuracy:.4f}")
+            progress.console.print(f"epoch {report.epoch}: dev {measure} {report.dev_accuracy:.4f}")
 
     try:  # errors reach cli.reports_errors, which prints them as everywhere else
         result = finetune(options, on_progress=on_progress)
     finally:
-        if task is not None:
+        if bar is not None:
             progress.stop()
-    console.print(f"best epoch {result.best_epoch} (dev accuracy {result.best_dev_accuracy:.4f}), "
+    console.print(f"best epoch {result.best_epoch} (dev {measure} {result.best_dev_accuracy:.4f}), "
                   f"trained in {result.train_seconds:.0f} s; checkpoint written to {result.output}")
 
 

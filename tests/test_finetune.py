@@ -4,6 +4,7 @@ input, the CLI's error path, and the shipped demo model."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,66 @@ def test_demo_model_loads_and_classifies_the_samples():
         predicted = model(**batch).logits.argmax(-1).tolist()
     accuracy = sum(int(guess == label) for guess, label in zip(predicted, samples.labels)) / len(samples)
     assert accuracy > 0.7  # measured: 161/202 = 0.797 (samples are mostly outside ChnSentiCorp's domains)
+
+
+def _task_files(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    """Tiny train and dev files of the shipped sample reviews, in each task's layout: sentence pairs
+    (TSV, did both reviews agree), multi-label (JSONL lists) and pair similarity scores (CSV)."""
+    rows = [line.split("\t") for line in (DEMO / "samples.tsv").read_text(encoding="utf-8").split("\n")[1:] if line]
+    labels, texts = [int(label) for label, _ in rows], [text.replace(",", "，") for _, text in rows]
+    other = list(range(len(rows)))
+    random.Random(0).shuffle(other)  # a partner per row
+    files = []
+    for name, part in (("train", range(0, 64)), ("dev", range(64, 96))):
+        part = list(part)
+        if kind == "pairs":
+            body = "sentence1\tsentence2\tlabel\n" + "".join(
+                f"{texts[i]}\t{texts[other[i]]}\t{int(labels[i] == labels[other[i]])}\n" for i in part)
+            files.append(_write_text(tmp_path / f"{name}.tsv", body))
+        elif kind == "multilabel":
+            body = "".join(json.dumps({"text": texts[i], "labels": [labels[i]] + ([2] if len(texts[i]) > 40 else [])},
+                                      ensure_ascii=False) + "\n" for i in part)
+            files.append(_write_text(tmp_path / f"{name}.jsonl", body))
+        else:
+            body = "premise,hypothesis,label\n" + "".join(
+                f"{texts[i]},{texts[other[i]]},{2.5 * labels[i] + 2.5 * labels[other[i]]}\n" for i in part)
+            files.append(_write_text(tmp_path / f"{name}.csv", body))
+    return files[0], files[1]
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("kind, task, pairs", [("pairs", "single_label_classification", True),
+                                               ("multilabel", "multi_label_classification", False),
+                                               ("regression", "regression", True)])
+def test_each_task_has_a_trained_path_to_a_bundle(task_checkpoints, tmp_path, kind, task, pairs):
+    """finetune (a tiny checkpoint, seconds) -> export reads the task and the pairs -> build -> infer."""
+    from roberta_deploy.build.bundle import BuildOptions, build_engine
+    from roberta_deploy.build.export import ExportOptions, export_model
+    from roberta_deploy.infer import classify_dataset
+    from roberta_deploy.runtime.engine import Engine
+
+    train, dev = _task_files(tmp_path, kind)
+    names = ("negative", "positive", "long") if kind == "multilabel" else None
+    result = finetune(FinetuneOptions(train=train, dev=dev, output=tmp_path / "model", model=str(
+        task_checkpoints[(kind, "bert")]), epochs=2, batch_size=16, lr=1e-3, max_seq_length=64, seed=3, num_threads=2,
+        task=task, label_names=names))
+    record = json.loads((tmp_path / "model" / "finetune.json").read_text(encoding="utf-8"))
+    assert (record["task"], record["text_pairs"], result.text_pairs) == (task, pairs, pairs)
+    assert result.dev_measure == {"single_label_classification": "accuracy", "multi_label_classification": "micro_f1",
+                                  "regression": "pearson"}[task]
+    assert len(result.epochs) == 2 and -1 <= result.best_dev_accuracy <= 1
+    export = export_model(ExportOptions(model=str(tmp_path / "model"), output=tmp_path / "export", max_seq_length=64))
+    assert (export.manifest["task"], export.manifest["text_pairs"]) == (task, pairs)
+    build_engine(BuildOptions(export_dir=export.folder, output=tmp_path / "bundle", backend="onnxruntime",
+                              calibration_data=train))
+    with Engine.load(tmp_path / "bundle") as engine:
+        dataset = read_dataset(dev, task=engine.task.kind, text_pairs=engine.task.text_pairs,
+                               label_names=engine.label_names)
+        report = classify_dataset(engine, dataset)
+    assert report.metrics["task"] == task and report.metrics["examples"] == 32
+    assert {"single_label_classification": "accuracy", "multi_label_classification": "micro_f1",
+            "regression": "pearson"}[task] in report.metrics

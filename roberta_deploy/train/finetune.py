@@ -13,8 +13,10 @@ from typing import Callable
 from ..atomic import atomic_directory
 from ..build.checkpoint import check_tokenizer_on_texts, load_fast_tokenizer, quiet_transformers, resolve_checkpoint
 from ..manifest import file_sha256
-from ..data import Dataset, read_dataset
+from ..data import LABEL_SEPARATOR, Dataset, read_dataset
 from ..errors import InputDataError, ModelLoadError, UsageError
+from ..metrics import multilabel_metrics, regression_metrics
+from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, TASKS
 from .vocab import tokenizer_from_vocab, validate_vocab, write_vocab
 
 MANIFEST_NAME = "finetune.json"
@@ -33,6 +35,8 @@ MAX_POSITIONS = 512  # position embeddings of the models built from --config
 PAD_TO_MULTIPLE = 8  # padded widths that are multiples of 8 use the matmul kernels best
 SORT_WINDOW_BATCHES = 50  # batches drawn at random, then sorted by length inside windows this big
 DEV_BATCH_SIZE = 64
+# What picks the best epoch on dev, per task: higher is better for each.
+DEV_MEASURES = {SINGLE_LABEL: "accuracy", MULTI_LABEL: "micro_f1", REGRESSION: "pearson"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class FinetuneOptions:
     label_column: str | None = None  # None: the first of label/labels/gold
     label_names: tuple[str, ...] | None = None  # names of label ids 0..k-1; None: negative/positive for 2 classes
     num_threads: int | None = None  # torch intra-op threads while training; None: torch's default
+    task: str = SINGLE_LABEL  # tasks.TASKS: one label, several labels (sigmoid per label), or a score
+    text_pair_column: str | None = None  # second text of pair data; None: the usual pair columns when present
+    label_separator: str = LABEL_SEPARATOR  # multi-label TSV/CSV cells
 
 
 @dataclass(frozen=True)
@@ -66,14 +73,14 @@ class FinetuneProgress:
     step: int  # optimizer steps done so far, counted over all epochs
     total_steps: int
     loss: float  # training loss of the latest step
-    dev_accuracy: float | None = None  # set only in the end-of-epoch report
+    dev_accuracy: float | None = None  # set only in the end-of-epoch report: the task's dev measure (DEV_MEASURES)
 
 
 @dataclass(frozen=True)
 class EpochResult:
     epoch: int  # 1-based
     train_loss: float  # mean training loss over the epoch's steps
-    dev_accuracy: float
+    dev_accuracy: float  # the task's dev measure: accuracy, micro-F1 (multi-label) or Pearson (regression)
     seconds: float  # training plus dev evaluation
 
 
@@ -84,6 +91,9 @@ class FinetuneResult:
     epochs: tuple[EpochResult, ...]
     label_names: tuple[str, ...]
     train_seconds: float  # wall time of the training loop, evaluation included
+    task: str = SINGLE_LABEL
+    text_pairs: bool = False  # trained on (text, text_pair) rows; recorded in finetune.json for export
+    dev_measure: str = "accuracy"  # what dev_accuracy holds (DEV_MEASURES)
 
     @property
     def dev_accuracy(self) -> tuple[float, ...]:
@@ -134,7 +144,8 @@ def finetune(options: FinetuneOptions, on_progress: Callable[[FinetuneProgress],
             torch.use_deterministic_algorithms(previous_deterministic[0], warn_only=previous_deterministic[1])
 
         result = FinetuneResult(output=Path(options.output), best_epoch=best_epoch, epochs=tuple(epochs),
-                                label_names=label_names, train_seconds=seconds)
+                                label_names=label_names, train_seconds=seconds, task=options.task,
+                                text_pairs=train.text_pairs is not None, dev_measure=DEV_MEASURES[options.task])
         _save(model, tokenizer, staging, source, train, dev, options, result, threads)
     return result
 
@@ -160,15 +171,33 @@ def _check_options(options: FinetuneOptions) -> None:
                          "128 keeps 70% of ChnSentiCorp reviews whole")
     if options.num_threads is not None and options.num_threads < 1:
         raise UsageError("the thread count must be at least 1", "leave it unset to use torch's default")
+    if options.task not in TASKS:
+        raise UsageError(f"unknown task {options.task!r}", f"use one of {', '.join(TASKS)}")
 
 
 def _read_labelled(path: Path, options: FinetuneOptions) -> Dataset:
     return read_dataset(path, text_column=options.text_column, label_column=options.label_column,
-                        label_names=options.label_names, require_labels=True)
+                        label_names=options.label_names, require_labels=True, task=options.task,
+                        text_pair_column=options.text_pair_column, label_separator=options.label_separator)
 
 
 def _label_names(train: Dataset, dev: Dataset, options: FinetuneOptions) -> tuple[str, ...]:
     """Names of the classes, after checking that the training file can teach each of them."""
+    if (train.text_pairs is None) != (dev.text_pairs is None):
+        raise InputDataError(f"one of {train.source} and {dev.source} holds text pairs and the other single texts",
+                             "give both files the same text columns")
+    if options.task == REGRESSION:
+        return tuple(options.label_names or ("score",))
+    if options.task == MULTI_LABEL:
+        count = len(options.label_names) if options.label_names else \
+            max((max(labels) for labels in train.labels + dev.labels if labels), default=0) + 1
+        if count < 2:
+            raise InputDataError(f"{train.source} names fewer than two labels", "a multi-label model needs two or more")
+        for labels, line in zip(dev.labels, dev.line_numbers):
+            if labels and max(labels) >= count:
+                raise InputDataError(f"{dev.source}:{line}: label {max(labels)} is past the {count} labels",
+                                     "dev labels must be among the training labels")
+        return tuple(options.label_names) if options.label_names else tuple(f"LABEL_{label}" for label in range(count))
     present = sorted(set(train.labels))
     if len(present) < 2:
         raise InputDataError(f"{train.source} holds only one class (label {present[0]})",
@@ -200,7 +229,8 @@ def _load_model(options: FinetuneOptions, label_names: tuple[str, ...], staging:
         tokenizer = tokenizer_from_vocab(vocab, staging, model_max_length=MAX_POSITIONS)
         config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS,
                             pad_token_id=tokenizer.pad_token_id, num_labels=len(label_names),
-                            id2label=id2label, label2id=label2id, **ARCHITECTURES[options.config])
+                            id2label=id2label, label2id=label2id, problem_type=options.task,
+                            **ARCHITECTURES[options.config])
         source = {"config": options.config, "vocab": str(options.vocab) if options.vocab else "generated",
                   "vocab_sha256": file_sha256(staging / "vocab.txt")}
         return tokenizer, BertForSequenceClassification(config), source
@@ -213,7 +243,7 @@ def _load_model(options: FinetuneOptions, label_names: tuple[str, ...], staging:
         # ignore_mismatched_sizes: a checkpoint with another label count gets a fresh head.
         model = AutoModelForSequenceClassification.from_pretrained(
             str(folder), num_labels=len(label_names), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True)
+            problem_type=options.task, ignore_mismatched_sizes=True)
     except Exception as error:
         raise ModelLoadError(f"cannot load {options.model} as a sequence classifier: {error}".splitlines()[0],
                              "point --model at a BERT-family checkpoint folder") from None
@@ -232,9 +262,9 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
     epoch's weights in `model`."""
     import torch
 
-    train_ids = _encode(tokenizer, train.texts, options.max_seq_length)
-    dev_ids = _encode(tokenizer, dev.texts, options.max_seq_length)
-    train_labels = torch.tensor(train.labels, dtype=torch.long)
+    train_ids = _encode(tokenizer, train, options.max_seq_length)
+    dev_ids = _encode(tokenizer, dev, options.max_seq_length)
+    train_labels = _label_tensor(train.labels, options.task, model.config.num_labels)
     generator = torch.Generator().manual_seed(options.seed)  # the shuffling's own RNG
     steps_per_epoch = -(-len(train_ids) // options.batch_size)
     total_steps = steps_per_epoch * options.epochs
@@ -255,7 +285,7 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     pad_id = tokenizer.pad_token_id
     results: list[EpochResult] = []
-    best_state, best_accuracy, best_epoch = None, -1.0, 0
+    best_state, best_accuracy, best_epoch = None, float("-inf"), 0
     step = 0
     started = time.perf_counter()
     for epoch in range(1, options.epochs + 1):
@@ -263,8 +293,10 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
         model.train()
         losses = []
         for batch in _length_bucketed_batches(train_ids, options.batch_size, generator):
-            input_ids, attention_mask = _pad([train_ids[index] for index in batch], pad_id, options.max_seq_length)
-            output = model(input_ids=input_ids, attention_mask=attention_mask, labels=train_labels[batch])
+            input_ids, attention_mask, token_type_ids = _pad([train_ids[index] for index in batch], pad_id,
+                                                             options.max_seq_length)
+            output = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           labels=train_labels[batch])
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -274,7 +306,7 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
             losses.append(output.loss.item())
             if on_progress:
                 on_progress(FinetuneProgress(epoch, options.epochs, step, total_steps, losses[-1]))
-        accuracy = _accuracy(model, dev_ids, dev.labels, pad_id, options.max_seq_length)
+        accuracy = _dev_measure(model, dev_ids, dev.labels, pad_id, options)
         results.append(EpochResult(epoch, sum(losses) / len(losses), accuracy, time.perf_counter() - epoch_started))
         if accuracy > best_accuracy:
             best_accuracy, best_epoch = accuracy, epoch
@@ -287,9 +319,27 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
     return results, best_epoch, seconds
 
 
-def _encode(tokenizer, texts: list[str], max_seq_length: int) -> list[list[int]]:
-    """Token ids with [CLS]/[SEP], truncated, not padded: padding happens per batch."""
-    return tokenizer(texts, truncation=True, max_length=max_seq_length)["input_ids"]
+def _encode(tokenizer, dataset: Dataset, max_seq_length: int) -> list[tuple[list[int], list[int]]]:
+    """(token ids, token type ids) per row, with the specials, truncated (longest first for pairs), not
+    padded: padding happens per batch."""
+    encoded = tokenizer(dataset.texts, dataset.text_pairs, truncation=True, max_length=max_seq_length)
+    type_ids = encoded.get("token_type_ids") or [[0] * len(ids) for ids in encoded["input_ids"]]
+    return list(zip(encoded["input_ids"], type_ids))
+
+
+def _label_tensor(labels: list, task: str, num_labels: int):
+    """int64 (n,) class ids; float32 (n, labels) indicators for multi-label; float32 (n,) for regression
+    (transformers picks the loss from problem_type: cross-entropy, BCE with logits, MSE)."""
+    import torch
+
+    if task == MULTI_LABEL:
+        indicators = torch.zeros((len(labels), num_labels), dtype=torch.float32)
+        for row, ids in enumerate(labels):
+            indicators[row, list(ids)] = 1.0
+        return indicators
+    if task == REGRESSION:
+        return torch.tensor(labels, dtype=torch.float32)
+    return torch.tensor(labels, dtype=torch.long)
 
 
 def _length_bucketed_batches(sequences: list[list[int]], batch_size: int, generator) -> list[list[int]]:
@@ -310,34 +360,48 @@ def _length_bucketed_batches(sequences: list[list[int]], batch_size: int, genera
     return [batches[index] for index in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def _pad(sequences: list[list[int]], pad_id: int, max_seq_length: int):
-    """input_ids and attention_mask, int64 (batch, width), width = longest rounded up to a multiple of 8."""
+def _pad(sequences: list[tuple[list[int], list[int]]], pad_id: int, max_seq_length: int):
+    """input_ids, attention_mask and token_type_ids, int64 (batch, width), width = longest rounded up to
+    a multiple of 8."""
     import torch
 
-    longest = max(len(sequence) for sequence in sequences)
+    longest = max(len(ids) for ids, _ in sequences)
     width = min(max_seq_length, -(-longest // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[row, :len(sequence)] = 1
-    return input_ids, attention_mask
+    token_type_ids = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (ids, type_ids) in enumerate(sequences):
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+        token_type_ids[row, :len(ids)] = torch.tensor(type_ids, dtype=torch.long)
+    return input_ids, attention_mask, token_type_ids
 
 
-def _accuracy(model, sequences: list[list[int]], labels: list[int], pad_id: int, max_seq_length: int) -> float:
+def _dev_measure(model, sequences, labels: list, pad_id: int, options: FinetuneOptions) -> float:
+    """The task's dev measure (DEV_MEASURES): accuracy, micro-F1 at the default threshold, or Pearson
+    (a constant prediction correlates with nothing: -1, the worst)."""
+    import numpy as np
     import torch
 
     model.eval()
-    order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))  # little padding
-    correct = 0
+    order = sorted(range(len(sequences)), key=lambda index: len(sequences[index][0]))  # little padding
+    logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(order), DEV_BATCH_SIZE):
             batch = order[start:start + DEV_BATCH_SIZE]
-            input_ids, attention_mask = _pad([sequences[index] for index in batch], pad_id, max_seq_length)
-            predicted = model(input_ids=input_ids, attention_mask=attention_mask).logits.argmax(-1).tolist()
-            correct += sum(int(guess == labels[index]) for guess, index in zip(predicted, batch))
+            input_ids, attention_mask, token_type_ids = _pad([sequences[index] for index in batch], pad_id,
+                                                             options.max_seq_length)
+            logits[batch] = model(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).logits.float().numpy()
     model.train()
-    return correct / len(sequences)
+    if options.task == MULTI_LABEL:
+        gold = _label_tensor(labels, MULTI_LABEL, logits.shape[1]).numpy() > 0.5
+        predicted = 1 / (1 + np.exp(-logits)) >= DEFAULT_THRESHOLD
+        return multilabel_metrics(gold, predicted, [str(index) for index in range(logits.shape[1])])["micro_f1"]
+    if options.task == REGRESSION:
+        pearson = regression_metrics(labels, logits[:, 0])["pearson"]
+        return pearson if pearson is not None else -1.0
+    return float((logits.argmax(axis=1) == np.asarray(labels)).mean())
 
 
 def _save(model, tokenizer, staging: Path, source: dict, train: Dataset, dev: Dataset,
@@ -365,6 +429,9 @@ def _save(model, tokenizer, staging: Path, source: dict, train: Dataset, dev: Da
         "dev": {"path": str(options.dev), "sha256": file_sha256(Path(options.dev)), "rows": len(dev)},
         "options": options_record,
         "label_names": list(result.label_names),
+        "task": result.task,
+        "text_pairs": result.text_pairs,  # export reads this: the model takes pairs
+        "dev_measure": result.dev_measure,
         "epochs": [asdict(epoch) for epoch in result.epochs],
         "best_epoch": result.best_epoch,
         "best_dev_accuracy": result.best_dev_accuracy,
