@@ -174,6 +174,7 @@ def build(
                                                          "to the maximum. Pass just --max-seq-length for one shape."),
     calibration_data: Optional[Path] = typer.Option(None, help="Real labelled or unlabelled texts (TSV/CSV/JSONL) for int8 "
                                                                "calibration and held-back checks (default: bundled samples)."),
+    text_pair_column: Optional[str] = typer.Option(None, help=TEXT_PAIR_HELP + " In --calibration-data."),
     calibration_samples: int = typer.Option(128, help="Texts used to calibrate int8; more is slower to build, rarely more accurate past ~300."),
     verification_samples: int = typer.Option(64, help="Held-back texts compared against fp32 after the build."),
     accuracy_budget: float = typer.Option(0.5, help="With --precision auto: accuracy points below fp32 allowed on --calibration-data labels."),
@@ -191,7 +192,7 @@ def build(
         min_seq=min_seq, max_seq=max_seq, seq_buckets=parse_int_list(seq_buckets, "--seq-buckets") if seq_buckets else (),
         calibration_data=calibration_data, calibration_samples=calibration_samples,
         verification_samples=verification_samples, allow_tolerance_failure=allow_tolerance_failure,
-        overwrite=overwrite)
+        overwrite=overwrite, text_pair_column=text_pair_column)
     if canonical_precision(precision, allow_auto=True) == AUTO:
         from .build.autoselect import build_fastest_within_budget
 

@@ -307,3 +307,31 @@ def test_eval_tabulates_the_tasks_measures(task_exports, tmp_path):
         assert set(row["measures"]) == {"pearson", "spearman", "mse"} and row["agreement_with_fp32"] >= 0.9
     markdown = (tmp_path / "eval" / "accuracy.md").read_text(encoding="utf-8")
     assert "| pearson | spearman | mse |" in markdown and (tmp_path / "eval" / "report.html").is_file()
+
+
+def test_cli_infer_prints_and_writes_each_tasks_results(task_bundle_factory, tmp_path):
+    from typer.testing import CliRunner
+
+    from roberta_deploy.cli import app
+
+    runner = CliRunner()
+    data = write(tmp_path, "m.tsv", "text\tlabels\n" + "".join(f"{text}\t{index % 4},{(index + 2) % 4}\n"
+                                                               for index, text in enumerate(SAMPLES[:10])))
+    result = runner.invoke(app, ["infer", "--bundle", str(task_bundle_factory("multilabel", "bert", "openvino")),
+                                 "--data", str(data), "--output", str(tmp_path / "m"), "--threshold", "0.3",
+                                 "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "micro-F1" in result.output and "exact match" in result.output and "(threshold 0.3)" in result.output
+    header = (tmp_path / "m" / "predictions.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "index,line,text,labels,truncated,gold,score_service,score_room,score_food,score_price"
+    data = write(tmp_path, "s.jsonl", "".join(json.dumps({"query": a, "passage": b, "label": float(index)},
+                                                         ensure_ascii=False) + "\n" for index, (a, b) in enumerate(PAIRS)))
+    result = runner.invoke(app, ["infer", "--bundle", str(task_bundle_factory("cross-encoder", "bert", "openvino")),
+                                 "--data", str(data), "--output", "-"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == len(PAIRS) and 0 < rows[0]["score"] < 1 and rows[0]["text_pair"] == PAIRS[0][1]
+    assert "pearson" in result.output
+    result = runner.invoke(app, ["infer", "--bundle", str(task_bundle_factory("pairs", "bert", "openvino")),
+                                 "--data", str(write(tmp_path, "one.tsv", "label\ttext_a\n1\t甲\n")), "--output", "-"])
+    assert result.exit_code == 2 and "no second text column" in result.output
