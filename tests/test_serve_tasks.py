@@ -65,6 +65,11 @@ def test_rerank_answers_as_text_embeddings_inference(server, task_checkpoints):
     status, _, predicted = post_json(server.port, "/models/rerank/predict", {"inputs": [list(PAIRS[0])]})
     assert predicted[0] == [{"label": "LABEL_0", "score": pytest.approx(float(1 / (1 + np.exp(-logits[0]))),
                                                                         abs=TOLERANCE)}]
+    # Hugging Face's shape takes the model's own function, as the pipeline does: the sigmoid here too.
+    _, _, tei_single = post_json(server.port, "/models/rerank/predict", {"inputs": TEXTS[0]})
+    status, _, hf_single = post_json(server.port, "/models/rerank", {"inputs": TEXTS[0]})
+    assert status == 200 and hf_single[0][0]["score"] == pytest.approx(tei_single[0]["score"], abs=1e-6)
+    assert 0 < hf_single[0][0]["score"] < 1
     status, _, info = call(server.port, "GET", "/models/rerank/info")
     assert status == 200 and b'"reranker"' in info and b'"text_pairs":true' in info
 

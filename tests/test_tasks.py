@@ -335,3 +335,24 @@ def test_cli_infer_prints_and_writes_each_tasks_results(task_bundle_factory, tmp
     result = runner.invoke(app, ["infer", "--bundle", str(task_bundle_factory("pairs", "bert", "openvino")),
                                  "--data", str(write(tmp_path, "one.tsv", "label\ttext_a\n1\t甲\n")), "--output", "-"])
     assert result.exit_code == 2 and "no second text column" in result.output
+
+
+def test_bundles_without_a_task_load_as_single_label_and_unknown_tasks_are_refused(task_bundle_factory, tmp_path):
+    import shutil
+
+    from roberta_deploy.errors import BundleError
+
+    bundle = tmp_path / "old"
+    shutil.copytree(task_bundle_factory("pairs", "bert", "onnxruntime"), bundle)
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    for key in ("task", "problem_type", "text_pairs"):  # as bundles written before issue 13
+        del manifest[key]
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    with Engine.load(bundle) as engine:
+        assert (engine.task.kind, engine.task.text_pairs, engine.task.score_function) == (SINGLE_LABEL, None, "softmax")
+        assert engine.predict(PAIRS[:2]).scores.shape == (2, 3)
+    manifest["task"] = "ranking"
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(BundleError, match="task 'ranking' is not one of"):
+        Engine.load(bundle)

@@ -142,7 +142,7 @@ def score_and_time(bundle_dir: Path, dataset: Dataset, device: str | None = None
         begun = time.perf_counter()
         while len(seconds) < passes or time.perf_counter() - begun < min_seconds:
             started = time.perf_counter()
-            predictions = engine.predict(dataset.texts)
+            predictions = engine.predict(dataset.inputs)
             seconds.append(time.perf_counter() - started)
     best = min(seconds)
     row = {"seconds": best, "texts_per_second": len(dataset) / best, "pass_seconds": seconds}

@@ -71,15 +71,15 @@ def parity_tolerance(reference: np.ndarray) -> float:
     return PARITY_ATOL + PARITY_RTOL * float(np.abs(reference).max(initial=0.0))
 
 
-def load_check_texts(path: Path | None, limit: int = PARITY_SAMPLES) -> list[str]:
-    texts = read_dataset(path or DEMO_SAMPLES_PATH, text_pairs=False, ignore_labels=True).texts
-    return texts[:limit]
-
-
-def check_pairs(texts: Sequence[str], limit: int = PARITY_SAMPLES // 2) -> list[tuple[str, str]]:
-    """Pairs of check texts, so the parity check also runs segment B (token type 1 in BERT) and the
-    tokenizer's pair template, whatever the model was trained on."""
-    return [(texts[index], texts[-1 - index]) for index in range(min(limit, len(texts) // 2))]
+def load_check_texts(path: Path | None, limit: int = PARITY_SAMPLES) -> tuple[list[str], list[tuple[str, str]]]:
+    """Texts and text pairs for the parity check: the file's pairs when it has pair columns, else pairs
+    of its texts, so the check also runs segment B (token type 1 in BERT) and the tokenizer's pair
+    template, whatever the model was trained on."""
+    dataset = read_dataset(path or DEMO_SAMPLES_PATH, ignore_labels=True)
+    texts = dataset.texts[:limit]
+    if dataset.text_pairs is not None:
+        return texts, dataset.inputs[:limit // 2]
+    return texts, [(texts[index], texts[-1 - index]) for index in range(min(limit // 2, len(texts) // 2))]
 
 
 def trained_on_pairs(folder: Path, config) -> bool | None:
@@ -104,7 +104,7 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
         raise UsageError(f"--max-seq-length {options.max_seq_length} is too short", "use at least 8 tokens")
     if not 11 <= options.opset <= 21:
         raise UsageError(f"--opset {options.opset} is not supported", "use an opset between 11 and 21 (default 17)")
-    check_texts = load_check_texts(options.check_data)
+    check_texts, pairs = load_check_texts(options.check_data)
     step("loading checkpoint")
     folder = resolve_checkpoint(options.model)
     import torch
@@ -157,7 +157,6 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
         encoder = TextEncoder.from_folder(tokenizer_dir, options.max_seq_length)
         inputs = encoder.encode_padded(check_texts)
         _check_runtime_tokenizer_matches(tokenizer, check_texts, inputs.input_ids, options.max_seq_length)
-        pairs = check_pairs(check_texts)
         pair_inputs = encoder.encode_padded(pairs) if pairs else None
         if pairs:
             _check_runtime_tokenizer_matches(tokenizer, pairs, pair_inputs.input_ids, options.max_seq_length,

@@ -206,7 +206,8 @@ def create_app(state: ServerState) -> Starlette:
         async def run(body: bytes) -> Response:
             parsed = hf.parse_text_classification(parse_json(body, hf.EXAMPLE), limits)
             result, _ = await classify(request, model, parsed.texts, None)
-            return Response(dump_json(hf.format_text_classification(parsed, result.logits, model.label_names)),
+            return Response(dump_json(hf.format_text_classification(parsed, result.logits, model.label_names,
+                                                                    model.task.score_function)),
                             media_type=JSON)
 
         return await admitted(request, run)

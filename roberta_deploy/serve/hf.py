@@ -1,6 +1,7 @@
 """Hugging Face's text-classification task shape at POST /, as `InferenceClient.text_classification` sends it.
 
-Body: {"inputs": "text" | ["text", ...], "parameters": {"top_k": int, "function_to_apply": "softmax"|"sigmoid"|"none"}}.
+Body: {"inputs": "text" | ["text", ...], "parameters": {"top_k": int, "function_to_apply": "softmax"|"sigmoid"|"none"}};
+without function_to_apply, the model's own, as the transformers pipeline behind the Inference API picks it.
 Answer: [[{"label", "score"}, ...]], one list per input, every label unless top_k says otherwise.
 """
 
@@ -23,7 +24,7 @@ FUNCTIONS = ("softmax", "sigmoid", "none")
 class TextClassificationRequest:
     texts: list[str]
     top_k: int | None
-    function_to_apply: str
+    function_to_apply: str | None  # None: the model's own (softmax; sigmoid for multi-label and one logit)
 
 
 def parse_text_classification(body: Any, limits: Limits) -> TextClassificationRequest:
@@ -39,8 +40,8 @@ def parse_text_classification(body: Any, limits: Limits) -> TextClassificationRe
     top_k = parameters.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise InputDataError(f"`top_k` must be a positive integer, got {top_k!r}", "send e.g. \"top_k\": 1")
-    function = parameters.get("function_to_apply") or "softmax"
-    if function not in FUNCTIONS:
+    function = parameters.get("function_to_apply")
+    if function is not None and function not in FUNCTIONS:
         raise InputDataError(f"`function_to_apply` {function!r} is not one of {', '.join(FUNCTIONS)}",
                              "send softmax (default), sigmoid or none")
     return TextClassificationRequest(texts=check_texts(texts, limits, "inputs"), top_k=top_k,
@@ -48,6 +49,8 @@ def parse_text_classification(body: Any, limits: Limits) -> TextClassificationRe
 
 
 def format_text_classification(request: TextClassificationRequest, logits: np.ndarray,
-                               label_names: tuple[str, ...]) -> list:
-    scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda values: values}[request.function_to_apply](logits)
+                               label_names: tuple[str, ...], default_function: str = "softmax") -> list:
+    """default_function: what transformers' pipeline applies for this model (tasks.Task.score_function)."""
+    function = request.function_to_apply or default_function
+    scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda values: values}[function](logits)
     return [ranked_labels(row, label_names, request.top_k) for row in scores]
