@@ -72,10 +72,8 @@ class TextEncoder:
                               "re-run export to write the tokenizer again") from None
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_seq_length)  # longest_first, transformers' default
-        # Counts the tokens of a cut pair side without truncating it (see _pair_prefix_suffices).
-        self._counter = Tokenizer.from_file(str(tokenizer_file))
-        self._counter.no_padding()
-        self._counter.no_truncation()
+        self._tokenizer_file = tokenizer_file
+        self._counter = None  # an untruncated copy, loaded the first time a pair side is cut (_pair_prefix_suffices)
         self.pad_token_id = pad_token_id
         self.max_seq_length = max_seq_length
         self.vocab_size: int = self._tokenizer.get_vocab_size(with_added_tokens=True)
@@ -140,6 +138,13 @@ class TextEncoder:
         if len(first) > limit and len(second) > limit:
             return False
         long_side, other = (first, second) if len(first) > limit else (second, first)
+        if self._counter is None:  # two threads may both load it; either copy counts the same
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_file(str(self._tokenizer_file))
+            counter.no_padding()
+            counter.no_truncation()
+            self._counter = counter
         counted = self._counter.encode(long_side[:limit], add_special_tokens=False)
         other_length = len(self._counter.encode(other, add_special_tokens=False).ids)
         if len(counted.ids) < max(self.max_seq_length, other_length + 1):
