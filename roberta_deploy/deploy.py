@@ -24,12 +24,14 @@ from .build.checkpoint import checkpoint_hash, resolve_checkpoint
 from .build.export import DEFAULT_OPSET, ExportArtifact, ExportOptions, export_model
 from .data import Dataset, read_dataset
 from .defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
-from .errors import BundleError, NumericalCheckError, OutputExistsError, UnsupportedPrecisionError, UsageError
+from .errors import (BundleError, NumericalCheckError, OutputExistsError, RobertaDeployError,
+                     UnsupportedPrecisionError, UsageError)
 from .manifest import KIND_BUNDLE, MANIFEST_FILE, file_sha256, read_manifest
 from .machine import this_cpu
 from .perf import PerfOptions, host_description, run_benchmark
 from .precision import AUTO, canonical_precision
 from .report import REPORT_HTML, deployment_report_html
+from .tasks import SINGLE_LABEL, Task
 
 DEPLOYMENT_JSON = "deployment.json"
 DEPLOYMENT_MARKDOWN = "deployment.md"
@@ -91,6 +93,11 @@ def plan_deployment(options: DeployOptions) -> Plan:
     candidates = _candidates(options.backend, precision, scored=options.data is not None)
     checkpoint = resolve_checkpoint(options.model)
     if options.data is not None:
+        task = _task_of(checkpoint)
+        if task is not None and task.kind != SINGLE_LABEL:
+            raise UsageError(f"deploy keeps the fastest bundle within an accuracy budget, and a {task.kind} model "
+                             "has no accuracy", "deploy it without --data (fp32, or --precision int8/bf16: each "
+                             "build is still held to its tolerance against fp32), or use export, build and eval")
         dataset = read_dataset(options.data, label_names=_label_names(checkpoint), require_labels=True)
         scoring = held_out_of_calibration(dataset, options.calibration_samples, VERIFICATION_SAMPLES)
     else:  # timing only: the sample reviews' labels belong to the demo model, not to this one
@@ -145,6 +152,17 @@ def _label_names(checkpoint: Path) -> list[str] | None:
         return [str(id2label[key]) for key in sorted(id2label, key=int)]
     except (OSError, ValueError, TypeError, AttributeError):
         return None  # the export names what is wrong with the config
+
+
+def _task_of(checkpoint: Path) -> Task | None:
+    """The task config.json describes (export records it; this is before any export), or None when the
+    config cannot be read (the export names the problem)."""
+    try:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+        return Task.from_config(config.get("problem_type"), num_labels)
+    except (OSError, ValueError, TypeError, AttributeError, RobertaDeployError):
+        return None
 
 
 def _previous_deployment(folder: Path) -> dict | None:

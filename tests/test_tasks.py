@@ -356,3 +356,15 @@ def test_bundles_without_a_task_load_as_single_label_and_unknown_tasks_are_refus
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(BundleError, match="task 'ranking' is not one of"):
         Engine.load(bundle)
+
+
+def test_deploy_refuses_to_rank_a_model_without_accuracy_before_any_build(task_checkpoints, tmp_path):
+    from typer.testing import CliRunner
+
+    from roberta_deploy.cli import app
+
+    data = write(tmp_path, "m.jsonl", '{"text": "甲", "labels": [0]}\n')
+    result = CliRunner().invoke(app, ["deploy", "--model", str(task_checkpoints[("multilabel", "bert")]),
+                                      "--data", str(data), "--output", str(tmp_path / "out"), "--no-serve"])
+    assert result.exit_code == 2 and "a multi_label_classification model has no accuracy" in result.output
+    assert not (tmp_path / "out").exists()
