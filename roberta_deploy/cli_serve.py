@@ -54,7 +54,8 @@ SERVE_FLAGS = (
         help=f"Require 'Authorization: Bearer KEY' on every route but /v2/health/live (401 otherwise). Default: "
              f"the {API_KEY_ENV} environment variable, which keeps the key out of the process list.")], None),
     ("contexts", Annotated[Optional[int], typer.Option(
-        help="Engine contexts computing batches at once (default: one per core below 8 cores).")], None),
+        help="Engine contexts computing batches at once (default: one per core below 8 cores; with --ray, in "
+             "each replica, one per --replica-cpus).")], None),
 )
 
 
@@ -118,13 +119,59 @@ def serve_command(
                                                    "models from one process, each with its own batcher. The first "
                                                    "answers /predict and /.")],
     serve_flags: ServeFlags,
+    on_ray: Annotated[bool, typer.Option(
+        "--ray", help="Serve on Ray Serve: the same routes as replicas across a Ray cluster, each with its own "
+                      "engine and batcher, replaced when they fail (pip install 'roberta-deploy[ray]'; "
+                      "docs/scaling.md).")] = False,
+    address: Annotated[Optional[str], typer.Option(
+        help="With --ray: the cluster to join, 'auto' on a cluster node or ray://HEAD:10001 from elsewhere "
+             "(default: start a local Ray instance, dashboard and usage reporting off).")] = None,
+    replicas: Annotated[Optional[int], typer.Option(
+        help="With --ray: a fixed number of replicas (default 1).")] = None,
+    autoscale: Annotated[Optional[str], typer.Option(
+        help="With --ray: MIN:MAX replicas, added and removed as the requests in flight per replica move "
+             "around --target-ongoing-requests.")] = None,
+    replica_cpus: Annotated[Optional[float], typer.Option(
+        help="With --ray: CPUs Ray reserves for each replica; its engine computes on that many threads. "
+             "Fewer, wider replicas cost less CPU per text than many 1-CPU ones (docs/scaling.md).")] = None,
+    target_ongoing_requests: Annotated[Optional[float], typer.Option(
+        help="With --autoscale: requests in flight per replica the autoscaler aims at. Enough to fill a "
+             "replica's batches; lower scales out sooner and keeps latency down.")] = None,
+    bundle_cache: Annotated[Optional[Path], typer.Option(
+        help="With --ray: the folder on each node where replicas unpack the bundles shipped through Ray's "
+             "object store (default: $ROBERTA_DEPLOY_CACHE or ~/.cache/roberta-deploy/bundles).")] = None,
 ) -> None:
     """Serve bundles over HTTP: text-embeddings-inference's /predict, Hugging Face's text classification at /,
-    the Open Inference Protocol (v2) and Prometheus /metrics, with dynamic batching."""
+    the Open Inference Protocol (v2) and Prometheus /metrics, with dynamic batching; with --ray, as Ray Serve
+    replicas across a cluster."""
     require_serve_extra()
-    from .serve.server import serve
+    options = serve_flags.options(bundle)
+    ray_flags = {"--address": address, "--replicas": replicas, "--autoscale": autoscale,
+                 "--replica-cpus": replica_cpus, "--target-ongoing-requests": target_ongoing_requests,
+                 "--bundle-cache": bundle_cache}
+    if not on_ray:
+        given = [flag for flag, value in ray_flags.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} only applies to serving on Ray", f"add --ray, or leave {given[0]} off")
+        from .serve.server import serve
 
-    serve(serve_flags.options(bundle), on_event=event_printer())
+        serve(options, on_event=event_printer())
+        return
+    from .serve.ray_deployment import RayOptions, parse_autoscale, serve_until_stopped
+
+    if replicas is not None and autoscale is not None:
+        raise UsageError("--replicas and --autoscale both set the replica count", "pass one of them")
+    if options.port == 0:
+        raise UsageError("--port 0 cannot be used with --ray: every node's proxy listens on the same port",
+                         "pass a port, e.g. --port 8000")
+    defaults = RayOptions()
+    ray_options = RayOptions(
+        address=address, replicas=replicas or defaults.replicas,
+        autoscale=parse_autoscale(autoscale) if autoscale is not None else None,
+        replica_cpus=replica_cpus if replica_cpus is not None else defaults.replica_cpus,
+        target_ongoing_requests=target_ongoing_requests if target_ongoing_requests is not None
+        else defaults.target_ongoing_requests, cache_dir=str(bundle_cache) if bundle_cache else None)
+    serve_until_stopped(options, ray_options, on_event=event_printer())
 
 
 def loadtest_command(

@@ -15,11 +15,12 @@ from pathlib import Path
 from .errors import UsageError
 
 POSITIVE_COUNTS = {"batch_size", "max_batch_tokens", "max_seq_length", "min_batch", "max_batch", "min_seq",
-                   "max_seq", "seq_len", "calibration_samples", "verification_samples", "epochs", "timing_passes"}
+                   "max_seq", "seq_len", "calibration_samples", "verification_samples", "epochs", "timing_passes",
+                   "replicas"}
 THREAD_COUNTS = {"threads", "cpu_threads"}  # positive, and at most the cores this process may use
 NON_NEGATIVE_COUNTS = {"iterations"}  # 0: "not a criterion" (perf times by --duration alone)
 DURATIONS = {"duration", "warmup", "perf_seconds"}  # seconds; 0 allowed where the command says what it means
-POSITIVE_NUMBERS = {"lr"}
+POSITIVE_NUMBERS = {"lr", "replica_cpus", "target_ongoing_requests"}
 NON_NEGATIVE_NUMBERS = {"accuracy_budget"}
 MAX_SECONDS = 24 * 3600  # a benchmark longer than a day is a typo, not a plan
 MAX_COUNT = 2**31 - 1  # past int32 every engine and numpy index overflows somewhere

@@ -1,0 +1,276 @@
+"""`serve` on Ray Serve: the same Starlette app, routes, limits, auth and metrics, as a deployment of
+replicas across a cluster. Ray Serve routes requests between replicas, restarts a replica whose health
+check fails or whose process dies, and adds or removes replicas as load changes; each replica loads the
+bundles once and owns one long-lived Batcher per bundle (our token-budget batching: nothing of Ray's
+batching runs on top).
+
+Bundles travel without a shared filesystem: the driver verifies and packs each bundle once
+(bundle_cache.pack_bundle) and puts it into Ray's object store; a replica on a machine that has no
+cached copy fetches it and writes it to its local cache folder, checked against the manifest's hashes
+(bundle_cache.unpack_bundle). The driver owns those objects: it stays up as long as the deployment does.
+
+ray is imported inside the functions that need it; without the `ray` extra the first call raises a
+one-line UsageError naming `pip install 'roberta-deploy[ray]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import BackendError, UsageError
+from ..runtime.engine import THROUGHPUT, Engine
+from .app import ServerState, create_app
+from .bundle_cache import cached_bundle, default_cache_root, pack_bundle, unpack_bundle
+from .options import ServeOptions
+from .server import STOP_SIGNALS, check_bundles, served_model
+
+RAY_EXTRA_FIX = "pip install 'roberta-deploy[ray]'"
+DEPLOYMENT_NAME = "roberta-deploy"
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
+USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the deployment runs and how it scales; ServeOptions says what each replica serves."""
+
+    address: str | None = None  # None: a local Ray instance (dashboard and usage reporting off); "auto", ray://HOST:PORT
+    replicas: int = 1  # fixed replica count (ignored with autoscale)
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas, scaled on ongoing requests per replica
+    replica_cpus: float = 1.0  # CPUs Ray reserves per replica; the replica's engine computes on that many threads
+    target_ongoing_requests: float = 32.0  # autoscaling aims at this many requests in flight per replica
+    proxy_location: str = "EveryNode"  # an HTTP proxy on every node (HeadOnly: one, on the head)
+    app_name: str = "roberta-deploy"
+    health_check_period_s: float = 5.0
+    health_check_timeout_s: float = 30.0
+    graceful_shutdown_timeout_s: float = 60.0  # how long a stopping replica may take to answer what it accepted
+    cache_dir: str | None = None  # where replicas unpack bundles; default bundle_cache.default_cache_root() per node
+
+    def __post_init__(self):
+        if self.autoscale is None and self.replicas < 1:
+            raise UsageError(f"--replicas must be at least 1, got {self.replicas}", "pass --replicas 1 or more")
+        if self.autoscale is not None:
+            low, high = self.autoscale
+            if low < 0 or high < 1 or low > high:
+                raise UsageError(f"--autoscale {low}:{high} is not MIN:MAX with 0 <= MIN <= MAX and MAX >= 1",
+                                 "pass e.g. --autoscale 1:4")
+        for flag, value in (("--replica-cpus", self.replica_cpus),
+                            ("--target-ongoing-requests", self.target_ongoing_requests)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UsageError(f"{flag} must be a positive number, got {value}", f"pass e.g. {flag} 1")
+        if self.proxy_location not in PROXY_LOCATIONS:
+            raise UsageError(f"unknown proxy location {self.proxy_location!r}",
+                             f"use one of {', '.join(PROXY_LOCATIONS)}")
+
+    @property
+    def cpu_threads(self) -> int:
+        """Engine threads per replica: the CPUs Ray reserved for it, at least one."""
+        return max(1, math.ceil(self.replica_cpus))
+
+
+def parse_autoscale(value: str) -> tuple[int, int]:
+    """`--autoscale MIN:MAX`."""
+    low, separator, high = value.partition(":")
+    try:
+        if not separator:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise UsageError(f"--autoscale {value!r} is not MIN:MAX", "pass e.g. --autoscale 1:4") from None
+
+
+@dataclass(frozen=True)
+class ShippedBundle:
+    name: str
+    digest: str  # the packed bundle's digest: a replica that has this folder cached needs nothing from the store
+    ref: Any  # ray.ObjectRef of a bundle_cache.PackedBundle, owned by the driver
+
+
+@dataclass
+class RayEndpoint:
+    """A running deployment. The driver that made it keeps `bundles` alive in the object store; close() deletes
+    the application (Ray lets every replica answer what it accepted first) and disconnects."""
+
+    url: str
+    app_name: str
+    bundles: tuple[ShippedBundle, ...]
+    started_ray: bool  # this process started the local Ray instance, so close() stops it
+    _closed: bool = field(default=False, repr=False)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ray, serve = _import_ray()
+        try:
+            serve.delete(self.app_name)  # blocks until its replicas drained and stopped
+        finally:
+            if self.started_ray:
+                serve.shutdown()
+            ray.shutdown()
+
+
+def deploy(options: ServeOptions, ray_options: RayOptions,
+           on_event: Callable[[str], None] = lambda message: None) -> RayEndpoint:
+    """Serve `options.bundles` on Ray: connect (or start a local instance), ship the bundles, run the
+    deployment and return once every replica is warm and routed to."""
+    check_bundles(options)
+    ray, serve = _import_ray()
+    started_ray = _connect(ray, ray_options)
+    on_event(("started a local Ray instance" if started_ray else f"connected to Ray at {ray_options.address}")
+             + f" ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+    shipped = []
+    for spec in options.bundles:
+        packed = pack_bundle(spec.path)
+        shipped.append(ShippedBundle(name=spec.name, digest=packed.digest, ref=ray.put(packed)))
+        on_event(f"shipped {spec.name} ({packed.size / 1e6:.1f} MB, {len(packed.files)} files) into the object store")
+    serve.start(proxy_location=ray_options.proxy_location,
+                http_options={"host": options.host, "port": options.port})
+    deployment = serve.deployment(serve.ingress()(ReplicaServer), name=DEPLOYMENT_NAME,
+                                  **deployment_settings(options, ray_options))
+    scale = (f"autoscaled {ray_options.autoscale[0]}..{ray_options.autoscale[1]}" if ray_options.autoscale
+             else f"{ray_options.replicas}")
+    on_event(f"deploying {scale} replica(s) of {ray_options.replica_cpus:g} CPU(s) each")
+    serve.run(deployment.bind(tuple(shipped), options, ray_options), name=ray_options.app_name, route_prefix="/")
+    host = options.host
+    url = f"http://{f'[{host}]' if ':' in host else host}:{options.port}"
+    return RayEndpoint(url=url, app_name=ray_options.app_name, bundles=tuple(shipped), started_ray=started_ray)
+
+
+def serve_until_stopped(options: ServeOptions, ray_options: RayOptions,
+                        on_event: Callable[[str], None] = lambda message: None) -> None:
+    """`serve --ray`: deploy, then hold the deployment (and the bundles in the object store) until SIGTERM or
+    SIGINT; then delete it, which lets every replica answer what it accepted, and return."""
+    endpoint = deploy(options, ray_options, on_event)
+    stop = threading.Event()
+    # Installed after ray.init, which sets a SIGTERM handler of its own (sys.exit) in the driver.
+    previous = {sig: signal.signal(sig, lambda sig, frame: stop.set()) for sig in STOP_SIGNALS}
+    try:
+        on_event(f"ready: {', '.join(spec.name for spec in options.bundles)} at {endpoint.url}")
+        while not stop.wait(1.0):  # a timed wait: signal handlers run between waits
+            pass
+        on_event("stopping: Ray finishes every accepted request on each replica, then stops it")
+    finally:
+        try:
+            endpoint.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    on_event("stopped: every accepted request was answered")
+
+
+def deployment_settings(options: ServeOptions, ray_options: RayOptions) -> dict:
+    """serve.deployment's options. A replica takes as many requests as `serve` does in one process (Ray's
+    default of 5 would starve the batcher); past that, Ray's router queues a bounded number and answers 503."""
+    limit = options.limits.max_concurrent_requests
+    settings = dict(ray_actor_options={"num_cpus": ray_options.replica_cpus},
+                    max_ongoing_requests=limit, max_queued_requests=limit,
+                    health_check_period_s=ray_options.health_check_period_s,
+                    health_check_timeout_s=ray_options.health_check_timeout_s,
+                    graceful_shutdown_timeout_s=ray_options.graceful_shutdown_timeout_s,
+                    graceful_shutdown_wait_loop_s=0.5)
+    if ray_options.autoscale is None:
+        settings["num_replicas"] = ray_options.replicas
+    else:
+        low, high = ray_options.autoscale
+        settings["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
+                                          "initial_replicas": max(low, 1),
+                                          "target_ongoing_requests": ray_options.target_ongoing_requests}
+    return settings
+
+
+class ReplicaServer:
+    """One replica: the `serve` app over engines and batchers of its own (wrapped by serve.ingress in deploy)."""
+
+    def __init__(self, bundles: tuple[ShippedBundle, ...], options: ServeOptions, ray_options: RayOptions):
+        import ray
+        from prometheus_client import Info
+        from ray import serve
+
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.state = ServerState(names=tuple(bundle.name for bundle in bundles), limits=options.limits,
+                                 api_key=options.api_key)
+        # Every /metrics answer says which replica, node and process it comes from: Ray routes each scrape
+        # to one replica, so a scraper (or a test) tells them apart by these labels.
+        Info("roberta_deploy_replica", "The Ray Serve replica that answered this scrape",
+             registry=self.state.metrics.registry).info({"replica": self.replica_id, "node": self.node_id,
+                                                         "pid": str(os.getpid())})
+        cache_root = Path(ray_options.cache_dir) if ray_options.cache_dir else default_cache_root()
+        self._failed_batches = {}
+        for bundle in bundles:
+            folder = cached_bundle(bundle.digest, cache_root) or unpack_bundle(ray.get(bundle.ref), cache_root)
+            engine = Engine.load(folder, contexts=options.batching.contexts, cpu_threads=ray_options.cpu_threads,
+                                 hint=THROUGHPUT)
+            model = served_model(bundle.name, engine, options)
+            model.batcher.start()  # every context runs once before Ray routes a request here
+            self.state.add_model(model)
+            self._failed_batches[bundle.name] = (0, 0)
+        self.state.ready = True
+        self._app = create_app(self.state)
+        self._graceful_shutdown_timeout_s = ray_options.graceful_shutdown_timeout_s
+
+    def __serve_build_asgi_app__(self):
+        return self._app
+
+    def check_health(self) -> None:
+        """Ray's health check (every health_check_period_s): raising marks the replica unhealthy, and Ray
+        replaces it. Unhealthy: a batcher no longer running its workers, or an engine that failed every
+        batch since the last check (an engine that broke fails each batch; one bad batch among good ones
+        is that batch's requests' 424, not a restart)."""
+        for name, model in self.state.models.items():
+            batcher = model.batcher
+            if not (batcher.ready and batcher.running):
+                raise BackendError(f"replica {self.replica_id}: the batcher of {name} stopped",
+                                   "Ray restarts the replica")
+            stats = batcher.stats
+            batches_before, failed_before = self._failed_batches[name]
+            self._failed_batches[name] = (stats.batches, stats.failed)
+            if stats.failed > failed_before and stats.batches == batches_before:
+                raise BackendError(f"replica {self.replica_id}: the engine of {name} failed each of its last "
+                                   f"{stats.failed - failed_before} batches", "Ray restarts the replica")
+
+    async def __del__(self):
+        """Ray calls this once the replica takes no new requests and its open ones were answered (or
+        graceful_shutdown_timeout_s passed): close each batcher with drain, off the event loop, so any
+        answer still on its way is sent."""
+        state = getattr(self, "state", None)
+        if state is None:  # the constructor failed
+            return
+        state.draining = True
+        for model in state.models.values():
+            await asyncio.to_thread(model.batcher.close, drain=True, timeout=self._graceful_shutdown_timeout_s)
+
+
+def _connect(ray, ray_options: RayOptions) -> bool:
+    """Join the cluster at `address`, or start a local instance; True when this process started one."""
+    if ray.is_initialized():
+        return False
+    if ray_options.address is None:
+        os.environ.setdefault(USAGE_STATS_ENV, "0")  # read by ray.init; the user may turn it back on
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        return True
+    try:
+        ray.init(address=ray_options.address, configure_logging=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as error:
+        raise UsageError(f"cannot connect to Ray at {ray_options.address}: {str(error).splitlines()[0]}",
+                         "start a cluster with `ray start --head` and pass --address auto (on a cluster node) or "
+                         "--address ray://HEAD:10001") from None
+    return False
+
+
+def _import_ray():
+    try:
+        import ray
+        from ray import serve
+    except ImportError as error:
+        raise UsageError(f"serving on Ray needs {error.name or 'ray'}, which is not installed",
+                         RAY_EXTRA_FIX) from None
+    return ray, serve
