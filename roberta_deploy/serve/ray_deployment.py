@@ -204,7 +204,7 @@ class ReplicaServer:
              registry=self.state.metrics.registry).info({"replica": self.replica_id, "node": self.node_id,
                                                          "pid": str(os.getpid())})
         cache_root = Path(ray_options.cache_dir) if ray_options.cache_dir else default_cache_root()
-        self._failed_batches = {}
+        self._health = EngineHealth()
         for bundle in bundles:
             folder = cached_bundle(bundle.digest, cache_root) or unpack_bundle(ray.get(bundle.ref), cache_root)
             engine = Engine.load(folder, contexts=options.batching.contexts, cpu_threads=ray_options.cpu_threads,
@@ -212,7 +212,6 @@ class ReplicaServer:
             model = served_model(bundle.name, engine, options)
             model.batcher.start()  # every context runs once before Ray routes a request here
             self.state.add_model(model)
-            self._failed_batches[bundle.name] = (0, 0)
         self.state.ready = True
         self._app = create_app(self.state)
         self._graceful_shutdown_timeout_s = ray_options.graceful_shutdown_timeout_s
@@ -222,20 +221,10 @@ class ReplicaServer:
 
     def check_health(self) -> None:
         """Ray's health check (every health_check_period_s): raising marks the replica unhealthy, and Ray
-        replaces it. Unhealthy: a batcher no longer running its workers, or an engine that failed every
-        batch since the last check (an engine that broke fails each batch; one bad batch among good ones
-        is that batch's requests' 424, not a restart)."""
-        for name, model in self.state.models.items():
-            batcher = model.batcher
-            if not (batcher.ready and batcher.running):
-                raise BackendError(f"replica {self.replica_id}: the batcher of {name} stopped",
-                                   "Ray restarts the replica")
-            stats = batcher.stats
-            batches_before, failed_before = self._failed_batches[name]
-            self._failed_batches[name] = (stats.batches, stats.failed)
-            if stats.failed > failed_before and stats.batches == batches_before:
-                raise BackendError(f"replica {self.replica_id}: the engine of {name} failed each of its last "
-                                   f"{stats.failed - failed_before} batches", "Ray restarts the replica")
+        replaces it with a new one."""
+        problem = self._health.problem(self.state.models)
+        if problem:
+            raise BackendError(f"replica {self.replica_id}: {problem}", "Ray replaces the replica")
 
     async def __del__(self):
         """Ray calls this once the replica takes no new requests and its open ones were answered (or
@@ -247,6 +236,27 @@ class ReplicaServer:
         state.draining = True
         for model in state.models.values():
             await asyncio.to_thread(model.batcher.close, drain=True, timeout=self._graceful_shutdown_timeout_s)
+
+
+class EngineHealth:
+    """Whether each served model can still answer: its batcher runs its workers, and its engine did not fail
+    every batch since the last look. An engine that broke fails each batch it gets; one bad batch among
+    good ones is answered 424 to its own requests and is no reason to restart."""
+
+    def __init__(self):
+        self._last: dict[str, tuple[int, int]] = {}  # model -> (batches, failed) at the last look
+
+    def problem(self, models: dict) -> str | None:
+        for name, model in models.items():
+            batcher = model.batcher
+            if not (batcher.ready and batcher.running):
+                return f"the batcher of {name} is not running"
+            stats = batcher.stats
+            batches, failed = self._last.get(name, (0, 0))
+            self._last[name] = (stats.batches, stats.failed)
+            if stats.failed > failed and stats.batches == batches:
+                return f"the engine of {name} failed each of its last {stats.failed - failed} batches"
+        return None
 
 
 def _connect(ray, ray_options: RayOptions) -> bool:
