@@ -41,6 +41,17 @@ def test_ray_flags_without_ray_are_refused_before_anything_starts(tmp_path):
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (flags, result.stderr)
 
 
+def test_without_the_ray_extra_serve_ray_is_a_one_line_error_naming_it(tmp_path):
+    # None in sys.modules makes `import ray` fail as it does where ray is not installed.
+    program = ("import sys; sys.modules['ray'] = None; from roberta_deploy.cli import main; "
+               f"sys.argv = ['roberta-deploy', 'serve', '--ray', '--bundle', {str(tmp_path)!r}]; main()")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                            env=_environment())
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert "pip install 'roberta-deploy[ray]'" in lines[0]
+
+
 def test_the_health_check_fails_only_when_every_batch_since_the_last_failed():
     from fake_engine import FakeEngine
 
@@ -57,6 +68,7 @@ def test_the_health_check_fails_only_when_every_batch_since_the_last_failed():
         assert "failed each of its last 1 batches" in health.problem(models)
         batcher.submit("broken!").exception(REQUEST_TIMEOUT_S)
         batcher.submit("fine").result(REQUEST_TIMEOUT_S)
+        wait_until(lambda: batcher.stats.batches == 1, "the batch is counted")  # counted after its answer
         assert health.problem(models) is None  # one good batch among bad ones: the engine still works
     finally:
         batcher.close()

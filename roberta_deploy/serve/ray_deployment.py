@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from prometheus_client import Info
+
 from ..errors import BackendError, UsageError
 from ..runtime.engine import THROUGHPUT, Engine
 from .app import ServerState, create_app
@@ -121,8 +123,8 @@ def deploy(options: ServeOptions, ray_options: RayOptions,
            on_event: Callable[[str], None] = lambda message: None) -> RayEndpoint:
     """Serve `options.bundles` on Ray: connect (or start a local instance), ship the bundles, run the
     deployment and return once every replica is warm and routed to."""
-    check_bundles(options)
     ray, serve = _import_ray()
+    check_bundles(options)
     started_ray = _connect(ray, ray_options)
     on_event(("started a local Ray instance" if started_ray else f"connected to Ray at {ray_options.address}")
              + f" ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
@@ -191,7 +193,6 @@ class ReplicaServer:
 
     def __init__(self, bundles: tuple[ShippedBundle, ...], options: ServeOptions, ray_options: RayOptions):
         import ray
-        from prometheus_client import Info
         from ray import serve
 
         self.replica_id = serve.get_replica_context().replica_id.unique_id
