@@ -59,6 +59,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help=f"Comma-separated, measured in this order each round: {', '.join(CONFIGURATIONS)}.")
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default: <workdir>/ray.json).")
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--render", type=Path, default=None, help="Print the markdown of an earlier JSON report.")
     return parser.parse_args(argv)
 
 
@@ -174,6 +175,28 @@ def measure(kind: str, bundle: Path, texts: list[str], arguments) -> dict:
     return result
 
 
+def summarize(measurements) -> dict:
+    """Each configuration against the serve run of the same round: throughput, and serve's CPU seconds per text
+    over this one's (what the throughput ratio would be if the servers had the cores to themselves)."""
+    rounds: dict[int, dict] = {}
+    for number, result in measurements:
+        rounds.setdefault(number, {})[result["kind"]] = result
+    summary = {}
+    for results in rounds.values():
+        serve = results["serve"]
+        for kind, result in results.items():
+            if kind == "serve":
+                continue
+            entry = summary.setdefault(kind, {"round_ratios": [], "round_cpu_ratios": []})
+            entry["round_ratios"].append(result["texts_per_second"] / serve["texts_per_second"])
+            entry["round_cpu_ratios"].append(serve["server_cpu_s_per_1000_texts"] /
+                                             result["server_cpu_s_per_1000_texts"])
+    for entry in summary.values():
+        entry["ratio"] = sum(entry["round_ratios"]) / len(entry["round_ratios"])
+        entry["cpu_ratio"] = sum(entry["round_cpu_ratios"]) / len(entry["round_cpu_ratios"])
+    return summary
+
+
 def render_markdown(report: dict) -> str:
     machine = report["machine"]
     lines = [f"Measured {machine['date']} on {machine['cpu_model']} ({machine['cores_available']} cores), "
@@ -191,16 +214,20 @@ def render_markdown(report: dict) -> str:
                      f"| {result['server_cpu_s_per_1000_texts']:.1f} | {result['load_average_before'][0]:.2f} -> {result['load_average_after'][0]:.2f} "
                      f"| {result['others_cpu_share']:.0%} |")
     lines.append("")
-    for kind, summary in report["summary"].items():
-        lines.append(f"- {CONFIGURATIONS[kind][0]} / serve, throughput: {summary['ratio']:.3f} (mean over "
-                     f"{len(summary['round_ratios'])} rounds, each against the serve run of its round: "
-                     f"{', '.join(f'{ratio:.3f}' for ratio in summary['round_ratios'])}); cost "
-                     f"{1 - summary['ratio']:.1%} of throughput.")
+    for kind, summary in summarize(report["measurements"]).items():
+        lines.append(f"- {CONFIGURATIONS[kind][0]} against serve: throughput ratio {summary['ratio']:.3f} (per round: "
+                     f"{', '.join(f'{ratio:.3f}' for ratio in summary['round_ratios'])}); CPU per text ratio "
+                     f"serve / this {summary['cpu_ratio']:.3f} (per round: "
+                     f"{', '.join(f'{ratio:.3f}' for ratio in summary['round_cpu_ratios'])}), i.e. "
+                     f"a cost of {1 - summary['cpu_ratio']:.1%} of throughput where the server is CPU-bound.")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.render:
+        print(render_markdown(json.loads(arguments.render.read_text())))
+        return 0
     bundle = prepare(arguments)[arguments.bundle_name]
     texts = read_dataset(arguments.data).texts
     report = {"command": " ".join(["python"] + sys.argv), "machine": machine_description(),
@@ -210,9 +237,7 @@ def main(argv=None) -> int:
     unknown = [kind for kind in kinds if kind not in CONFIGURATIONS]
     if unknown or "serve" not in kinds:
         raise SystemExit(f"--configurations takes serve and any of {', '.join(CONFIGURATIONS)}")
-    ratios: dict[str, list[float]] = {kind: [] for kind in kinds if kind != "serve"}
     for number in range(1, arguments.rounds + 1):
-        pair = {}
         for kind in kinds:
             log(f"round {number}: {kind}, {arguments.clients} clients")
             result = measure(kind, bundle, texts, arguments)
@@ -220,11 +245,7 @@ def main(argv=None) -> int:
                 f"{result['latency_ms'].get('p99', float('nan')):.1f} ms, {result['errors']} errors, "
                 f"load {result['load_average_before'][0]:.2f}")
             report["measurements"].append((number, result))
-            pair[kind] = result["texts_per_second"]
-        for kind in ratios:
-            ratios[kind].append(pair[kind] / pair["serve"])
-    report["summary"] = {kind: {"round_ratios": values, "ratio": sum(values) / len(values)}
-                         for kind, values in ratios.items()}
+    report["summary"] = summarize(report["measurements"])
     output = arguments.output or arguments.workdir.expanduser() / "ray.json"
     atomic_write_text(output, json.dumps(report, indent=2))
     markdown = render_markdown(report)

@@ -75,6 +75,21 @@ def test_the_health_check_fails_only_when_every_batch_since_the_last_failed():
     assert "not running" in health.problem(models)
 
 
+def test_the_deployment_takes_as_many_requests_per_replica_as_serve_and_scales_on_them(tmp_path):
+    from roberta_deploy.serve.options import Limits, ServeOptions, parse_bundle_specs
+    from roberta_deploy.serve.ray_deployment import RayOptions, deployment_settings
+
+    options = ServeOptions(bundles=parse_bundle_specs([str(tmp_path)]), limits=Limits(max_concurrent_requests=40))
+    fixed = deployment_settings(options, RayOptions(replicas=3, replica_cpus=2))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["max_ongoing_requests"] == 40 and fixed["ray_actor_options"] == {"num_cpus": 2}
+    scaled = deployment_settings(options, RayOptions(autoscale=(0, 4), target_ongoing_requests=8))
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 4, "initial_replicas": 1,
+                                            "target_ongoing_requests": 8}
+    assert RayOptions(replica_cpus=1.5).cpu_threads == 2 and RayOptions(replica_cpus=0.5).cpu_threads == 1
+
+
 def _environment(**extra) -> dict:
     package_root = str(Path(roberta_deploy.__file__).resolve().parents[1])
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **extra,

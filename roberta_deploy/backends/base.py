@@ -52,6 +52,9 @@ class RuntimeSettings:
     contexts: int
     cpu_threads: int
     device: str = CPU  # canonical: cpu, cuda or cuda:N
+    # Pin compute threads to cores. Off where other processes share the cores (several Ray replicas on one
+    # node): OpenVINO pins every process's threads from the first core on, so two replicas shared one core.
+    pin_threads: bool = True
 
 
 class Runner(ABC):

@@ -126,6 +126,7 @@ class OpenVINOEngine(LoadedEngine):
             "INFERENCE_PRECISION_HINT": manifest["backend_settings"]["inference_precision"],
             "NUM_STREAMS": str(settings.contexts),
             "INFERENCE_NUM_THREADS": settings.cpu_threads,
+            "ENABLE_CPU_PINNING": settings.pin_threads,
         }
         xml_name, bin_name = ((LEGACY_MODEL_XML, LEGACY_MODEL_BIN) if LEGACY_MODEL_XML in manifest.get("files", {})
                               else (MODEL_XML, MODEL_BIN))

@@ -52,7 +52,8 @@ def default_contexts(cores: int, hint: str = LATENCY, backend: str = DEFAULT_BAC
 class Engine:
     """A bundle loaded for inference. Create one per device; share it between threads."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict, contexts: int, cpu_threads: int, device: str = CPU):
+    def __init__(self, bundle_dir: Path, manifest: dict, contexts: int, cpu_threads: int, device: str = CPU,
+                 pin_threads: bool = True):
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.profile = ShapeProfile.from_dict(manifest["shape_profile"])
@@ -69,7 +70,8 @@ class Engine:
             raise BundleError(f"the tokenizer in {bundle_dir} has {self.encoder.vocab_size} tokens but the model's "
                               f"embedding table only {self.vocab_size}: its ids would run past the table",
                               "export again with the checkpoint's own tokenizer")
-        self.settings = RuntimeSettings(contexts=contexts, cpu_threads=cpu_threads, device=device)
+        self.settings = RuntimeSettings(contexts=contexts, cpu_threads=cpu_threads, device=device,
+                                        pin_threads=pin_threads)
         backend = get_backend(manifest["backend"])
         backend.check_device(device)
         self._backend_engine = backend.load(bundle_dir, manifest, self.settings)
@@ -80,7 +82,7 @@ class Engine:
 
     @classmethod
     def load(cls, bundle: str | Path, *, contexts: int | None = None, cpu_threads: int | None = None,
-             hint: str = LATENCY, device: str | None = None) -> "Engine":
+             hint: str = LATENCY, device: str | None = None, pin_threads: bool = True) -> "Engine":
         """Load and verify a bundle (every file against its manifest hash).
 
         hint: "latency" (default; one request at a time gets every core) or "throughput" (many
@@ -90,6 +92,8 @@ class Engine:
         between contexts, never oversubscribed (a torch engine on the CPU computes on PyTorch's own
         process-wide pool, torch.get_num_threads(), which the library leaves as the process set it).
         device: cpu, cuda or cuda:N; default the device the bundle was built and verified on.
+        pin_threads: pin compute threads to cores (OpenVINO); pass False when other processes compute on
+        the same cores, such as several Ray replicas on one node.
         """
         bundle_dir = Path(bundle)
         manifest = read_manifest(bundle_dir, KIND_BUNDLE)
@@ -105,7 +109,7 @@ class Engine:
             raise UsageError(f"{contexts} contexts on {cpu_threads} CPU threads would oversubscribe the CPU",
                              f"use at most {cpu_threads} contexts, or raise --cpu-threads")
         return cls(bundle_dir, manifest, contexts, cpu_threads,
-                   canonical_device(device or manifest.get("device", CPU)))
+                   canonical_device(device or manifest.get("device", CPU)), pin_threads=pin_threads)
 
     @property
     def precision(self) -> str:

@@ -208,8 +208,9 @@ class ReplicaServer:
         self._health = EngineHealth()
         for bundle in bundles:
             folder = cached_bundle(bundle.digest, cache_root) or unpack_bundle(ray.get(bundle.ref), cache_root)
+            # Unpinned: Ray reserves CPUs by count, not by core, and other replicas compute on this node too.
             engine = Engine.load(folder, contexts=options.batching.contexts, cpu_threads=ray_options.cpu_threads,
-                                 hint=THROUGHPUT)
+                                 hint=THROUGHPUT, pin_threads=False)
             model = served_model(bundle.name, engine, options)
             model.batcher.start()  # every context runs once before Ray routes a request here
             self.state.add_model(model)
