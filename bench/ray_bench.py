@@ -172,6 +172,8 @@ def measure(kind: str, bundle: Path, texts: list[str], arguments) -> dict:
         # Each replica's share of the texts it answered in the window, applied to the measured rate.
         result["per_replica_texts_per_second"] = {replica: level.texts_per_second * count / total
                                                   for replica, count in served.items()}
+        # Replicas no scrape reached are missing here, and their texts counted to the others.
+        result["replicas_seen"] = len(served)
     return result
 
 
