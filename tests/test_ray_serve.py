@@ -102,9 +102,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """Two nodes of one CPU each: with one CPU per replica, two replicas land one on each node."""
+    """Two nodes of one CPU each: with one CPU per replica, two replicas land one on each node. Started once per
+    test session (only this module uses it), and stopped when the module is done, so later tests get its
+    memory and CPU back."""
     pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
     from ray.cluster_utils import Cluster
 

@@ -267,7 +267,8 @@ def _connect(ray, ray_options: RayOptions) -> bool:
         return False
     if ray_options.address is None:
         os.environ.setdefault(USAGE_STATS_ENV, "0")  # read by ray.init; the user may turn it back on
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        # "local": a new instance, even where RAY_ADDRESS or a cluster started on this machine would be found.
+        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
         return True
     try:
         ray.init(address=ray_options.address, configure_logging=False, log_to_driver=False)
