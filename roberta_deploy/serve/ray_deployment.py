@@ -147,15 +147,18 @@ def deploy(options: ServeOptions, ray_options: RayOptions,
 
 
 def serve_until_stopped(options: ServeOptions, ray_options: RayOptions,
-                        on_event: Callable[[str], None] = lambda message: None) -> None:
-    """`serve --ray`: deploy, then hold the deployment (and the bundles in the object store) until SIGTERM or
-    SIGINT; then delete it, which lets every replica answer what it accepted, and return."""
+                        on_event: Callable[[str], None] = lambda message: None,
+                        on_ready: Callable[[str], None] = lambda url: None) -> None:
+    """`serve --ray`: server.serve's counterpart on Ray. Deploy, then hold the deployment (and the bundles in
+    the object store) until SIGTERM or SIGINT; then delete it, which lets every replica answer what it
+    accepted, and return. on_ready(url) runs once every replica is warm and routed to."""
     endpoint = deploy(options, ray_options, on_event)
     stop = threading.Event()
     # Installed after ray.init, which sets a SIGTERM handler of its own (sys.exit) in the driver.
     previous = {sig: signal.signal(sig, lambda sig, frame: stop.set()) for sig in STOP_SIGNALS}
     try:
         on_event(f"ready: {', '.join(spec.name for spec in options.bundles)} at {endpoint.url}")
+        on_ready(endpoint.url)
         while not stop.wait(1.0):  # a timed wait: signal handlers run between waits
             pass
         on_event("stopping: Ray finishes every accepted request on each replica, then stops it")
