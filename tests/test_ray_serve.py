@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from serve_client import Background, call, metric, post_json, wait_until
-from test_serve import (AUTH, KEY, dev_texts, reference, scores_by_label, serve_bundle,  # noqa: F401 (fixtures)
+from test_serve import (AUTH, KEY, ServerProcess, dev_texts, reference, scores_by_label,  # noqa: F401 (fixtures)
+                        serve_bundle,
                         test_huggingface_inference_client_gets_every_label_with_the_engines_scores,
                         test_raw_http_predict_equals_engine_predict,
                         test_tritonclient_http_reads_logits_probabilities_and_labels)
@@ -117,8 +118,9 @@ def ray_cluster():
     cluster.shutdown()
 
 
-class RayServer:
-    """`python -m roberta_deploy serve --ray --address CLUSTER ...` in a subprocess; stderr collected on a thread."""
+class RayServer(ServerProcess):
+    """`python -m roberta_deploy serve --ray --address CLUSTER ...` in a subprocess; stderr collected on a thread.
+    Stops and kills as test_serve's ServerProcess does; ready when the command says so."""
 
     def __init__(self, cluster, port: int, *args: str):
         self.port = port
@@ -142,22 +144,6 @@ class RayServer:
                 self._ready.set()
         self._ready.set()  # ended before ready: the constructor reports it
 
-    def stop(self, timeout: float = 120) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail("serve --ray did not exit after SIGTERM")
-        self._reader.join(10)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-
 
 @pytest.fixture(scope="module")
 def shipped_bundle(serve_bundle, tmp_path_factory):  # noqa: F811 (the fixture imported from test_serve)
@@ -179,7 +165,7 @@ def server(ray_cluster, shipped_bundle, bundle_cache):
                         "--replica-cpus", "1", "--bundle-cache", str(bundle_cache), "--max-client-batch-size", "8",
                         "--payload-limit", "20000", "--max-input-chars", "1000")
     yield process
-    assert process.stop() == 0
+    assert process.stop(timeout=120) == 0
 
 
 def replicas_seen(port: int, scrapes: int = 40) -> dict[str, dict]:
@@ -282,7 +268,7 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(server, ray_cluster,
                                                             reference):  # noqa: F811
     # The module's deployment goes first: Serve's proxy keeps the port it was started with, and one application
     # holds its routes.
-    assert server.stop() == 0
+    assert server.stop(timeout=120) == 0
     process = RayServer(ray_cluster, server.port, "--bundle", f"tiny={serve_bundle}", "--replicas", "1",
                         "--max-wait-ms", "4000")
     try:
@@ -296,7 +282,7 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(server, ray_cluster,
         for (_, _, body), probabilities in zip(answers, reference.probabilities):
             assert scores_by_label(body) == pytest.approx(dict(zip(reference.label_names, probabilities.tolist())),
                                                           abs=1e-4)
-        assert process.stop() == 0
+        assert process.stop(timeout=120) == 0
         log = "\n".join(process.lines)
         assert log.index("stopping:") < log.index("stopped: every accepted request was answered")
     finally:
