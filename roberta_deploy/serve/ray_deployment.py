@@ -48,6 +48,12 @@ class RayOptions:
     autoscale: tuple[int, int] | None = None  # (min, max) replicas, scaled on ongoing requests per replica
     replica_cpus: float = 1.0  # CPUs Ray reserves per replica; the replica's engine computes on that many threads
     target_ongoing_requests: float = 32.0  # autoscaling aims at this many requests in flight per replica
+    # How the autoscaler reacts (Ray 2.60's defaults): requests in flight averaged over look_back_period_s; a
+    # decision to add replicas holds upscale_delay_s before it is carried out, one to remove them
+    # downscale_delay_s (long: a replica is slow to start and a burst soon comes back).
+    look_back_period_s: float = 30.0
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
     proxy_location: str = "EveryNode"  # an HTTP proxy on every node (HeadOnly: one, on the head)
     app_name: str = "roberta-deploy"
     health_check_period_s: float = 5.0
@@ -187,7 +193,10 @@ def deployment_settings(options: ServeOptions, ray_options: RayOptions) -> dict:
         low, high = ray_options.autoscale
         settings["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
                                           "initial_replicas": max(low, 1),
-                                          "target_ongoing_requests": ray_options.target_ongoing_requests}
+                                          "target_ongoing_requests": ray_options.target_ongoing_requests,
+                                          "look_back_period_s": ray_options.look_back_period_s,
+                                          "upscale_delay_s": ray_options.upscale_delay_s,
+                                          "downscale_delay_s": ray_options.downscale_delay_s}
     return settings
 
 
