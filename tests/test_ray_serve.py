@@ -341,3 +341,21 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_without_losing_a_r
             thread.join(REQUEST_TIMEOUT_S + 5)
         endpoint.close()
     assert outcomes and set(outcomes) == {200}, [outcome for outcome in outcomes if outcome != 200][:3]
+
+
+def test_replicas_that_cannot_load_the_bundle_end_the_command_with_their_reason(server, ray_cluster, serve_bundle,
+                                                                                 tmp_path):  # noqa: F811
+    import json
+
+    assert server.stop(timeout=120) == 0
+    bundle = tmp_path / "cuda-only"
+    shutil.copytree(serve_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    manifest["device"] = "cuda"  # valid, and verified on the driver; an OpenVINO engine refuses it on load
+    (bundle / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "roberta_deploy", "serve", "--ray", "--address", ray_cluster.address,
+                             "--port", str(server.port), "--bundle", str(bundle)],
+                            capture_output=True, text=True, timeout=START_TIMEOUT_S, env=_environment())
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert result.returncode == 1, result.stderr
+    assert last.startswith("error: the replicas failed to start: ") and "cuda" in last, result.stderr

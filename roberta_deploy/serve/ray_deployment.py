@@ -146,7 +146,15 @@ def deploy(options: ServeOptions, ray_options: RayOptions,
     scale = (f"autoscaled {ray_options.autoscale[0]}..{ray_options.autoscale[1]}" if ray_options.autoscale
              else f"{ray_options.replicas}")
     on_event(f"deploying {scale} replica(s) of {ray_options.replica_cpus:g} CPU(s) each")
-    serve.run(deployment.bind(tuple(shipped), options, ray_options), name=ray_options.app_name, route_prefix="/")
+    try:
+        serve.run(deployment.bind(tuple(shipped), options, ray_options), name=ray_options.app_name,
+                  route_prefix="/")
+    except RuntimeError as error:  # the replicas did not start: say why in one line, and leave nothing running
+        reason = _replica_failure(serve, ray_options.app_name) or str(error).splitlines()[0]
+        RayEndpoint(url="", app_name=ray_options.app_name, bundles=(), started_ray=started_ray).close()
+        raise BackendError(f"the replicas failed to start: {reason}",
+                           "fix that and run again; every replica's log is under Ray's session folder "
+                           "(/tmp/ray/session_latest/logs on each node)") from None
     host = options.host
     url = f"http://{f'[{host}]' if ':' in host else host}:{options.port}"
     return RayEndpoint(url=url, app_name=ray_options.app_name, bundles=tuple(shipped), started_ray=started_ray)
@@ -186,7 +194,10 @@ def deployment_settings(options: ServeOptions, ray_options: RayOptions) -> dict:
                     health_check_period_s=ray_options.health_check_period_s,
                     health_check_timeout_s=ray_options.health_check_timeout_s,
                     graceful_shutdown_timeout_s=ray_options.graceful_shutdown_timeout_s,
-                    graceful_shutdown_wait_loop_s=0.5)
+                    graceful_shutdown_wait_loop_s=0.5,
+                    # A replica whose constructor fails (a bundle this node's CPU cannot run) fails the same way
+                    # again: a few tries, then serve.run reports it, instead of Ray's 20.
+                    max_constructor_retry_count=3)
     if ray_options.autoscale is None:
         settings["num_replicas"] = ray_options.replicas
     else:
@@ -250,6 +261,19 @@ class ReplicaServer:
         state.draining = True
         for model in state.models.values():
             await asyncio.to_thread(model.batcher.close, drain=True, timeout=self._graceful_shutdown_timeout_s)
+
+
+def _replica_failure(serve, app_name: str) -> str | None:
+    """The error a failed replica constructor raised, from the deployment's status message (its last line)."""
+    try:
+        application = serve.status().applications.get(app_name)
+    except Exception:  # the status itself is out of reach: the caller says what serve.run said
+        return None
+    for deployment in (application.deployments.values() if application else ()):
+        lines = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return None
 
 
 class EngineHealth:
