@@ -131,14 +131,15 @@ def deploy(options: ServeOptions, ray_options: RayOptions,
     deployment and return once every replica is warm and routed to."""
     ray, serve = _import_ray()
     check_bundles(options)
+    packed_bundles = [pack_bundle(spec.path) for spec in options.bundles]  # a corrupt bundle fails before Ray starts
     started_ray = _connect(ray, ray_options)
     on_event(("started a local Ray instance" if started_ray else f"connected to Ray at {ray_options.address}")
              + f" ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
     shipped = []
-    for spec in options.bundles:
-        packed = pack_bundle(spec.path)
+    for spec, packed in zip(options.bundles, packed_bundles):
         shipped.append(ShippedBundle(name=spec.name, digest=packed.digest, ref=ray.put(packed)))
         on_event(f"shipped {spec.name} ({packed.size / 1e6:.1f} MB, {len(packed.files)} files) into the object store")
+    del packed_bundles  # the object store holds them now
     serve.start(proxy_location=ray_options.proxy_location,
                 http_options={"host": options.host, "port": options.port})
     deployment = serve.deployment(serve.ingress()(ReplicaServer), name=DEPLOYMENT_NAME,
