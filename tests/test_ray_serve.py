@@ -303,15 +303,15 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_without_losing_a_r
 
     assert server.stop(timeout=120) == 0  # Serve's proxy keeps the module's port; one application holds it
     ray.init(address=ray_cluster.address, configure_logging=False, log_to_driver=False)
-    # This test process is the driver now. One request in flight per replica is the target: four clients
-    # call for two replicas (the most the two 1-CPU nodes hold), one client for one. Ray wants the look-back
-    # window longer than its (deprecated) 10 s metrics interval.
+    # This test process is the driver now. Two requests in flight per replica is the target: six clients call
+    # for three replicas (two, the most the two 1-CPU nodes hold), one client for one, with a margin on both
+    # sides of the rounding. Ray wants the look-back window longer than its (deprecated) 10 s metrics interval.
     endpoint = deploy(ServeOptions(bundles=parse_bundle_specs([f"tiny={serve_bundle}"]), port=server.port,
                                    api_key=KEY),
-                      RayOptions(address=ray_cluster.address, autoscale=(1, 2), target_ongoing_requests=1,
+                      RayOptions(address=ray_cluster.address, autoscale=(1, 2), target_ongoing_requests=2,
                                  look_back_period_s=11, upscale_delay_s=0, downscale_delay_s=2))
     outcomes: list = []
-    clients_wanted = [4]
+    clients_wanted = [6]
     stop = threading.Event()
 
     def client(number: int) -> None:
@@ -326,7 +326,7 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_without_losing_a_r
             except OSError as error:
                 outcomes.append(error)
 
-    clients = [threading.Thread(target=client, args=(number,), daemon=True) for number in range(4)]
+    clients = [threading.Thread(target=client, args=(number,), daemon=True) for number in range(6)]
     try:
         assert len(replicas_seen(server.port)) == 1
         for thread in clients:
