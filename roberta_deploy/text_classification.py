@@ -22,6 +22,7 @@ from .defaults import DEFAULT_MAX_SEQ_LENGTH
 from .errors import InputDataError, UsageError
 from .manifest import KIND_BUNDLE, KIND_EXPORT, MANIFEST_FILE
 from .runtime.engine import LATENCY, Engine
+from .runtime.tokenization import text_input_from_dict
 from .tasks import NONE, SIGMOID, SOFTMAX, apply_function
 
 FUNCTIONS = (SOFTMAX, SIGMOID, NONE)
@@ -217,13 +218,7 @@ def _is_pair(value) -> bool:
 
 def _as_pair(value):
     """A dict or tuple input -> what the engine takes: a text, or a (text, text_pair) tuple."""
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - {"text", "text_pair"})
-        if unknown or "text" not in value:
-            raise InputDataError(f"a text pair dict has keys {sorted(value)}",
-                                 'pass {"text": "...", "text_pair": "..."} (text_pair optional)')
-        return value["text"] if value.get("text_pair") is None else (value["text"], value["text_pair"])
-    return value
+    return text_input_from_dict(value) if isinstance(value, dict) else value
 
 
 def _as_texts(inputs) -> list:

@@ -48,6 +48,44 @@ def test_pairs_on_predict_get_every_label_scored_as_pytorch(server, task_checkpo
                                                                                  abs=TOLERANCE)
 
 
+def test_hugging_face_route_takes_text_pair_dicts_as_the_pipeline_does(server, monkeypatch):
+    """{"inputs": {"text", "text_pair"}} and a list of such dicts, by raw HTTP and through the unmodified
+    InferenceClient (its text_classification passes a dict through as `inputs`): /predict's scores."""
+    from huggingface_hub import InferenceClient, constants
+
+    _, _, tei = post_json(server.port, "/models/nli/predict", {"inputs": [list(pair) for pair in PAIRS]})
+    expected = [{entry["label"]: entry["score"] for entry in answer} for answer in tei]
+    status, _, one = post_json(server.port, "/models/nli", {"inputs": {"text": PAIRS[0][0], "text_pair": PAIRS[0][1]}})
+    assert status == 200 and len(one) == 1
+    assert {entry["label"]: entry["score"] for entry in one[0]} == pytest.approx(expected[0], abs=1e-6)
+    status, _, many = post_json(server.port, "/models/nli", {"inputs": [{"text": a, "text_pair": b} for a, b in PAIRS]
+                                                              + [{"text": TEXTS[0]}]})
+    assert status == 200 and len(many) == len(PAIRS) + 1
+    for answer, scores in zip(many, expected):
+        assert [entry["label"] for entry in answer] == sorted(scores, key=scores.get, reverse=True)
+        assert {entry["label"]: entry["score"] for entry in answer} == pytest.approx(scores, abs=1e-6)
+    _, _, single = post_json(server.port, "/models/nli/predict", {"inputs": TEXTS[0]})
+    assert {entry["label"]: entry["score"] for entry in many[-1]} == pytest.approx(
+        {entry["label"]: entry["score"] for entry in single}, abs=1e-6)  # no text_pair: one text
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the client talks to 127.0.0.1 only
+    client = InferenceClient(model=f"http://127.0.0.1:{server.port}/models/nli", timeout=30)
+    answer = client.text_classification({"text": PAIRS[1][0], "text_pair": PAIRS[1][1]}, top_k=2)
+    assert [item.label for item in answer] == sorted(expected[1], key=expected[1].get, reverse=True)[:2]
+    assert [item.score for item in answer] == pytest.approx([expected[1][item.label] for item in answer], abs=1e-6)
+
+
+@pytest.mark.parametrize("inputs, fragment", [
+    ({"text": QUERY, "pair": TEXTS[0]}, "a text pair dict has keys ['pair', 'text']"),
+    ([[QUERY, TEXTS[0]]], "item 0 is a list; a text pair is an object here"),
+    ({"text": QUERY, "text_pair": "  "}, "item 0 is empty"),
+    ({"text": QUERY, "text_pair": 3}, "item 0 is int, not a string"),
+])
+def test_hugging_face_route_refuses_malformed_pairs(server, inputs, fragment):
+    status, _, answer = post_json(server.port, "/models/nli", {"inputs": inputs})
+    assert status == 422 and fragment in answer["error"] and set(answer) == {"error"}
+
+
 def test_rerank_answers_as_text_embeddings_inference(server, task_checkpoints):
     logits = pytorch_logits(task_checkpoints[("cross-encoder", "roberta")], PAIRS)[:, 0]
     status, headers, body = post_json(server.port, "/models/rerank/rerank", {"query": QUERY, "texts": TEXTS})

@@ -196,6 +196,16 @@ class TextEncoder:
         return self.pad(encoded, range(len(texts)), length)
 
 
+def text_input_from_dict(value: dict) -> TextInput:
+    """transformers' pair input {"text": ..., "text_pair": ...} (text_pair optional or null: one text) ->
+    a text or a (text, text_pair) tuple; InputDataError for any other keys. The texts are checked by encode."""
+    unknown = sorted(set(value) - {"text", "text_pair"})
+    if unknown or "text" not in value:
+        raise InputDataError(f"a text pair dict has keys {sorted(value)}",
+                             'use {"text": "...", "text_pair": "..."} (text_pair optional)')
+    return value["text"] if value.get("text_pair") is None else (value["text"], value["text_pair"])
+
+
 def _checked_input(text, index: int) -> TextInput:
     """A non-empty text, or a pair of two (a tuple or a list, as transformers and JSON give them)."""
     if isinstance(text, str):
