@@ -150,14 +150,14 @@ def tiny_exports(tiny_checkpoints, tmp_path_factory, samples_tsv) -> dict:
 _torch_cache: dict = {}
 
 
-def pytorch_logits(checkpoint, inputs, max_length: int = 128):
-    """transformers' own tokenizer and model, unmodified, on the same inputs."""
+def pytorch_logits(checkpoint, inputs, max_length: int = 128, truncation_side: str = "right"):
+    """transformers' own tokenizer and model, unmodified, on the same inputs (long ones cut at truncation_side)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    key = (str(checkpoint), tuple(inputs), max_length)
+    key = (str(checkpoint), tuple(inputs), max_length, truncation_side)
     if key not in _torch_cache:
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), truncation_side=truncation_side)
         model = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()
         if isinstance(inputs[0], str):
             encoded = tokenizer(list(inputs), truncation=True, max_length=max_length, padding=True, return_tensors="pt")

@@ -21,11 +21,15 @@ FAILING_CHARACTER = "!"
 GATE_TIMEOUT_S = 20  # a test that forgets to open the gate fails instead of blocking forever
 
 
-def token_ids(text, max_seq_length: int) -> list[int]:
-    """A text, or a pair (a, b) as [CLS] a [SEP] b [SEP]."""
+def token_ids(text, max_seq_length: int, left: bool = False) -> list[int]:
+    """A text, or a pair (a, b) as [CLS] a [SEP] b [SEP]; a long text keeps its start, or with `left`
+    its end, between [CLS] and [SEP] (a pair is always cut at the right here)."""
     if not isinstance(text, str):
         return (token_ids(text[0], max_seq_length)[:-1] + [SEP] + token_ids(text[1], max_seq_length)[1:])[:max_seq_length]
-    return ([CLS] + [1000 + ord(character) % 5000 for character in text] + [SEP])[:max_seq_length]
+    body = [1000 + ord(character) % 5000 for character in text]
+    if left and len(body) > max_seq_length - 2:
+        return [CLS] + body[len(body) - (max_seq_length - 2):] + [SEP]
+    return ([CLS] + body + [SEP])[:max_seq_length]
 
 
 def expected_logits(texts, max_seq_length: int = 32) -> np.ndarray:
@@ -38,12 +42,13 @@ class FakeEncoder:
         self.max_seq_length = max_seq_length
         self.pad_token_id = PAD
 
-    def encode(self, texts) -> EncodedTexts:
+    def encode(self, texts, truncation_direction: str = "right") -> EncodedTexts:
         for index, text in enumerate(texts):
             parts = [text] if isinstance(text, str) else list(text) if isinstance(text, (tuple, list)) else [None]
             if len(parts) > 2 or not all(isinstance(part, str) and part.strip() for part in parts):
                 raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
-        ids = [np.array(token_ids(text, self.max_seq_length), dtype=np.int64) for text in texts]
+        ids = [np.array(token_ids(text, self.max_seq_length, truncation_direction == "left"), dtype=np.int64)
+               for text in texts]
         truncated = np.array([(len(text) + 2 if isinstance(text, str) else len(text[0]) + len(text[1]) + 3)
                               > self.max_seq_length for text in texts], dtype=bool)
         return EncodedTexts(token_ids=ids, type_ids=[np.zeros_like(row) for row in ids], truncated=truncated)

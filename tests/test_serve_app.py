@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 import pytest
-from fake_engine import expected_logits
+from fake_engine import expected_logits, token_ids
 from serve_client import Background, call, metric, post_json, wait_until
 
 from roberta_deploy.serve.options import Limits
@@ -182,6 +182,25 @@ def test_each_limit_is_answered_413_or_422_naming_its_flag(shared_server):
     assert status == 422 and "32 tokens" in body["error"]
     assert metric(port, "roberta_deploy_texts_truncated_total", model="fake") >= 1
     assert metric(port, "roberta_deploy_requests_total", route="/predict", outcome="validation") >= 4
+
+
+def test_truncation_direction_picks_the_end_of_a_long_text_that_is_kept(shared_server):
+    """TEI's truncation_direction reaches the tokenizer: "left" keeps the end, "right" (the default) the start."""
+    long_text = "a" * 20 + "z" * 20  # past the fake model's 32 tokens
+    answers = {}
+    for direction in ("left", "Left", "right", None):
+        body = {"inputs": [long_text], "raw_scores": True}
+        if direction is not None:
+            body["truncation_direction"] = direction
+        status, _, answer = post_json(shared_server.port, "/predict", body)
+        assert status == 200, answer
+        answers[direction] = sorted(entry["score"] for entry in answer[0])
+    for direction, left in (("left", True), ("Left", True), ("right", False), (None, False)):
+        ids = token_ids(long_text, 32, left=left)
+        assert answers[direction] == pytest.approx(sorted([len(ids), sum(ids) / 100]), abs=1e-4)
+    assert answers["left"] != answers["right"]
+    status, _, body = post_json(shared_server.port, "/predict", {"inputs": "a", "truncation_direction": 1})
+    assert status == 422 and "`truncation_direction` 1 is not right or left" in body["error"]
 
 
 def test_api_key_is_required_everywhere_but_liveness(start_server):

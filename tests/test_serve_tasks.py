@@ -112,6 +112,40 @@ def test_rerank_answers_as_text_embeddings_inference(server, task_checkpoints):
     assert status == 200 and b'"reranker"' in info and b'"text_pairs":true' in info
 
 
+def test_truncation_direction_left_keeps_the_end_of_long_texts_as_transformers_truncation_side(server,
+                                                                                                task_checkpoints):
+    """TEI's truncation_direction on /predict and /rerank: "left" (or "Left") scores what transformers scores
+    with truncation_side="left"; "right" and leaving it out score the start, as before."""
+    long_text = "".join(TEXTS) * 6  # past the bundles' 128 tokens
+    pairs = [(QUERY, long_text), (long_text, TEXTS[1]), (long_text, long_text[::-1])]
+    nli = task_checkpoints[("pairs", "bert")]
+    for direction in ("left", "Left", "right", None):
+        side = "right" if direction is None else direction.lower()
+        expected = apply_function(np.concatenate([pytorch_logits(nli, pairs, truncation_side=side),
+                                                  pytorch_logits(nli, [long_text], truncation_side=side)]), "softmax")
+        body = {"inputs": [list(pair) for pair in pairs] + [long_text]}
+        if direction is not None:
+            body["truncation_direction"] = direction
+        status, _, answers = post_json(server.port, "/models/nli/predict", body)
+        assert status == 200, answers
+        for answer, row in zip(answers, expected):
+            assert [entry["score"] for entry in sorted(answer, key=lambda entry: entry["label"])] == pytest.approx(
+                [row[index] for index in np.argsort(["entailment", "neutral", "contradiction"])], abs=TOLERANCE)
+    # The tiny random models score both ends almost alike; test_serve_app tells them apart with the fake engine.
+    texts = [long_text, long_text[::-1], TEXTS[2]]
+    logits = pytorch_logits(task_checkpoints[("cross-encoder", "roberta")], [(QUERY, text) for text in texts],
+                            truncation_side="left")[:, 0]
+    status, _, ranks = post_json(server.port, "/models/rerank/rerank", {"query": QUERY, "texts": texts,
+                                                                        "truncation_direction": "left",
+                                                                        "raw_scores": True})
+    assert status == 200 and [rank["index"] for rank in ranks] == np.argsort(-logits, kind="stable").tolist()
+    assert [rank["score"] for rank in ranks] == pytest.approx(logits[[rank["index"] for rank in ranks]].tolist(),
+                                                              abs=TOLERANCE)
+    status, _, refused = post_json(server.port, "/models/nli/predict", {"inputs": long_text, "truncate": False,
+                                                                        "truncation_direction": "left"})
+    assert status == 422 and "longer than the model's 128 tokens" in refused["error"]
+
+
 def test_equal_scores_rank_in_teis_order():
     """TEI sorts ascending (stable) and reverses: of equal scores, the later index comes first."""
     from roberta_deploy.serve.options import Limits
@@ -126,7 +160,7 @@ def test_equal_scores_rank_in_teis_order():
     ({"query": QUERY, "texts": []}, 400, "Empty", "`texts` cannot be empty"),
     ({"query": QUERY, "texts": TEXTS * 3}, 422, "Validation", "12 texts, past the limit of 8"),
     ({"query": QUERY, "texts": ["  "]}, 422, "Validation", "item 0 is empty"),
-    ({"query": QUERY, "texts": TEXTS, "truncation_direction": "left"}, 422, "Validation", "not supported"),
+    ({"query": QUERY, "texts": TEXTS, "truncation_direction": "up"}, 422, "Validation", '"up" is not right or left'),
     ({"query": 3, "texts": TEXTS}, 422, "Validation", "`query` is int"),
 ])
 def test_rerank_errors_have_teis_status_and_error_type(server, body, status, error_type, fragment):

@@ -102,17 +102,20 @@ def test_lower_precisions_stay_within_tolerance_by_the_tasks_measure(task_bundle
 
 @pytest.mark.parametrize("model_type", TASK_ARCHITECTURES)
 @pytest.mark.parametrize("max_length", [16, 40, 128])
-def test_pair_encoding_matches_transformers_longest_first(task_exports, task_checkpoints, model_type, max_length):
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_pair_encoding_matches_transformers_longest_first(task_exports, task_checkpoints, model_type, max_length,
+                                                          direction):
+    """Either truncation direction: transformers' truncation_side cuts each side from that end."""
     from transformers import AutoTokenizer
 
     export = task_exports[("pairs", model_type)]
     encoder = TextEncoder.from_folder(export.tokenizer_dir, max_length)
-    theirs = AutoTokenizer.from_pretrained(str(task_checkpoints[("pairs", model_type)]))
+    theirs = AutoTokenizer.from_pretrained(str(task_checkpoints[("pairs", model_type)]), truncation_side=direction)
     limit = max_length * 64  # past this many characters a side is cut before tokenizing
     long_text = "".join(SAMPLES)[:limit * 3]
     pairs = PAIRS + [(long_text, "早餐一般"), ("早餐一般", long_text), (long_text, long_text[::-1]),
-                     (long_text, " ".join(SAMPLES[:3]))]
-    ours = encoder.encode(pairs)
+                     (long_text, " ".join(SAMPLES[:3])), (" ".join(SAMPLES[:3]), long_text[::-1])]
+    ours = encoder.encode(pairs, direction)
     expected = theirs([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=max_length)
     for row in range(len(pairs)):
         assert ours.token_ids[row].tolist() == expected["input_ids"][row], row
@@ -124,6 +127,28 @@ def test_pair_encoding_matches_transformers_longest_first(task_exports, task_che
                                        for length, (a, b) in zip(lengths, pairs)]
     if model_type == "bert":
         assert {0, 1} == set(np.concatenate(ours.type_ids).tolist())
+
+
+@pytest.mark.parametrize("model_type", TASK_ARCHITECTURES)
+def test_left_truncation_of_single_texts_matches_transformers(task_exports, task_checkpoints, model_type):
+    """The end of a long text is kept, [CLS] ... [SEP] around it, also when the text is long enough to be
+    cut before tokenizing (a long word at the cut, a cut inside a word)."""
+    from transformers import AutoTokenizer
+
+    max_length = 16
+    encoder = TextEncoder.from_folder(task_exports[("pairs", model_type)].tokenizer_dir, max_length)
+    theirs = AutoTokenizer.from_pretrained(str(task_checkpoints[("pairs", model_type)]), truncation_side="left")
+    limit = max_length * 64
+    joined = " ".join(SAMPLES)
+    texts = SAMPLES[:4] + [joined[:limit * 3], joined[-limit * 3:], "x" * (limit * 2) + " 位置不错",
+                           "位置不错 " + "y" * (limit * 2), "早餐一般" * limit]
+    ours = encoder.encode(texts, "left")
+    expected = theirs(texts, truncation=True, max_length=max_length)["input_ids"]
+    assert [ids.tolist() for ids in ours.token_ids] == expected
+    assert ours.truncated.tolist() == [len(theirs(text)["input_ids"]) > max_length for text in texts]
+    assert encoder.encode(texts[4:5]).token_ids[0].tolist() != expected[4]  # the right end differs
+    with pytest.raises(UsageError, match="truncation direction 'up' is unknown"):
+        encoder.encode(texts, "up")
 
 
 def test_pairs_are_bucketed_by_pair_length_and_merge_with_single_texts(task_bundle_factory):

@@ -328,9 +328,11 @@ class Batcher:
 
     # -- online -----------------------------------------------------------------------------------
 
-    def submit(self, texts: Sequence[TextInput] | str, *, truncate: bool = True) -> Future:
+    def submit(self, texts: Sequence[TextInput] | str, *, truncate: bool = True,
+               truncation_direction: str = "right") -> Future:
         """Queue one request; the future's result is a RequestResult, its rows in the order of `texts`
-        (each a text or a (text, text_pair) tuple).
+        (each a text or a (text, text_pair) tuple). A long text is cut at its right end, or at its left
+        (keeping the end) with truncation_direction="left", as text-embeddings-inference offers.
 
         Tokenizes on the calling thread. Raises InputDataError (empty or, with truncate=False, too long
         text), OverloadedError (more than max_queued_texts waiting) and NotReadyError (not started or
@@ -341,7 +343,7 @@ class Batcher:
         if not texts:
             raise InputDataError("the request holds no texts", "send at least one non-empty text")
         self._check_accepting()
-        encoded = self.engine.encoder.encode(texts)
+        encoded = self.engine.encoder.encode(texts, truncation_direction)
         if not truncate and encoded.truncated.any():
             index = int(np.flatnonzero(encoded.truncated)[0])
             raise InputDataError(f"text {index} is longer than the model's {self.engine.max_seq_length} tokens",

@@ -12,7 +12,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..errors import BundleError, InputDataError
+from ..errors import BundleError, InputDataError, UsageError
 
 TOKENIZER_DIR = "tokenizer"  # inside an export folder and a bundle
 TOKENIZER_FILE = "tokenizer.json"
@@ -25,6 +25,10 @@ LONGEST_WORD = 200  # characters; WordPiece gives up on words past 100, BPE word
 # One model input: a text, or a text pair (encoded as the tokenizer's pair template: token type ids 0
 # then 1 for BERT, `[CLS] a [SEP] [SEP] b [SEP]` for RoBERTa; truncated longest-first as transformers does).
 TextInput = Union[str, tuple[str, str]]
+# Which end of a long text is cut (text-embeddings-inference's truncation_direction, the tokenizers
+# library's direction): "right" keeps the start, "left" the end; [CLS] and [SEP] stay either way, and a
+# pair loses the same number of tokens per side (longest first), each side from that end.
+TRUNCATION_DIRECTIONS = ("right", "left")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class TextEncoder:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_seq_length)  # longest_first, transformers' default
         self._tokenizer_file = tokenizer_file
+        self._left_tokenizer = None  # a copy truncating at the left, loaded the first time a request asks for it
         self._counter = None  # an untruncated copy, loaded the first time a pair side is cut (_pair_prefix_suffices)
         self.pad_token_id = pad_token_id
         self.max_seq_length = max_seq_length
@@ -92,16 +97,21 @@ class TextEncoder:
             raise BundleError(f"cannot read {meta_path}: {error}", "re-run export or build") from None
         return cls(folder / TOKENIZER_FILE, pad_token_id, max_seq_length)
 
-    def encode(self, texts: Sequence[TextInput]) -> EncodedTexts:
-        """Tokenize and truncate texts and text pairs (a tuple or list of two strings); InputDataError
-        for a text that is empty or gives no tokens."""
+    def encode(self, texts: Sequence[TextInput], truncation_direction: str = "right") -> EncodedTexts:
+        """Tokenize and truncate texts and text pairs (a tuple or list of two strings), cut at the
+        `truncation_direction` end (TRUNCATION_DIRECTIONS); InputDataError for a text that is empty or
+        gives no tokens."""
+        if truncation_direction not in TRUNCATION_DIRECTIONS:
+            raise UsageError(f"truncation direction {truncation_direction!r} is unknown",
+                             f"use one of {', '.join(TRUNCATION_DIRECTIONS)}")
+        left = truncation_direction == "left"
         inputs = [_checked_input(text, index) for index, text in enumerate(texts)]
         singles = [index for index, text in enumerate(inputs) if isinstance(text, str)]
         pairs = [index for index, text in enumerate(inputs) if not isinstance(text, str)]
         encodings: list = [None] * len(inputs)
-        for index, encoding in zip(singles, self._encode_truncated([inputs[index] for index in singles])):
+        for index, encoding in zip(singles, self._encode_truncated([inputs[index] for index in singles], left)):
             encodings[index] = encoding
-        for index, encoding in zip(pairs, self._encode_pairs([inputs[index] for index in pairs])):
+        for index, encoding in zip(pairs, self._encode_pairs([inputs[index] for index in pairs], left)):
             encodings[index] = encoding
         for index, encoding in enumerate(encodings):
             if isinstance(inputs[index], str):
@@ -119,22 +129,39 @@ class TextEncoder:
                                 count=len(encodings))
         return EncodedTexts(token_ids=token_ids, type_ids=type_ids, truncated=truncated)
 
-    def _encode_pairs(self, pairs: list[tuple[str, str]]) -> list:
-        """encode_batch of pairs, each side cut at the character limit when the cut cannot change the ids."""
+    def _truncating(self, left: bool):
+        """The tokenizer that cuts at the right (the default) or a copy that cuts at the left."""
+        if not left:
+            return self._tokenizer
+        if self._left_tokenizer is None:  # two threads may both load it; either copy encodes the same
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(self._tokenizer_file))
+            tokenizer.no_padding()
+            tokenizer.enable_truncation(max_length=self.max_seq_length, direction="left")
+            self._left_tokenizer = tokenizer
+        return self._left_tokenizer
+
+    def _encode_pairs(self, pairs: list[tuple[str, str]], left: bool) -> list:
+        """encode_batch of pairs, each side cut at the character limit (its end kept when truncating at the
+        left) when the cut cannot change the ids."""
         limit = self.max_seq_length * CHARACTERS_PER_TOKEN
         if not pairs:
             return []
-        encodings = self._tokenizer.encode_batch([(first[:limit], second[:limit]) for first, second in pairs])
+        tokenizer = self._truncating(left)
+        encodings = tokenizer.encode_batch([(_cut(first, limit, left), _cut(second, limit, left))
+                                            for first, second in pairs])
         for index, (first, second) in enumerate(pairs):
-            if (len(first) > limit or len(second) > limit) and not self._pair_prefix_suffices(first, second, limit):
-                encodings[index] = self._tokenizer.encode(first, second)
+            if (len(first) > limit or len(second) > limit) and not self._pair_cut_suffices(first, second, limit, left):
+                encodings[index] = tokenizer.encode(first, second)
         return encodings
 
-    def _pair_prefix_suffices(self, first: str, second: str, limit: int) -> bool:
+    def _pair_cut_suffices(self, first: str, second: str, limit: int, left: bool) -> bool:
         """Longest-first truncation keeps the shorter side's tokens up to half the budget and gives the
-        rest to the longer side, so a cut side gives the same ids when its prefix alone already has
-        max_seq_length tokens, more than the other side, and those end a word before the cut. With
-        both sides cut, which one is longer is unknown: the caller reads both whole."""
+        rest to the longer side, so a cut side gives the same ids when its kept part alone already has
+        max_seq_length tokens, more than the other side, and those lie a word inside the cut (their
+        first starts a word after a left cut; their last ends a word before a right cut). With both
+        sides cut, which one is longer is unknown: the caller reads both whole."""
         if len(first) > limit and len(second) > limit:
             return False
         long_side, other = (first, second) if len(first) > limit else (second, first)
@@ -145,34 +172,39 @@ class TextEncoder:
             counter.no_padding()
             counter.no_truncation()
             self._counter = counter
-        counted = self._counter.encode(long_side[:limit], add_special_tokens=False)
+        counted = self._counter.encode(_cut(long_side, limit, left), add_special_tokens=False)
         other_length = len(self._counter.encode(other, add_special_tokens=False).ids)
         if len(counted.ids) < max(self.max_seq_length, other_length + 1):
             return False
+        if left:
+            return counted.offsets[len(counted.ids) - self.max_seq_length][0] >= LONGEST_WORD
         return counted.offsets[self.max_seq_length - 1][1] <= limit - LONGEST_WORD
 
-    def _encode_truncated(self, texts: list[str]) -> list:
-        """encode_batch, reading long texts only as far as max_seq_length tokens need.
+    def _encode_truncated(self, texts: list[str], left: bool) -> list:
+        """encode_batch, reading long texts only as far as max_seq_length tokens need (from the end when
+        truncating at the left).
 
-        A prefix is enough when it overflows and its last kept token ends more than a word before
-        the cut (so no word straddling the cut changes the kept ids); otherwise the prefix grows.
+        A cut text is enough when it overflows and its kept tokens lie more than a word inside the cut
+        (so no word straddling the cut changes the kept ids); otherwise the cut part grows.
         """
         limit = self.max_seq_length * CHARACTERS_PER_TOKEN
-        encodings = self._tokenizer.encode_batch([text[:limit] for text in texts])
+        tokenizer = self._truncating(left)
+        encodings = tokenizer.encode_batch([_cut(text, limit, left) for text in texts])
         for index, text in enumerate(texts):
-            prefix_length = limit
-            while len(text) > prefix_length and not self._prefix_suffices(encodings[index], prefix_length):
-                prefix_length *= 4
-                encodings[index] = self._tokenizer.encode(text[:prefix_length])
+            cut_length = limit
+            while len(text) > cut_length and not self._cut_suffices(encodings[index], cut_length, left):
+                cut_length *= 4
+                encodings[index] = tokenizer.encode(_cut(text, cut_length, left))
         return encodings
 
     @staticmethod
-    def _prefix_suffices(encoding, prefix_length: int) -> bool:
+    def _cut_suffices(encoding, cut_length: int, left: bool) -> bool:
         if not encoding.overflowing:
             return False
-        kept_end = max((end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask)
-                        if not special), default=prefix_length)
-        return kept_end <= prefix_length - LONGEST_WORD
+        kept = [offsets for offsets, special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+        if left:
+            return min((start for start, _ in kept), default=0) >= LONGEST_WORD
+        return max((end for _, end in kept), default=cut_length) <= cut_length - LONGEST_WORD
 
     def pad(self, encoded: EncodedTexts, indices: Sequence[int], padded_length: int) -> ModelInputs:
         """Pad the texts at `indices` to (len(indices), padded_length); Context.run pads further
@@ -194,6 +226,11 @@ class TextEncoder:
         encoded = self.encode(texts)
         length = padded_length or int(encoded.lengths.max())
         return self.pad(encoded, range(len(texts)), length)
+
+
+def _cut(text: str, length: int, left: bool) -> str:
+    """The first `length` characters of text, or its last ones when truncating at the left."""
+    return text[-length:] if left else text[:length]
 
 
 def text_input_from_dict(value: dict) -> TextInput:

@@ -108,10 +108,12 @@ def create_app(state: ServerState) -> Starlette:
             raise UnauthorizedError("missing or wrong API key",
                                     "send the header 'Authorization: Bearer KEY' with the server's --api-key")
 
-    async def classify(request: Request, model: ServedModel, texts: list[str], truncate: bool | None):
+    async def classify(request: Request, model: ServedModel, texts: list[str], truncate: bool | None,
+                       truncation_direction: str = "right"):
         """Submit texts to the model's batcher; wait for the result or the client's disconnect."""
         started = time.perf_counter()
-        future = model.batcher.submit(texts, truncate=limits.auto_truncate if truncate is None else truncate)
+        future = model.batcher.submit(texts, truncate=limits.auto_truncate if truncate is None else truncate,
+                                      truncation_direction=truncation_direction)
         waiter = asyncio.wrap_future(future)
         disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
         try:
@@ -169,7 +171,8 @@ def create_app(state: ServerState) -> Starlette:
 
         async def run(body: bytes) -> Response:
             parsed = tei.parse_predict(parse_json(body, tei.EXAMPLE), limits)
-            result, total_s = await classify(request, model, parsed.texts, parsed.truncate)
+            result, total_s = await classify(request, model, parsed.texts, parsed.truncate,
+                                             parsed.truncation_direction)
             headers = tei.timing_headers(result.timings, total_s, result.compute_tokens)
             return Response(dump_json(tei.format_predict(parsed, result.logits, model.label_names)),
                             media_type=JSON, headers=headers)
@@ -181,7 +184,8 @@ def create_app(state: ServerState) -> Starlette:
 
         async def run(body: bytes) -> Response:
             parsed = tei.parse_rerank(parse_json(body, tei.RERANK_EXAMPLE), limits, len(model.label_names))
-            result, total_s = await classify(request, model, parsed.pairs, parsed.truncate)
+            result, total_s = await classify(request, model, parsed.pairs, parsed.truncate,
+                                             parsed.truncation_direction)
             headers = tei.timing_headers(result.timings, total_s, result.compute_tokens)
             return Response(dump_json(tei.format_rerank(parsed, result.logits)), media_type=JSON, headers=headers)
 

@@ -1,14 +1,15 @@
 """text-embeddings-inference's classifier and reranker API: POST /predict, POST /rerank and the x-*-time headers.
 
 /predict body: {"inputs": "text" | ["text", ...] | [["text"], ["text", "text_pair"], ...], "truncate": bool,
-"raw_scores": bool}. Answer: [{"score", "label"}] sorted by score for one input; one such list per input for
-a batch. Scores are the softmax over labels, or the sigmoid of a one-logit model, as TEI computes them.
+"truncation_direction": "right" | "left", "raw_scores": bool}. Answer: [{"score", "label"}] sorted by score
+for one input; one such list per input for a batch. Scores are the softmax over labels, or the sigmoid of a one-logit model, as TEI computes them.
 /rerank body: {"query", "texts": [...], "raw_scores", "return_text", "truncate", "truncation_direction"}, for
 a one-logit model (a cross-encoder). Answer: [{"index", "score", "text"?}], highest score first.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ class PredictRequest:
     batch: bool  # answer one list per input, even for a batch of one
     truncate: bool | None  # None: the server's --auto-truncate
     raw_scores: bool
+    truncation_direction: str = "right"  # which end of a long text is cut: "right" or "left", as TEI's
 
 
 def parse_predict(body: Any, limits: Limits) -> PredictRequest:
@@ -38,7 +40,19 @@ def parse_predict(body: Any, limits: Limits) -> PredictRequest:
         texts, batch = [_sequence(item, index) for index, item in enumerate(inputs)], True
     raw_scores = optional_bool(body.get("raw_scores"), "raw_scores")
     return PredictRequest(texts=check_texts(texts, limits, "inputs"), batch=batch,
-                          truncate=optional_bool(body.get("truncate"), "truncate"), raw_scores=bool(raw_scores))
+                          truncate=optional_bool(body.get("truncate"), "truncate"), raw_scores=bool(raw_scores),
+                          truncation_direction=truncation_direction(body))
+
+
+def truncation_direction(body: dict) -> str:
+    """TEI's `truncation_direction`: "right" (the default) or "left", either capitalized, as its router reads it."""
+    direction = body.get("truncation_direction")
+    if direction is None:
+        return "right"
+    if direction not in ("right", "Right", "left", "Left"):
+        raise InputDataError(f"`truncation_direction` {json.dumps(direction, ensure_ascii=False)} is not right or left",
+                             'send "truncation_direction": "left" to keep the end of a long text, or leave it out')
+    return direction.lower()
 
 
 def _sequence(item: Any, index: int) -> Any:
@@ -67,6 +81,7 @@ class RerankRequest:
     raw_scores: bool
     return_text: bool
     truncate: bool | None  # None: the server's --auto-truncate
+    truncation_direction: str = "right"
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -87,15 +102,12 @@ def parse_rerank(body: Any, limits: Limits, label_count: int) -> RerankRequest:
         # TEI's own status for this: 424, a backend that cannot do what was asked.
         raise BackendError(f"model is not a re-ranker model (it has {label_count} labels, a re-ranker one score)",
                            "send text pairs to /predict instead, or serve a one-logit cross-encoder")
-    direction = body.get("truncation_direction", "right")
-    if direction not in ("right", "Right"):
-        raise InputDataError(f"`truncation_direction` {direction!r} is not supported",
-                             "leave it out: texts are cut at the right, longest first")
+    direction = truncation_direction(body)
     checked = check_texts([(query, text) for text in texts], limits, "texts")
     return RerankRequest(query=query, texts=[text for _, text in checked],
                          raw_scores=bool(optional_bool(body.get("raw_scores"), "raw_scores")),
                          return_text=bool(optional_bool(body.get("return_text"), "return_text")),
-                         truncate=optional_bool(body.get("truncate"), "truncate"))
+                         truncate=optional_bool(body.get("truncate"), "truncate"), truncation_direction=direction)
 
 
 def format_rerank(request: RerankRequest, logits: np.ndarray) -> list[dict]:
