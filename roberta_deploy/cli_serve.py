@@ -13,10 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .data import TEXT_PAIR_COLUMN_CANDIDATES, read_dataset
 from .errors import UsageError
 from .serve.options import API_KEY_ENV, BatchingOptions, Limits, ServeOptions, api_key_from, parse_bundle_specs
 
 console = Console()
+LOADTEST_PAIR_HELP = ("Column holding the second text of a sentence pair, sent as each protocol sends pairs "
+                      "(default: the pair columns " + ", ".join(f"{first}/{second}" for first, second in
+                                                              TEXT_PAIR_COLUMN_CANDIDATES) + " when present).")
 status_console = Console(stderr=True)
 _DEFAULT_LIMITS = Limits()
 
@@ -195,10 +199,10 @@ def loadtest_command(
         = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     text_column: Annotated[Optional[str], typer.Option(help="Column holding the text.")] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option(help=LOADTEST_PAIR_HELP)] = None,
 ) -> None:
     """Measure a running server: throughput, p50/p90/p99 latency and errors per load level."""
     from .cli import parse_int_list
-    from .data import read_dataset
     from .loadtest import LoadtestOptions, describe_level, run_loadtest, write_report
 
     rates = ()
@@ -209,7 +213,8 @@ def loadtest_command(
             raise UsageError(f"--request-rate {request_rate!r} is not a comma-separated list of numbers",
                              "pass e.g. --request-rate 10,50") from None
     options = LoadtestOptions(
-        url=url, texts=tuple(read_dataset(data, text_column=text_column).texts),
+        url=url, texts=tuple(read_dataset(data, text_column=text_column, text_pair_column=text_pair_column,
+                                          ignore_labels=True).inputs),
         concurrency=parse_int_list(concurrency, "--concurrency") if concurrency.strip() else (),
         request_rates=rates, duration=duration, warmup=warmup, texts_per_request=texts_per_request,
         protocol=protocol, model=model, api_key=api_key_from(api_key))

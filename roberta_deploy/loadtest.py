@@ -30,7 +30,7 @@ MAX_OPEN_CONNECTIONS = 1024  # open loop: requests past this many outstanding co
 @dataclass(frozen=True)
 class LoadtestOptions:
     url: str
-    texts: tuple[str, ...]
+    texts: tuple  # texts, or (text, text_pair) tuples for a pair model, cycled
     concurrency: tuple[int, ...] = (1, 8, 32, 64)
     request_rates: tuple[float, ...] = ()
     duration: float = 10.0  # timed seconds per level
@@ -120,9 +120,22 @@ class HttpConnection:
         self.reader = self.writer = None
 
 
-def request_body(protocol: str, texts: Sequence[str]) -> bytes:
+def request_body(protocol: str, texts: Sequence) -> bytes:
+    """One request of texts, or of (text, text_pair) tuples in each protocol's pair shape: [["a", "b"]] on
+    /predict (TEI reads a flat ["a", "b"] as one pair, this server as two texts), {"text", "text_pair"}
+    on Hugging Face's route, a second BYTES tensor `text_pair` on v2."""
+    pairs = not isinstance(texts[0], str)
     if protocol == "v2":
-        body = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}]}
+        tensors = [("text", [text[0] for text in texts] if pairs else list(texts))]
+        if pairs:
+            tensors.append(("text_pair", [text[1] for text in texts]))
+        body = {"inputs": [{"name": name, "shape": [len(data)], "datatype": "BYTES", "data": data}
+                           for name, data in tensors]}
+    elif protocol == "hf" and pairs:
+        items = [{"text": first, "text_pair": second} for first, second in texts]
+        body = {"inputs": items[0] if len(items) == 1 else items}
+    elif pairs:
+        body = {"inputs": [[first, second] for first, second in texts]}
     else:
         body = {"inputs": texts[0] if len(texts) == 1 else list(texts)}
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -308,6 +321,7 @@ def write_report(results: Sequence[LevelResult], options: LoadtestOptions, outpu
                  overwrite: bool = False) -> None:
     """loadtest.json, loadtest.md and loadtest.png in `output`, which appears whole or not at all."""
     report = {"url": options.url, "protocol": options.protocol, "texts_per_request": options.texts_per_request,
+              "text_pairs": not isinstance(options.texts[0], str),
               "duration_s": options.duration, "warmup_s": options.warmup, "texts": len(options.texts),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "levels": [asdict(result) for result in results]}

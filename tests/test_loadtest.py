@@ -39,6 +39,47 @@ def test_closed_and_open_loops_count_answers_per_level(fake_server, protocol):
         assert result.latency_ms["p50"] <= result.latency_ms["p99"] <= result.latency_ms["max"]
 
 
+PAIRS = (("房间干净吗", "很干净"), ("早餐好吗", "一般"), ("near the station?", "five minutes away"))
+
+
+@pytest.mark.parametrize("protocol", ["predict", "hf", "v2"])
+@pytest.mark.parametrize("per_request", [1, 2])
+def test_pairs_are_sent_in_each_protocols_pair_shape(protocol, per_request):
+    """Each request body, read back by the server's own parser for that protocol, holds the pairs."""
+    from roberta_deploy.loadtest import request_body
+    from roberta_deploy.serve import hf, tei, v2
+    from roberta_deploy.serve.options import Limits
+
+    body = request_body(protocol, PAIRS[:per_request])
+    if protocol == "v2":
+        parsed = v2.parse_infer(body, None, Limits()).texts
+    else:
+        parse = tei.parse_predict if protocol == "predict" else hf.parse_text_classification
+        parsed = parse(json.loads(body), Limits()).texts
+    assert parsed == list(PAIRS[:per_request])
+
+
+@pytest.mark.parametrize("protocol", ["predict", "hf", "v2"])
+def test_a_pair_file_is_loaded_as_pairs_by_default_or_by_flag(fake_server, tmp_path, protocol):
+    data = tmp_path / "pairs.tsv"
+    data.write_text("label\tsentence1\tsentence2\n" + "".join(f"0\t{a}\t{b}\n" for a, b in PAIRS), encoding="utf-8")
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("question,answer\n" + "".join(f"{a},{b}\n" for a, b in PAIRS), encoding="utf-8")
+    for source, flags in ((data, []), (renamed, ["--text-column", "question", "--text-pair-column", "answer"])):
+        output = tmp_path / f"report-{source.stem}"
+        result = CliRunner().invoke(app, ["loadtest", f"http://127.0.0.1:{fake_server.port}", "--data", str(source),
+                                          *flags, "--protocol", protocol, "--concurrency", "2", "--duration",
+                                          "0.3", "--warmup", "0", "--texts-per-request", "2", "--output",
+                                          str(output)], env={"ROBERTA_DEPLOY_API_KEY": KEY})
+        assert result.exit_code == 0, result.output
+        report = json.loads((output / "loadtest.json").read_text())
+        level = report["levels"][0]
+        assert report["text_pairs"] is True and level["requests"] > 0 and level["errors"] == 0, report
+    result = CliRunner().invoke(app, ["loadtest", f"http://127.0.0.1:{fake_server.port}", "--data", str(renamed),
+                                      "--text-pair-column", "reply"])
+    assert result.exit_code != 0 and "has no column 'reply'" in result.output
+
+
 def test_errors_are_counted_by_status(fake_server):
     results = run_loadtest(LoadtestOptions(url=f"http://127.0.0.1:{fake_server.port}", texts=TEXTS,
                                            concurrency=(2,), duration=0.3, warmup=0))
