@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .atomic import atomic_directory
 from .backends import default_precisions, get_backend
 from .backends.base import canonical_device
@@ -28,6 +30,7 @@ TASK_DETAILS = {SINGLE_LABEL: ("accuracy", "correct", "macro_f1", "per_class", "
                 MULTI_LABEL: ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "exact_match", "per_label",
                               "threshold"),
                 REGRESSION: ("pearson", "spearman", "mse", "mae")}
+SCATTER_POINTS = 1000  # regression: rows of predicted vs gold kept for report.html's chart (evenly spaced)
 ACCURACY_MARKDOWN = "accuracy.md"
 ACCURACY_JSON = "accuracy.json"
 
@@ -102,6 +105,10 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
 
     max_batch = max(max(options.batch_sizes), 64)
     rows, bundles, reference_logits = [], {}, {}
+    # Regression: predicted against gold for a sample of rows at the largest batch, drawn in report.html.
+    sample = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), SCATTER_POINTS)).round().astype(int))
+    scatter = {"gold": [float(dataset.labels[index]) for index in sample] if task.kind == REGRESSION else [],
+               "predicted": {}}
     for precision in precisions:
         bundle_dir = work / "bundles" / f"{options.backend}-{precision}"
         step(f"building {precision}")
@@ -121,6 +128,9 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
             reference = reference_logits[batch_size]
             against = compare_with_reference(task, logits, reference, precision, options.threshold)
             metrics = report.metrics
+            if task.kind == REGRESSION and batch_size == max(options.batch_sizes):
+                scatter["predicted"][precision] = [round(float(value), 6)
+                                                   for value in report.predictions.values[sample]]
             rows.append({
                 "precision": precision, "batch_size": batch_size, "examples": metrics["examples"],
                 "measures": {name: metrics[key] for name, key in MEASURES[task.kind]},
@@ -136,6 +146,8 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
               "max_seq_length": export.manifest["max_seq_length"], "bucketing": options.bucketing,
               "export": str(export.folder.relative_to(work)) if export.folder.is_relative_to(work) else str(export.folder),
               "bundles": bundles, "rows": rows}
+    if task.kind == REGRESSION:
+        report["predicted_vs_gold"] = {"batch_size": max(options.batch_sizes), **scatter}
     (work / ACCURACY_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (work / ACCURACY_MARKDOWN).write_text(accuracy_markdown(report), encoding="utf-8")
     return report

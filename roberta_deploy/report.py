@@ -186,27 +186,31 @@ class _Charts:
         self.figures.append(f'<figure id="{chart_id}"{small}>{svg}<figcaption>{_e(caption)}</figcaption></figure>')
 
     def bars(self, chart_id: str, caption: str, groups: list[str], series: dict[str, list[float]], *, ylabel: str,
-             zoom_to_data: bool = False) -> None:
+             zoom_to_data: bool = False, size: tuple[float, float] = (5.4, 3.2)) -> None:
         def paint(axes):
             width = 0.8 / max(1, len(series))
+            labelled = len(groups) * len(series) <= 24  # past that, values on the bars overlap: the table has them
             for number, (name, values) in enumerate(series.items()):
                 positions = [index + (number - (len(series) - 1) / 2) * width for index in range(len(groups))]
                 bars = axes.bar(positions, values, width, label=name, color=COLORS[number % len(COLORS)])
-                axes.bar_label(bars, fmt="%.3g" if not zoom_to_data else "%.4f", fontsize=7 if len(series) < 3 else 6,
-                               padding=1, rotation=0 if len(series) < 3 else 90)
-            axes.set_xticks(range(len(groups)), groups)
+                if labelled:
+                    axes.bar_label(bars, fmt="%.3g" if not zoom_to_data else "%.4f",
+                                   fontsize=7 if len(series) < 3 else 6, padding=1,
+                                   rotation=0 if len(series) < 3 else 90)
+            axes.set_xticks(range(len(groups)), groups, rotation=0 if len(groups) <= 6 else 45,
+                            ha="center" if len(groups) <= 6 else "right")
             axes.set_ylabel(ylabel)
-            values = [value for row in series.values() for value in row]
+            values = [value for row in series.values() for value in row if value == value]  # NaN: no bar
             if zoom_to_data and values:
                 low = min(values)
                 axes.set_ylim(max(0.0, low - (1 - low) * 0.5 - 0.01), 1.0 + (1 - low) * 0.15 + 0.005)
-            else:
-                axes.set_ylim(0, max(values, default=1) * 1.15)
+            else:  # from zero, or below it for negative values (a correlation)
+                axes.set_ylim(min(0.0, min(values, default=0) * 1.15), max(max(values, default=1) * 1.15, 1e-9))
             # Above the axes, so it never hides a bar.
             axes.legend(fontsize=8, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series))
             axes.grid(axis="y", alpha=0.3)
 
-        self._draw(chart_id, caption, paint)
+        self._draw(chart_id, caption, paint, size)
 
     def lines(self, chart_id: str, caption: str, series: dict[str, tuple[list, list]], *, xlabel: str,
               ylabel: str) -> None:
@@ -220,6 +224,22 @@ class _Charts:
             axes.set_xlabel(xlabel)
             axes.set_ylabel(ylabel)
             axes.set_ylim(bottom=0)
+            axes.legend(fontsize=8, frameon=False)
+            axes.grid(alpha=0.3)
+
+        self._draw(chart_id, caption, paint)
+
+    def scatter(self, chart_id: str, caption: str, gold: list[float], predicted: dict[str, list[float]]) -> None:
+        """Predicted against gold, one colour per precision, with the diagonal a perfect model lies on."""
+        def paint(axes):
+            values = gold + [value for points in predicted.values() for value in points]
+            low, high = min(values), max(values)
+            axes.plot([low, high], [low, high], color="#999", linewidth=0.8, linestyle="--", label="predicted = gold")
+            for number, (name, points) in enumerate(predicted.items()):
+                axes.scatter(gold, points, s=9, alpha=0.6, label=name, color=COLORS[number % len(COLORS)],
+                             edgecolors="none")
+            axes.set_xlabel("gold score")
+            axes.set_ylabel("predicted score")
             axes.legend(fontsize=8, frameon=False)
             axes.grid(alpha=0.3)
 
@@ -249,9 +269,42 @@ class _Charts:
 
 
 def _task_eval_html(report: dict) -> str:
-    """The `eval` page of a multi-label or regression model: its measures, agreement and drift per row."""
+    """The `eval` page of a multi-label or regression model: its measures, agreement and drift per row, and
+    the charts of its task (multi-label: the measures and every label's F1 per precision; regression: the
+    correlations and errors per precision, predicted against gold)."""
     rows = report["rows"]
     names = list(rows[0]["measures"])
+    precisions = list(dict.fromkeys(row["precision"] for row in rows))
+    batch_sizes = sorted({row["batch_size"] for row in rows})
+    largest = max(batch_sizes)
+    at_largest = {row["precision"]: row for row in rows if row["batch_size"] == largest}
+    charts = _Charts()
+    if "per_label" in rows[0]:
+        charts.bars("chart-measures", f"Micro-F1, macro-F1 and exact match per precision (batch {largest}, "
+                    f"threshold {rows[0]['threshold']:g})", precisions,
+                    {name: [at_largest[p]["measures"][name] for p in precisions] for name in names},
+                    ylabel="score", zoom_to_data=True)
+        labels = list(rows[0]["per_label"])
+        charts.bars("chart-per-label-f1", f"F1 of each label per precision (batch {largest})", labels,
+                    {p: [at_largest[p]["per_label"][label]["f1"] for label in labels] for p in precisions},
+                    ylabel="F1", size=(max(5.4, 0.45 * len(labels) * max(1, len(precisions)) ** 0.5), 3.2))
+    else:
+        charts.bars("chart-correlation", f"Pearson and Spearman correlation with gold per precision (batch {largest})",
+                    precisions, {name: [_number(at_largest[p][name]) for p in precisions]
+                                 for name in ("pearson", "spearman")}, ylabel="correlation")
+        charts.bars("chart-error", f"Error against gold per precision (batch {largest})", precisions,
+                    {name.upper(): [at_largest[p][name] for p in precisions] for name in ("mse", "mae")},
+                    ylabel="error")
+        scatter = report.get("predicted_vs_gold")
+        if scatter and scatter["predicted"]:
+            charts.scatter("chart-predicted-vs-gold",
+                           f"Predicted against gold score ({len(scatter['gold'])} rows, batch {scatter['batch_size']})",
+                           scatter["gold"], scatter["predicted"])
+    charts.lines("chart-throughput-batch", "End-to-end throughput per batch size (real texts, bucketed)",
+                 {precision: (batch_sizes, [next(row["texts_per_second"] for row in rows
+                                                 if row["precision"] == precision and row["batch_size"] == size)
+                                            for size in batch_sizes]) for precision in precisions},
+                 xlabel="batch size", ylabel="texts / s")
     table = _table(["precision", "batch", *names, "agreement with fp32", "max |diff| vs fp32", "texts/s", "truncated"],
                    [[row["precision"], row["batch_size"],
                      *("n/a" if row["measures"][name] is None else f"{row['measures'][name]:.4f}" for name in names),
@@ -260,8 +313,29 @@ def _task_eval_html(report: dict) -> str:
     body = [f"<h1>roberta-deploy eval: {_e(report['backend'])}, {_e(report['task'])}</h1>",
             _meta(f"{rows[0]['examples']} texts from {report['data']}; model {report['model']}; "
                   f"max_seq_length {report['max_seq_length']}", {}),
-            f"<h2>{_e(report['task'])}</h2>", table]
+            f"<h2>{_e(report['task'])}</h2>", table, "<h2>Charts</h2>", charts.html(), *_per_label_sections(report)]
     return _page("roberta-deploy eval", body)
+
+
+def _per_label_sections(report: dict) -> list[str]:
+    """Multi-label: each precision's per-label precision, recall, F1 and support at the largest batch."""
+    rows = [row for row in report["rows"] if "per_label" in row]
+    if not rows:
+        return []
+    largest = max(row["batch_size"] for row in rows)
+    sections = [f"<h2>Per label (batch {largest}, threshold {rows[0]['threshold']:g})</h2>"]
+    for row in rows:
+        if row["batch_size"] == largest:
+            body = [[name, f"{values['precision']:.4f}", f"{values['recall']:.4f}", f"{values['f1']:.4f}",
+                     values["support"]] for name, values in row["per_label"].items()]
+            sections += [f"<h3>{_e(row['precision'])}</h3>",
+                         _table(["label", "precision", "recall", "F1", "support"], body)]
+    return sections
+
+
+def _number(value) -> float:
+    """A measure that may be None (no correlation of a constant series) as a float; None draws no bar."""
+    return float("nan") if value is None else value
 
 
 def _per_class_sections(report: dict) -> list[str]:

@@ -103,6 +103,50 @@ def test_eval_report_has_accuracy_throughput_and_confusion_charts(tmp_path):
     assert "m &lt;b&gt;" in page  # names from the data are escaped, never markup
 
 
+def task_rows(measures: dict, details) -> list[dict]:
+    return [{"precision": precision, "batch_size": batch_size, "examples": 40, "measures": measures,
+             **details(precision), "agreement_with_fp32": 1.0 if precision == "fp32" else 0.95,
+             "max_abs_logit_diff_vs_fp32": 0.01, "truncated": 0, "texts_per_second": 50.0 * batch_size}
+            for precision in ("fp32", "int8") for batch_size in (1, 8)]
+
+
+def test_multi_label_eval_report_charts_its_measures_and_every_labels_f1():
+    labels = ["service", "room", "food", "price <b>", "location", "noise", "value", "staff"]
+
+    def details(precision):
+        shift = 0.0 if precision == "fp32" else 0.05
+        return {"threshold": 0.5, "per_label": {name: {"precision": 0.8, "recall": 0.7, "f1": 0.3 + 0.08 * index - shift,
+                                                       "support": 5} for index, name in enumerate(labels)}}
+
+    report = {"model": "m", "data": "d.jsonl", "backend": "openvino", "max_seq_length": 128,
+              "task": "multi_label_classification", "text_pairs": False,
+              "rows": task_rows({"micro-F1": 0.61, "macro-F1": 0.55, "exact match": 0.3}, details)}
+    page = eval_report_html(report)
+    parsed = assert_self_contained_with_charts(page, ["chart-measures", "chart-per-label-f1", "chart-throughput-batch"])
+    # A bar per label and precision, each an SVG path, beyond the axes' own shapes.
+    assert parsed.figures["chart-per-label-f1"] >= parsed.figures["chart-measures"] + len(labels) * 2 - 3 * 2
+    assert "price &lt;b&gt;" in page and parsed.tables >= 3  # the measures, then a per-label table per precision
+
+
+def test_regression_eval_report_charts_correlation_error_and_predicted_against_gold():
+    gold = [index / 10 for index in range(40)]
+    report = {"model": "m", "data": "d.tsv", "backend": "onnxruntime", "max_seq_length": 128, "task": "regression",
+              "text_pairs": True,
+              "rows": task_rows({"pearson": 0.9, "spearman": 0.88, "mse": 0.2},
+                                lambda precision: {"pearson": 0.9 if precision == "fp32" else -0.2,
+                                                   "spearman": None, "mse": 0.2, "mae": 0.3}),
+              "predicted_vs_gold": {"batch_size": 8, "gold": gold,
+                                    "predicted": {"fp32": [value + 0.1 for value in gold],
+                                                  "int8": [value - 0.1 for value in gold]}}}
+    page = eval_report_html(report)
+    parsed = assert_self_contained_with_charts(page, ["chart-correlation", "chart-error", "chart-predicted-vs-gold",
+                                                      "chart-throughput-batch"])
+    assert parsed.figures["chart-predicted-vs-gold"] >= 2 * len(gold)  # one marker per row and precision
+    assert "(40 rows, batch 8)" in page
+    del report["predicted_vs_gold"]  # an accuracy.json written before the sample was kept: no scatter
+    assert "chart-predicted-vs-gold" not in parse(eval_report_html(report)).figures
+
+
 def test_without_matplotlib_the_page_keeps_its_tables_and_says_how_to_get_charts(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     rows = [{"precision": "fp32", "batch_size": 1, "accuracy": 1.0, "macro_f1": 1.0, "correct": 1, "examples": 1,

@@ -316,7 +316,7 @@ def test_infer_reports_each_tasks_metrics_and_outputs(task_bundle_factory, tmp_p
                                                                          report.predictions.logits[:, 0])["pearson"])
 
 
-def test_eval_tabulates_the_tasks_measures(task_exports, tmp_path):
+def test_eval_tabulates_and_charts_the_tasks_measures(task_exports, tmp_path):
     from roberta_deploy.evaluate import EvalOptions, evaluate
 
     data = write(tmp_path, "sts.jsonl", "".join(json.dumps({"query": a, "passage": b, "label": index % 2},
@@ -332,6 +332,25 @@ def test_eval_tabulates_the_tasks_measures(task_exports, tmp_path):
         assert set(row["measures"]) == {"pearson", "spearman", "mse"} and row["agreement_with_fp32"] >= 0.9
     markdown = (tmp_path / "eval" / "accuracy.md").read_text(encoding="utf-8")
     assert "| pearson | spearman | mse |" in markdown and (tmp_path / "eval" / "report.html").is_file()
+    scatter = report["predicted_vs_gold"]
+    assert scatter["batch_size"] == 8 and scatter["gold"] == [float(index % 2) for index in range(len(PAIRS))]
+    assert set(scatter["predicted"]) == {"fp32", "int8"} and all(len(points) == len(PAIRS)
+                                                                 for points in scatter["predicted"].values())
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    for chart in ("chart-correlation", "chart-error", "chart-predicted-vs-gold", "chart-throughput-batch"):
+        assert f'<figure id="{chart}"' in page
+
+    data = write(tmp_path, "m.jsonl", "".join(json.dumps({"text": text, "labels": [index % 4, (index + 1) % 4]},
+                                                         ensure_ascii=False) + "\n"
+                                              for index, text in enumerate(SAMPLES[:12])))
+    report = evaluate(EvalOptions(model="unused", data=data, output=tmp_path / "eval-m", backend="onnxruntime",
+                                  precisions=("fp32",), batch_sizes=(4,),
+                                  export_dir=task_exports[("multilabel", "bert")].folder))
+    assert report["task"] == MULTI_LABEL and "predicted_vs_gold" not in report
+    assert set(report["rows"][0]["measures"]) == {"micro-F1", "macro-F1", "exact match"}
+    page = (tmp_path / "eval-m" / "report.html").read_text(encoding="utf-8")
+    for chart in ("chart-measures", "chart-per-label-f1", "chart-throughput-batch"):
+        assert f'<figure id="{chart}"' in page
 
 
 def test_cli_infer_prints_and_writes_each_tasks_results(task_bundle_factory, tmp_path):
