@@ -78,7 +78,7 @@ class TextEncoder:
         self._tokenizer.enable_truncation(max_length=max_seq_length)  # longest_first, transformers' default
         self._tokenizer_file = tokenizer_file
         self._left_tokenizer = None  # a copy truncating at the left, loaded the first time a request asks for it
-        self._counter = None  # an untruncated copy, loaded the first time a pair side is cut (_pair_prefix_suffices)
+        self._counter = None  # an untruncated copy, loaded the first time a pair side is cut (_pair_cut_suffices)
         self.pad_token_id = pad_token_id
         self.max_seq_length = max_seq_length
         self.vocab_size: int = self._tokenizer.get_vocab_size(with_added_tokens=True)
