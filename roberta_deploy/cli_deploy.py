@@ -11,8 +11,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli_serve import ServeFlags, event_printer, require_serve_extra, with_serve_flags
+from .cli_serve import RayFlags, ServeFlags, event_printer, require_serve_extra, with_ray_flags, with_serve_flags
 from .defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
+from .errors import UsageError
 from .serve.options import API_KEY_ENV
 
 # What the server answers, printed once it is ready (docs/serving.md has the full table).
@@ -23,6 +24,7 @@ ROUTES = (("POST /predict", "text-embeddings-inference: every label with its sco
           ("GET  /metrics", "Prometheus"))
 
 
+@with_ray_flags
 @with_serve_flags
 def deploy_command(
     model: Annotated[str, typer.Option(help="Checkpoint folder or hub id (a hub id needs the network or the local "
@@ -58,18 +60,21 @@ def deploy_command(
         help="Replace a deployment of another model in --output (a deployment of this model is reused or "
              "updated without it).")] = False,
     serve_flags: ServeFlags = None,
+    ray_flags: RayFlags = None,
 ) -> None:
     """One command from a checkpoint to a served endpoint: export, build every backend and precision this CPU
     offers, time and score each here, keep the fastest within the accuracy budget, write deployment.md/json and
-    report.html, and serve it."""
+    report.html, and serve it (with --ray, on Ray Serve)."""
     from .cli import console, step_printer
     from .deploy import DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, DeployOptions, plan_deployment, prepare_deployment
     from .report import REPORT_HTML
 
     output = output or Path("deployments") / _folder_name(model)
-    if serve:
+    if serve:  # serve's and Ray's flags are checked before any build
         require_serve_extra()
-        serve_flags.options([str(output / "chosen")])  # the serve flags are checked before any build
+        ray_flags.options(serve_flags.options([str(output / "chosen")]))
+    elif ray_flags.on_ray:
+        raise UsageError("--ray only applies when deploy serves", "leave --no-serve or --ray off")
     plan = plan_deployment(DeployOptions(
         model=model, output=output, data=data, accuracy_budget=accuracy_budget, backend=backend,
         precision=precision, max_seq_length=max_seq_length, calibration_samples=calibration_samples,
@@ -84,16 +89,17 @@ def deploy_command(
                   f"{choice['reason']}")
     console.print(f"wrote {output / DEPLOYMENT_MARKDOWN}, {output / DEPLOYMENT_JSON} and {output / REPORT_HTML}")
     if serve:
-        serve_chosen(output / choice["bundle"], serve_flags, example_text=plan.scoring.texts[0])
+        serve_chosen(output / choice["bundle"], serve_flags, ray_flags, example_text=plan.scoring.texts[0])
 
 
-def serve_chosen(bundle: Path, serve_flags: ServeFlags, example_text: str) -> None:
-    """The serving step: one call into the serve layer with the chosen bundle and serve's options. This is
-    the seam for `--ray` (to come): it would send the same bundle and options to the Ray Serve deployment."""
+def serve_chosen(bundle: Path, serve_flags: ServeFlags, ray_flags: RayFlags, example_text: str) -> None:
+    """The serving step: one call into the serve layer with the chosen bundle and serve's options, the same
+    call `serve` makes: serve.server.serve in this process, or with --ray serve_until_stopped on Ray Serve.
+    Either returns once SIGTERM or SIGINT stopped it and every accepted request was answered."""
     from .cli import console
-    from .serve.server import serve
 
     options = serve_flags.options([str(bundle)])
+    ray_options = ray_flags.options(options)
     name = options.bundles[0].name
 
     def print_endpoint(url: str) -> None:
@@ -106,7 +112,14 @@ def serve_chosen(bundle: Path, serve_flags: ServeFlags, example_text: str) -> No
         body = shlex.quote(json.dumps({"inputs": example_text}, ensure_ascii=False))
         console.print(f"try: curl -s {url}/predict -H 'Content-Type: application/json'{key} -d {body}")
 
-    serve(options, on_event=event_printer(), on_ready=print_endpoint)
+    if ray_options is None:
+        from .serve.server import serve
+
+        serve(options, on_event=event_printer(), on_ready=print_endpoint)
+    else:
+        from .serve.ray_deployment import serve_until_stopped
+
+        serve_until_stopped(options, ray_options, on_event=event_printer(), on_ready=print_endpoint)
 
 
 def candidates_table(report: dict) -> Table:

@@ -82,23 +82,104 @@ class ServeFlags:
                                      contexts=flags["contexts"]))
 
 
-def with_serve_flags(command: Callable) -> Callable:
-    """Give `command` serve's flags (after its own): typer sees them in the signature, and the command
-    receives them as one `serve_flags: ServeFlags` argument."""
-    names = [name for name, _, _ in SERVE_FLAGS]
+def with_flags(flags: tuple, parameter: str, collect: Callable[[dict], object]) -> Callable[[Callable], Callable]:
+    """A decorator giving a command one group of flags (after its own): typer sees them in the signature, and the
+    command receives them as one argument, `parameter`, made by `collect(values by name)`. Stacks: the outer
+    decorator's flags come last."""
+    names = [name for name, _, _ in flags]
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        flags = ServeFlags({name: kwargs.pop(name) for name in names})
-        return command(*args, serve_flags=flags, **kwargs)
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            kwargs[parameter] = collect({name: kwargs.pop(name) for name in names})
+            return command(*args, **kwargs)
 
-    own = [parameter for parameter in inspect.signature(command, eval_str=True).parameters.values()
-           if parameter.name != "serve_flags"]
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-             for name, annotation, default in SERVE_FLAGS]
-    wrapper.__signature__ = inspect.Signature(own + added)
-    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in own + added}
-    return wrapper
+        own = [argument for argument in inspect.signature(command, eval_str=True).parameters.values()
+               if argument.name != parameter]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                 for name, annotation, default in flags]
+        wrapper.__signature__ = inspect.Signature(own + added)
+        wrapper.__annotations__ = {argument.name: argument.annotation for argument in own + added}
+        return wrapper
+
+    return decorate
+
+
+# Give a command serve's flags; it receives them as `serve_flags: ServeFlags`.
+with_serve_flags = with_flags(SERVE_FLAGS, "serve_flags", ServeFlags)
+
+
+# Ray's flags, defined once, as serve's: `serve` and `deploy` both take them (with_ray_flags) and both check them
+# and make their RayOptions in RayFlags.options. Every one but --ray defaults to None: "not given", so that a Ray
+# flag without --ray is refused instead of ignored.
+RAY_FLAGS = (
+    ("on_ray", Annotated[bool, typer.Option(
+        "--ray", help="Serve on Ray Serve: the same routes as replicas across a Ray cluster, each with its own "
+                      "engine and batcher, replaced when they fail (pip install 'roberta-deploy[ray]'; "
+                      "docs/scaling.md).")], False),
+    ("address", Annotated[Optional[str], typer.Option(
+        help="With --ray: the cluster to join, 'auto' on a cluster node or ray://HEAD:10001 from elsewhere "
+             "(default: start a local Ray instance, dashboard and usage reporting off).")], None),
+    ("replicas", Annotated[Optional[int], typer.Option(help="With --ray: a fixed number of replicas (default 1).")],
+     None),
+    ("autoscale", Annotated[Optional[str], typer.Option(
+        help="With --ray: MIN:MAX replicas, added and removed as the requests in flight per replica move "
+             "around --target-ongoing-requests.")], None),
+    ("replica_cpus", Annotated[Optional[float], typer.Option(
+        help="With --ray: CPUs Ray reserves for each replica; its engine computes on that many threads. "
+             "Fewer, wider replicas cost less CPU per text than many 1-CPU ones (docs/scaling.md).")], None),
+    ("target_ongoing_requests", Annotated[Optional[float], typer.Option(
+        help="With --autoscale: requests in flight per replica the autoscaler aims at. Enough to fill a "
+             "replica's batches; lower scales out sooner and keeps latency down.")], None),
+    ("bundle_cache", Annotated[Optional[Path], typer.Option(
+        help="With --ray: the folder on each node where replicas unpack the bundles shipped through Ray's "
+             "object store (default: $ROBERTA_DEPLOY_CACHE or ~/.cache/roberta-deploy/bundles).")], None),
+)
+
+
+class RayFlags:
+    """The values of RAY_FLAGS one command was given; `options(serve_options)` checks them and says where and how
+    to serve (None: not on Ray)."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    @property
+    def on_ray(self) -> bool:
+        return self.values["on_ray"]
+
+    def options(self, serve_options: ServeOptions):
+        """RayOptions with --ray, None without. Raises UsageError for a Ray flag without --ray, flags that
+        contradict each other or a value out of range, and, with --ray, where ray is not installed: all before
+        anything is built or started."""
+        given = [f"--{name.replace('_', '-')}" for name, value in self.values.items()
+                 if name != "on_ray" and value is not None]
+        if not self.on_ray:
+            if given:
+                raise UsageError(f"{given[0]} only applies to serving on Ray", f"add --ray, or leave {given[0]} off")
+            return None
+        from .serve.ray_deployment import RayOptions, import_ray, parse_autoscale
+
+        flags = self.values
+        if flags["replicas"] is not None and flags["autoscale"] is not None:
+            raise UsageError("--replicas and --autoscale both set the replica count", "pass one of them")
+        if serve_options.port == 0:
+            raise UsageError("--port 0 cannot be used with --ray: every node's proxy listens on the same port",
+                             "pass a port, e.g. --port 8000")
+        defaults = RayOptions()
+        options = RayOptions(
+            address=flags["address"], replicas=flags["replicas"] or defaults.replicas,
+            autoscale=parse_autoscale(flags["autoscale"]) if flags["autoscale"] is not None else None,
+            replica_cpus=flags["replica_cpus"] if flags["replica_cpus"] is not None else defaults.replica_cpus,
+            target_ongoing_requests=flags["target_ongoing_requests"] if flags["target_ongoing_requests"] is not None
+            else defaults.target_ongoing_requests,
+            cache_dir=str(flags["bundle_cache"]) if flags["bundle_cache"] else None)
+        import_ray()  # a missing ray extra is found now, not after a deploy's builds
+        return options
+
+
+# Give a command Ray's flags; it receives them as `ray_flags: RayFlags`.
+with_ray_flags = with_flags(RAY_FLAGS, "ray_flags", RayFlags)
 
 
 def require_serve_extra() -> None:
@@ -117,64 +198,28 @@ def event_printer() -> Callable[[str], None]:
                                                 highlight=False, soft_wrap=True)
 
 
+@with_ray_flags
 @with_serve_flags
 def serve_command(
     bundle: Annotated[list[str], typer.Option(help="Bundle folder to serve, or NAME=PATH; repeat to serve several "
                                                    "models from one process, each with its own batcher. The first "
                                                    "answers /predict and /.")],
     serve_flags: ServeFlags,
-    on_ray: Annotated[bool, typer.Option(
-        "--ray", help="Serve on Ray Serve: the same routes as replicas across a Ray cluster, each with its own "
-                      "engine and batcher, replaced when they fail (pip install 'roberta-deploy[ray]'; "
-                      "docs/scaling.md).")] = False,
-    address: Annotated[Optional[str], typer.Option(
-        help="With --ray: the cluster to join, 'auto' on a cluster node or ray://HEAD:10001 from elsewhere "
-             "(default: start a local Ray instance, dashboard and usage reporting off).")] = None,
-    replicas: Annotated[Optional[int], typer.Option(
-        help="With --ray: a fixed number of replicas (default 1).")] = None,
-    autoscale: Annotated[Optional[str], typer.Option(
-        help="With --ray: MIN:MAX replicas, added and removed as the requests in flight per replica move "
-             "around --target-ongoing-requests.")] = None,
-    replica_cpus: Annotated[Optional[float], typer.Option(
-        help="With --ray: CPUs Ray reserves for each replica; its engine computes on that many threads. "
-             "Fewer, wider replicas cost less CPU per text than many 1-CPU ones (docs/scaling.md).")] = None,
-    target_ongoing_requests: Annotated[Optional[float], typer.Option(
-        help="With --autoscale: requests in flight per replica the autoscaler aims at. Enough to fill a "
-             "replica's batches; lower scales out sooner and keeps latency down.")] = None,
-    bundle_cache: Annotated[Optional[Path], typer.Option(
-        help="With --ray: the folder on each node where replicas unpack the bundles shipped through Ray's "
-             "object store (default: $ROBERTA_DEPLOY_CACHE or ~/.cache/roberta-deploy/bundles).")] = None,
+    ray_flags: RayFlags,
 ) -> None:
     """Serve bundles over HTTP: text-embeddings-inference's /predict, Hugging Face's text classification at /,
     the Open Inference Protocol (v2) and Prometheus /metrics, with dynamic batching; with --ray, as Ray Serve
     replicas across a cluster."""
     require_serve_extra()
     options = serve_flags.options(bundle)
-    ray_flags = {"--address": address, "--replicas": replicas, "--autoscale": autoscale,
-                 "--replica-cpus": replica_cpus, "--target-ongoing-requests": target_ongoing_requests,
-                 "--bundle-cache": bundle_cache}
-    if not on_ray:
-        given = [flag for flag, value in ray_flags.items() if value is not None]
-        if given:
-            raise UsageError(f"{given[0]} only applies to serving on Ray", f"add --ray, or leave {given[0]} off")
+    ray_options = ray_flags.options(options)
+    if ray_options is None:
         from .serve.server import serve
 
         serve(options, on_event=event_printer())
         return
-    from .serve.ray_deployment import RayOptions, parse_autoscale, serve_until_stopped
+    from .serve.ray_deployment import serve_until_stopped
 
-    if replicas is not None and autoscale is not None:
-        raise UsageError("--replicas and --autoscale both set the replica count", "pass one of them")
-    if options.port == 0:
-        raise UsageError("--port 0 cannot be used with --ray: every node's proxy listens on the same port",
-                         "pass a port, e.g. --port 8000")
-    defaults = RayOptions()
-    ray_options = RayOptions(
-        address=address, replicas=replicas or defaults.replicas,
-        autoscale=parse_autoscale(autoscale) if autoscale is not None else None,
-        replica_cpus=replica_cpus if replica_cpus is not None else defaults.replica_cpus,
-        target_ongoing_requests=target_ongoing_requests if target_ongoing_requests is not None
-        else defaults.target_ongoing_requests, cache_dir=str(bundle_cache) if bundle_cache else None)
     serve_until_stopped(options, ray_options, on_event=event_printer())
 
 

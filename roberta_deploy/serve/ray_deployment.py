@@ -116,7 +116,7 @@ class RayEndpoint:
         if self._closed:
             return
         self._closed = True
-        ray, serve = _import_ray()
+        ray, serve = import_ray()
         try:
             serve.delete(self.app_name)  # blocks until its replicas drained and stopped
         finally:
@@ -129,7 +129,7 @@ def deploy(options: ServeOptions, ray_options: RayOptions,
            on_event: Callable[[str], None] = lambda message: None) -> RayEndpoint:
     """Serve `options.bundles` on Ray: connect (or start a local instance), ship the bundles, run the
     deployment and return once every replica is warm and routed to."""
-    ray, serve = _import_ray()
+    ray, serve = import_ray()
     check_bundles(options)
     packed_bundles = [pack_bundle(spec.path) for spec in options.bundles]  # a corrupt bundle fails before Ray starts
     started_ray = _connect(ray, ray_options)
@@ -316,7 +316,8 @@ def _connect(ray, ray_options: RayOptions) -> bool:
     return False
 
 
-def _import_ray():
+def import_ray():
+    """ray and ray.serve; a one-line UsageError naming the extra where they are not installed."""
     try:
         import ray
         from ray import serve
