@@ -1,20 +1,22 @@
 """`roberta-deploy deploy` end to end on a tiny model: every candidate this CPU offers is built, scored and timed,
 the choice and the reports follow from what was measured, a second deploy reuses every artifact and serves the
-chosen bundle (real HTTP against the real process, answers equal to Engine.predict, SIGTERM exits 0), and bad
-input fails before any build with a one-line error and nothing written."""
+chosen bundle (real HTTP against the real process, answers equal to Engine.predict, SIGTERM exits 0), the same on
+Ray Serve with --ray, and bad input (Ray's flags included) fails before any build with a one-line error and nothing
+written."""
 
 from __future__ import annotations
 
 import json
 import re
 import signal
+import sys
 
 import numpy as np
 import pytest
 from test_cli import assert_one_line_error, invoke
 from test_report import assert_self_contained_with_charts
 from test_serve import ServerProcess
-from serve_client import call, post_json
+from serve_client import call, post_json, wait_until
 
 from roberta_deploy import deploy as deploy_module
 from roberta_deploy.backends import get_backend, offered_precisions
@@ -155,6 +157,42 @@ def test_a_second_deploy_reuses_everything_and_serves_what_the_engine_predicts(d
     assert manifest_times(output) == before  # nothing was rebuilt
 
 
+def test_deploy_ray_serves_the_chosen_bundle_on_a_local_ray_and_sigterm_leaves_nothing_deployed(deployment,
+                                                                                                   samples_tsv):
+    """`deploy --ray` without --address starts a Ray instance of its own (ray.init(address="local"): a new one even
+    where a cluster runs on this machine, so it cannot meet test_ray_serve's) and stops it on SIGTERM."""
+    pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+    from test_ray_serve import AUTH, RayServer, free_port
+
+    output, args, _ = deployment
+    before = manifest_times(output)
+    server = RayServer(free_port(), *(str(arg) for arg in args), command="deploy")
+    try:
+        wait_until(lambda: any(line.startswith("try: curl") for line in server.lines), "the curl line is printed")
+        log = "\n".join(server.lines)
+        assert "building" not in log and "started a local Ray instance" in log, log
+        choice = json.loads((output / "deployment.json").read_text(encoding="utf-8"))["choice"]
+        name = f"{choice['backend']}-{choice['precision']}"
+        assert f"serving {name} at {server.url}" in log and f"POST /v2/models/{name}/infer" in log, log
+        assert f"try: curl -s {server.url}/predict" in log and "Authorization: Bearer" in log, log
+
+        engine = Engine.load(output / choice["bundle"])
+        for text in read_dataset(samples_tsv).texts[:4]:
+            status, _, answer = post_json(server.port, "/predict", {"inputs": text}, AUTH)
+            expected = engine.predict(text)
+            assert status == 200 and answer[0]["label"] == expected.label_name
+            assert {item["label"]: item["score"] for item in answer} == pytest.approx(
+                dict(zip(engine.label_names, expected.probabilities.tolist())), abs=1e-4)
+    finally:
+        code = server.stop(signal.SIGTERM, timeout=120)
+    log = "\n".join(server.lines)
+    assert code == 0, log
+    assert log.index("stopping:") < log.index("stopped: every accepted request was answered"), log
+    with pytest.raises(OSError):  # the proxy went with the Ray instance: nothing is left deployed
+        call(server.port, "GET", "/v2/health/live", timeout=5)
+    assert manifest_times(output) == before
+
+
 def test_another_model_into_the_same_output_is_refused(deployment, tiny_checkpoints):
     output, _, _ = deployment
     before = manifest_times(output)
@@ -222,6 +260,33 @@ def test_bad_input_fails_before_any_build_and_writes_nothing(case, tiny_checkpoi
     assert_one_line_error(result, *fragments)
     assert not output.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--replicas", "2"], "--replicas only applies to serving on Ray"),
+    (["--bundle-cache", "cache"], "--bundle-cache only applies to serving on Ray"),
+    (["--ray", "--port", "0"], "--port 0 cannot be used with --ray"),
+    (["--ray", "--autoscale", "2"], "--autoscale '2' is not MIN:MAX"),
+    (["--ray", "--replicas", "2", "--autoscale", "1:2"], "both set the replica count"),
+    (["--ray", "--replica-cpus", "0"], "--replica-cpus 0.0 must be greater than 0"),
+    (["--ray", "--no-serve"], "--ray only applies when deploy serves"),
+    (["--ray"], "pip install 'roberta-deploy[ray]'"),
+])
+def test_bad_ray_flags_fail_before_any_build_and_write_nothing(flags, fragment, tiny_checkpoints, samples_tsv,
+                                                              tmp_path, monkeypatch):
+    """The same checks as `serve --ray` (one definition in cli_serve), none of which needs Ray: here ray cannot be
+    imported (None in sys.modules makes `import ray` fail as it does where ray is not installed)."""
+    def no_build(*args, **kwargs):
+        raise AssertionError("a build started")
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setattr(deploy_module, "export_model", no_build)
+    monkeypatch.setattr(deploy_module, "build_engine", no_build)
+    output = tmp_path / "out"
+    result = invoke("deploy", "--model", tiny_checkpoints["bert"], "--data", samples_tsv, "--output", output,
+                    *flags, *QUICK)
+    assert_one_line_error(result, fragment)
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_rule_keeps_the_fastest_within_the_budget_among_what_may_be_chosen():

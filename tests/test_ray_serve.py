@@ -37,7 +37,7 @@ def test_ray_flags_without_ray_are_refused_before_anything_starts(tmp_path):
     for flags in (["--replicas", "2"], ["--ray", "--replicas", "2", "--autoscale", "1:2"],
                   ["--ray", "--autoscale", "2"], ["--ray", "--replica-cpus", "0"], ["--ray", "--port", "0"]):
         result = subprocess.run([sys.executable, "-m", "roberta_deploy", "serve", "--bundle", str(tmp_path), *flags],
-                                capture_output=True, text=True, timeout=120, env=_environment())
+                                capture_output=True, text=True, timeout=120, env=environment())
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (flags, result.stderr)
 
@@ -47,7 +47,7 @@ def test_without_the_ray_extra_serve_ray_is_a_one_line_error_naming_it(tmp_path)
     program = ("import sys; sys.modules['ray'] = None; from roberta_deploy.cli import main; "
                f"sys.argv = ['roberta-deploy', 'serve', '--ray', '--bundle', {str(tmp_path)!r}]; main()")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
-                            env=_environment())
+                            env=environment())
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert "pip install 'roberta-deploy[ray]'" in lines[0]
@@ -92,13 +92,13 @@ def test_the_deployment_takes_as_many_requests_per_replica_as_serve_and_scales_o
     assert RayOptions(replica_cpus=1.5).cpu_threads == 2 and RayOptions(replica_cpus=0.5).cpu_threads == 1
 
 
-def _environment(**extra) -> dict:
+def environment(**extra) -> dict:
     package_root = str(Path(roberta_deploy.__file__).resolve().parents[1])
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **extra,
             "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -124,16 +124,19 @@ def ray_cluster():
 
 
 class RayServer(ServerProcess):
-    """`python -m roberta_deploy serve --ray --address CLUSTER ...` in a subprocess; stderr collected on a thread.
-    Stops and kills as test_serve's ServerProcess does; ready when the command says so."""
+    """`python -m roberta_deploy serve --ray [--address CLUSTER] ...` (or another command taking --ray, such as
+    deploy) in a subprocess; its output (stdout and stderr together) collected on a thread. Without `address`
+    the command starts a local Ray instance of its own. Stops and kills as test_serve's ServerProcess does;
+    ready when the command says so."""
 
-    def __init__(self, cluster, port: int, *args: str):
+    def __init__(self, port: int, *args: str, address: str | None = None, command: str = "serve"):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "roberta_deploy", "serve", "--ray", "--address", cluster.address,
+            [sys.executable, "-m", "roberta_deploy", command, "--ray", *(["--address", address] if address else []),
              "--port", str(port), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(ROBERTA_DEPLOY_API_KEY=KEY))
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=environment(ROBERTA_DEPLOY_API_KEY=KEY))
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -143,7 +146,7 @@ class RayServer(ServerProcess):
             pytest.fail("serve --ray did not get ready:\n" + "\n".join(self.lines))
 
     def _read(self) -> None:
-        for line in self.process.stderr:
+        for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
             if " ready: " in line:
                 self._ready.set()
@@ -166,9 +169,9 @@ def bundle_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(ray_cluster, shipped_bundle, bundle_cache):
     """Two replicas, the API key from the environment, and the small limits of test_serve's server."""
-    process = RayServer(ray_cluster, _free_port(), "--bundle", f"tiny={shipped_bundle}", "--replicas", "2",
+    process = RayServer(free_port(), "--bundle", f"tiny={shipped_bundle}", "--replicas", "2",
                         "--replica-cpus", "1", "--bundle-cache", str(bundle_cache), "--max-client-batch-size", "8",
-                        "--payload-limit", "20000", "--max-input-chars", "1000")
+                        "--payload-limit", "20000", "--max-input-chars", "1000", address=ray_cluster.address)
     yield process
     assert process.stop(timeout=120) == 0
 
@@ -274,8 +277,8 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(server, ray_cluster,
     # The module's deployment goes first: Serve's proxy keeps the port it was started with, and one application
     # holds its routes.
     assert server.stop(timeout=120) == 0
-    process = RayServer(ray_cluster, server.port, "--bundle", f"tiny={serve_bundle}", "--replicas", "1",
-                        "--max-wait-ms", "4000")
+    process = RayServer(server.port, "--bundle", f"tiny={serve_bundle}", "--replicas", "1",
+                        "--max-wait-ms", "4000", address=ray_cluster.address)
     try:
         in_flight = [Background(post_json, process.port, "/predict", {"inputs": text}, AUTH)
                      for text in dev_texts[:4]]
@@ -355,7 +358,7 @@ def test_replicas_that_cannot_load_the_bundle_end_the_command_with_their_reason(
     (bundle / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     result = subprocess.run([sys.executable, "-m", "roberta_deploy", "serve", "--ray", "--address", ray_cluster.address,
                              "--port", str(server.port), "--bundle", str(bundle)],
-                            capture_output=True, text=True, timeout=START_TIMEOUT_S, env=_environment())
+                            capture_output=True, text=True, timeout=START_TIMEOUT_S, env=environment())
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]
     assert result.returncode == 1, result.stderr
     assert last.startswith("error: the replicas failed to start: ") and "cuda" in last, result.stderr
