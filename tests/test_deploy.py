@@ -52,6 +52,19 @@ def manifest_times(output) -> dict[str, str]:
             for path in sorted(output.rglob("manifest.json"))}
 
 
+def assert_predict_equals_the_engine(port: int, bundle, texts, headers=None) -> None:
+    """/predict answers each text with Engine.predict's label and every label's score (Engine.predict in this
+    process on the served bundle)."""
+    engine = Engine.load(bundle)
+    for text in texts:
+        status, _, answer = post_json(port, "/predict", {"inputs": text}, headers)
+        expected = engine.predict(text)
+        assert status == 200
+        assert answer[0]["label"] == expected.label_name
+        assert {item["label"]: item["score"] for item in answer} == pytest.approx(
+            dict(zip(engine.label_names, expected.probabilities.tolist())), abs=1e-4)
+
+
 @pytest.fixture(scope="module")
 def deployment(tiny_checkpoints, samples_tsv, tmp_path_factory):
     output = tmp_path_factory.mktemp("deploy") / "tiny"
@@ -140,14 +153,7 @@ def test_a_second_deploy_reuses_everything_and_serves_what_the_engine_predicts(d
         assert re.search(rf"serving {name} at {server.url}", log), log
         assert f"try: curl -s {server.url}/predict" in log and f"POST /v2/models/{name}/infer" in log
 
-        engine = Engine.load(output / choice["bundle"])
-        for text in read_dataset(samples_tsv).texts[:6]:
-            status, _, answer = post_json(server.port, "/predict", {"inputs": text})
-            expected = engine.predict(text)
-            assert status == 200
-            assert answer[0]["label"] == expected.label_name
-            assert {item["label"]: item["score"] for item in answer} == pytest.approx(
-                dict(zip(engine.label_names, expected.probabilities.tolist())), abs=1e-4)
+        assert_predict_equals_the_engine(server.port, output / choice["bundle"], read_dataset(samples_tsv).texts[:6])
         status, _, info = call(server.port, "GET", "/info")
         info = json.loads(info)
         assert status == 200 and (info["backend"], info["precision"]) == (choice["backend"], choice["precision"])
@@ -176,13 +182,8 @@ def test_deploy_ray_serves_the_chosen_bundle_on_a_local_ray_and_sigterm_leaves_n
         assert f"serving {name} at {server.url}" in log and f"POST /v2/models/{name}/infer" in log, log
         assert f"try: curl -s {server.url}/predict" in log and "Authorization: Bearer" in log, log
 
-        engine = Engine.load(output / choice["bundle"])
-        for text in read_dataset(samples_tsv).texts[:4]:
-            status, _, answer = post_json(server.port, "/predict", {"inputs": text}, AUTH)
-            expected = engine.predict(text)
-            assert status == 200 and answer[0]["label"] == expected.label_name
-            assert {item["label"]: item["score"] for item in answer} == pytest.approx(
-                dict(zip(engine.label_names, expected.probabilities.tolist())), abs=1e-4)
+        assert_predict_equals_the_engine(server.port, output / choice["bundle"], read_dataset(samples_tsv).texts[:4],
+                                         AUTH)
     finally:
         code = server.stop(signal.SIGTERM, timeout=120)
     log = "\n".join(server.lines)
