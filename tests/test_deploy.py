@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, invoke
 from test_report import assert_self_contained_with_charts
-from test_serve import ServerProcess
+from test_serve import AUTH, ServerProcess
 from serve_client import call, post_json, wait_until
 
 from roberta_deploy import deploy as deploy_module
@@ -168,7 +168,7 @@ def test_deploy_ray_serves_the_chosen_bundle_on_a_local_ray_and_sigterm_leaves_n
     """`deploy --ray` without --address starts a Ray instance of its own (ray.init(address="local"): a new one even
     where a cluster runs on this machine, so it cannot meet test_ray_serve's) and stops it on SIGTERM."""
     pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
-    from test_ray_serve import AUTH, RayServer, free_port
+    from test_ray_serve import RayServer, free_port
 
     output, args, _ = deployment
     before = manifest_times(output)
