@@ -1,6 +1,7 @@
 """The Batcher against a fake engine (no weights): order, merging under the token budget, failure
 isolation, cancellation, overload, close. Every wait has a timeout, so a hang fails the test."""
 
+import random
 import threading
 
 import numpy as np
@@ -9,6 +10,7 @@ from fake_engine import FakeEngine, expected_logits
 
 from roberta_deploy.errors import BackendError, InputDataError, NotReadyError, OverloadedError, UsageError
 from roberta_deploy.runtime import Batcher, RequestResult
+from roberta_deploy.runtime.batching import ONLINE_ROW_COUNTS, online_lengths, online_row_count
 
 WAIT_S = 20  # generous: only a hang comes near it
 
@@ -92,13 +94,54 @@ def test_waiting_requests_are_merged_into_length_bucketed_batches_under_the_toke
     for batch in batches:
         rows, padded = batch["shape"]
         assert rows * padded <= 128 and rows <= 4
-        assert padded == max(len(row) for row in batch["rows"])  # padded only to its longest text
+        # Padded only to the online length at or above its longest text (few shapes for the engine).
+        longest = max(len(row) for row in batch["rows"])
+        assert padded == min(length for length in online_lengths(engine.max_seq_length) if length >= longest)
     # Merged, and by length: the oldest request's batch takes the texts nearest its length.
-    assert sorted(len(row) for row in batches[0]["rows"]) == [28, 29, 30, 31]
-    assert sorted(len(row) for row in batches[1]["rows"]) == [3, 4, 5, 6]
+    first_batch = sorted(len(row) for row in batches[0]["rows"])
+    assert len(first_batch) == 4 and first_batch[0] >= 28 and 30 in first_batch  # 30 is the oldest
+    second_batch = sorted(len(row) for row in batches[1]["rows"])
+    assert len(second_batch) == 4 and second_batch[-1] <= 7 and 4 in second_batch  # 4 is the oldest short one
     assert len(batches) == 3
     assert sum(stat.rows for stat in seen) == len(lengths) + 1
     assert all(stat.tokens == stat.rows * stat.padded_length for stat in seen)
+
+
+def test_online_batches_come_in_few_shapes_whatever_the_requests_lengths():
+    # Engines keep kernels per input shape (OpenVINO's CPU cache grew by gigabytes under every shape):
+    # however requests arrive, the engine sees padded lengths from online_lengths and row counts from
+    # ONLINE_ROW_COUNTS or a full batch, and every text still gets its own logits.
+    engine = FakeEngine(contexts=2, max_seq_length=64, max_batch=16)
+    rng = random.Random(0)
+    requests = [["好" * rng.randint(1, 70) for _ in range(rng.randint(1, 5))] for _ in range(300)]
+    with Batcher(engine, max_batch_tokens=256, max_batch_size=16, max_wait_ms=1) as batcher:
+        results: dict[int, RequestResult] = {}
+
+        def client(numbers):
+            for number in numbers:
+                results[number] = batcher.submit(requests[number]).result(timeout=WAIT_S)
+
+        threads = [threading.Thread(target=client, args=(range(start, 300, 12),)) for start in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT_S)
+        assert not any(thread.is_alive() for thread in threads)
+    for number, result in results.items():
+        np.testing.assert_allclose(result.logits, expected_logits(requests[number], 64), rtol=1e-6)
+    lengths = online_lengths(64)
+    shapes = {call["shape"] for call in engine.calls[2:]}  # after the two warm-up calls
+    for rows, padded in shapes:
+        assert padded in lengths and rows * padded <= 256
+        assert rows in ONLINE_ROW_COUNTS or rows == min(16, 256 // padded)
+    assert sum(len(call["rows"]) for call in engine.calls[2:]) == sum(map(len, requests))
+
+
+def test_online_lengths_and_row_counts():
+    assert online_lengths(128) == (16, 32, 48, 64, 80, 96, 112, 128)
+    assert online_lengths(512)[-5:] == (256, 320, 384, 448, 512) and len(online_lengths(512)) == 16
+    assert online_lengths(100)[-1] == 100 and online_lengths(8) == (8,)
+    assert [online_row_count(rows, cap=21) for rows in (1, 5, 7, 11, 20, 21, 40)] == [1, 4, 6, 8, 16, 21, 21]
 
 
 def test_a_failing_batch_fails_only_the_requests_in_it():

@@ -3,7 +3,7 @@ import threading
 import numpy as np
 import pytest
 
-from roberta_deploy.runtime.batching import plan_batches
+from roberta_deploy.runtime.batching import online_lengths, plan_batches
 from roberta_deploy.data import read_dataset
 from roberta_deploy.runtime import Batcher, Prediction
 from roberta_deploy.runtime.engine import Engine, default_contexts
@@ -83,6 +83,25 @@ def test_concurrent_submits_on_a_real_bundle_match_the_reference(bundle_factory,
         results = {start: future.result(timeout=60) for start, future in futures}
     logits = np.concatenate([results[start].logits for start in sorted(results)])
     assert np.abs(logits - reference_logits).max() <= TOLERANCES["fp32"].absolute
+
+
+def test_online_padding_changes_no_prediction_beyond_tolerance_at_int8(bundle_factory, dev_texts):
+    # Online batches are padded past their longest text (to a few lengths) and cut to a few row counts:
+    # with the attention mask, the extra [PAD]s must not move any logit past the int8 tolerance.
+    engine = Engine.load(bundle_factory("openvino", "int8"), contexts=2)
+    context = engine.create_context()
+    alone = np.concatenate([context.run(*engine.encoder.encode_padded([text]).as_feeds(
+        ("input_ids", "attention_mask", "token_type_ids")).values()) for text in dev_texts])
+    shapes = []
+    with Batcher(engine, max_wait_ms=2) as batcher:
+        batcher.add_batch_listener(lambda stats: shapes.append((stats.rows, stats.padded_length)))
+        futures = [(start, batcher.submit(dev_texts[start:start + 3])) for start in range(0, len(dev_texts), 3)]
+        results = {start: future.result(timeout=60) for start, future in futures}
+    served = np.concatenate([results[start].logits for start in sorted(results)])
+    lengths = online_lengths(engine.max_seq_length)
+    assert {padded for _, padded in shapes} <= set(lengths)
+    assert set(engine.encoder.encode(dev_texts).lengths.tolist()) - set(lengths)  # so most rows were padded
+    assert np.abs(served - alone).max() <= TOLERANCES["int8"].bound(alone)
 
 
 def test_contexts_share_one_full_batch_of_tokens_by_default(bundle_factory):

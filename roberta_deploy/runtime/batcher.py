@@ -20,7 +20,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from ..errors import BackendError, InputDataError, NotReadyError, OverloadedError, RobertaDeployError, UsageError
-from .batching import plan_batches
+from .batching import online_lengths, online_row_count, plan_batches
 from .results import BatcherStats, BatchStats, Predictions, RequestResult, RequestTimings
 from .tokenization import EncodedTexts, TextInput
 
@@ -225,7 +225,9 @@ class Batcher:
                              f"{engine.max_seq_length}", f"pass at least {engine.max_seq_length}")
         self.max_wait_s = max_wait_ms / 1000
         self.max_queued_texts = max_queued_texts or DEFAULT_MAX_QUEUED_TEXTS
-        self._bucket_lengths = profile.bucket_lengths()
+        self._bucket_lengths = profile.bucket_lengths()  # static engines: the compiled lengths
+        # What online batches are padded to: few shapes, so the engine's per-shape caches stay bounded.
+        self._online_lengths = self._bucket_lengths or online_lengths(engine.max_seq_length)
         self._condition = threading.Condition()
         self._planned: collections.deque[_Batch] = collections.deque()
         self._pending: list[_PendingRow] = []  # arrival order
@@ -459,9 +461,9 @@ class Batcher:
         return encoder.pad(encoded, [0], int(encoded.lengths[0]))
 
     def _padded_length_of(self, length: int) -> int:
-        if self._bucket_lengths:
-            return self._bucket_lengths[bisect.bisect_left(self._bucket_lengths, min(length, self.engine.max_seq_length))]
-        return min(length, self.engine.max_seq_length)
+        """The length an online batch whose longest row has `length` tokens is padded to."""
+        lengths = self._online_lengths
+        return lengths[bisect.bisect_left(lengths, min(length, self.engine.max_seq_length))]
 
     def _fail_waiting(self, error: BaseException) -> None:
         """Under the condition: fail every queued request and batch."""
@@ -502,7 +504,8 @@ class Batcher:
         return self._pending[0].request.enqueued if self._pending else float("inf")
 
     def _select_rows(self) -> tuple[list[_PendingRow], bool]:
-        """The oldest waiting row plus the rows closest to it in length that fit the budget.
+        """The oldest waiting row plus the rows closest to it in length that fit the budget, cut to a row
+        count of ONLINE_ROW_COUNTS (or a full batch) on dynamic engines; the rows cut wait for the next batch.
 
         Returns the rows and whether the batch is full (nothing else waiting would fit).
         """
@@ -515,12 +518,12 @@ class Batcher:
             shorter = low - 1 if low > 0 else None
             longer = high if high < len(by_length) else None
             if shorter is None and longer is None:
-                return by_length[low:high], False
+                return self._cut_to_row_count(by_length[low:high], by_length[anchor]), False
             longer_padded = self._padded_length_of(by_length[longer].length) if longer is not None else None
             fits_shorter = shorter is not None and (static or padded * (high - low + 1) <= self.max_batch_tokens)
             fits_longer = longer is not None and (static or longer_padded * (high - low + 1) <= self.max_batch_tokens)
             if not fits_shorter and not fits_longer:
-                return by_length[low:high], True
+                return self._cut_to_row_count(by_length[low:high], by_length[anchor]), True
             # Prefer the neighbour that adds the least padding to the batch.
             shorter_waste = padded - by_length[shorter].length if fits_shorter else None
             longer_waste = (longer_padded - padded) * (high - low) + longer_padded - by_length[longer].length \
@@ -530,7 +533,23 @@ class Batcher:
             else:
                 high += 1
                 padded = longer_padded
-        return by_length[low:high], True
+        return self._cut_to_row_count(by_length[low:high], by_length[anchor]), True
+
+    def _cut_to_row_count(self, window: list[_PendingRow], oldest: _PendingRow) -> list[_PendingRow]:
+        """Drop rows from the ends of `window` (sorted by length; never `oldest`), the newest first,
+        until its size is one the engine sees often. Cutting rows costs a batch call; padding rows
+        instead would compute filler."""
+        if self._bucket_lengths is not None:
+            return window  # a static engine pads every batch to its one row count anyway
+        while True:
+            padded = self._padded_length_of(window[-1].length)
+            cap = max(1, min(self.max_batch_size, self.max_batch_tokens // padded))
+            if len(window) == online_row_count(len(window), cap):
+                return window
+            if window[-1] is oldest or (window[0] is not oldest and window[0].arrival > window[-1].arrival):
+                window = window[1:]
+            else:
+                window = window[:-1]
 
     def _take(self, rows: list[_PendingRow]) -> _Batch | None:
         """Under the condition: remove `rows` from the queue and pad them into one batch (None when

@@ -19,6 +19,31 @@ from ..errors import UsageError
 # lengths cost less than the padding did (docs/benchmarks.md).
 DEFAULT_PAD_MULTIPLE = 1
 
+# Online batches (Batcher.submit) take whatever (rows, length) the waiting requests make. OpenVINO's CPU
+# plugin keeps kernels and buffers per input shape it has seen (its runtime cache, up to thousands of
+# entries), so a server fed every shape grows for hours: the demo bundle's engine under random shapes went
+# from 130 MB to 3.4 GB in a minute, and malloc_trim gave nothing back (live memory, not fragmentation);
+# with 48 shapes it stayed at 235 MB. So online batches are padded to a few lengths and cut to a few row
+# counts (docs/serving.md). Offline runs keep exact lengths: a run's shapes are few and known up front.
+ONLINE_ROW_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def online_lengths(max_seq_length: int) -> tuple[int, ...]:
+    """The lengths online batches are padded to: multiples of 16 up to 128, of 32 up to 256, of 64 beyond
+    (a step of an eighth of the next power of two), and max_seq_length itself."""
+    lengths, length = set(), 0
+    while length < max_seq_length:
+        length += max(16, (1 << max(length, 1).bit_length()) // 8)
+        lengths.add(min(length, max_seq_length))
+    return tuple(sorted(lengths))
+
+
+def online_row_count(rows: int, cap: int) -> int:
+    """The largest row count of ONLINE_ROW_COUNTS (or `cap`, a full batch) that is at most `rows`."""
+    if rows >= cap:
+        return cap
+    return max(count for count in ONLINE_ROW_COUNTS if count <= rows)
+
 
 @dataclass(frozen=True)
 class PlannedBatch:
