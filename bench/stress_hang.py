@@ -11,6 +11,11 @@ Modes (what each child does after loading the engine):
   predict   `engine.predict(texts)`: the library's own path (the Batcher now; InferenceQueue before).
   infer     `python -m roberta_deploy infer --bundle B --data FILE` with the CLI's defaults (two contexts on
             a 2-core machine): the command the hang was first seen in.
+  race      two such `infer` runs at once on one --output (tests/test_cli_hostile.py's race): ok when one
+            exits 0 with a whole output and the other 2; one racing run was once seen to hang.
+  sigint    one `infer` over --data repeated 30 times, sent SIGINT at a random moment after it reserved its
+  sigterm   output (0.2-3 s): ok on exit 130 (143) with nothing left and no "terminate called"; the test
+            once exited -6 (SIGABRT, "terminate called without an active exception").
 
 --checkout runs the children against another source tree (e.g. the commit before the fix, unpacked
 with `git archive`), so "before" and "after" come from one command on one machine:
@@ -24,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,6 +92,10 @@ def build_bundle(folder: Path, backend: str) -> Path:
 def trial(checkout: Path, bundle: Path, mode: str, contexts: int, timeout: float, data: Path) -> str:
     """'ok', 'hung' or 'failed: ...' for one fresh process."""
     environment = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
+    if mode == "race":
+        return race_trial(bundle, data, environment, timeout)
+    if mode in ("sigint", "sigterm"):
+        return signal_trial(bundle, data, environment, timeout, signal.SIGINT if mode == "sigint" else signal.SIGTERM)
     with tempfile.TemporaryDirectory(prefix="stress-trial-") as scratch:
         if mode == "infer":
             command = [sys.executable, "-m", "roberta_deploy", "infer", "--bundle", str(bundle), "--data", str(data),
@@ -103,6 +114,102 @@ def trial(checkout: Path, bundle: Path, mode: str, contexts: int, timeout: float
     return "failed: " + (completed.stderr.strip().splitlines() or ["exit %d" % completed.returncode])[-1]
 
 
+def _infer(bundle: Path, data: Path, output: Path, environment: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "roberta_deploy", "infer", "--bundle", str(bundle), "--data",
+                             str(data), "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**environment, "PYTHONFAULTHANDLER": "1"}, cwd=output.parent)
+
+
+def _finish(processes: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]] | None:
+    """(exit code, stderr) of each, or None when one is still running after `timeout` (all are killed)."""
+    deadline = time.monotonic() + timeout
+    results = []
+    for process in processes:
+        try:
+            _, stderr = process.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                _record_stacks(other)
+                other.kill()
+                other.communicate()
+            return None
+        results.append((process.returncode, stderr))
+    return results
+
+
+def _record_stacks(process: subprocess.Popen) -> None:
+    """Native stacks of every thread (gdb) and Python stacks (faulthandler on SIGABRT), appended to
+    stress-hangs.log beside this script's working folder, for a hang to be read afterwards."""
+    if process.poll() is not None:
+        return
+    with open(Path.cwd() / "stress-hangs.log", "a", encoding="utf-8") as log:
+        log.write(f"==== {process.args} (pid {process.pid}), {time.strftime('%H:%M:%S')}\n")
+        try:
+            native = subprocess.run(["gdb", "-p", str(process.pid), "-batch", "-ex", "thread apply all bt"],
+                                    capture_output=True, text=True, timeout=120).stdout
+        except (OSError, subprocess.TimeoutExpired) as error:
+            native = f"gdb failed: {error}"
+        log.write(native)
+        process.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER=1: every thread's Python stack on stderr
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            stderr = "(no answer to SIGABRT)"
+        log.write("---- stderr\n" + (stderr or "") + "\n")
+
+
+def _aborted(code: int, stderr: str) -> bool:
+    return code in (-signal.SIGABRT, 128 + signal.SIGABRT) or "terminate called" in stderr
+
+
+def race_trial(bundle: Path, data: Path, environment: dict, timeout: float) -> str:
+    with tempfile.TemporaryDirectory(prefix="stress-race-") as scratch:
+        output = Path(scratch) / "out"
+        results = _finish([_infer(bundle, data, output, environment) for _ in range(2)], timeout)
+        if results is None:
+            return "hung"
+        if any(_aborted(code, stderr) for code, stderr in results):
+            return "failed: aborted " + " / ".join(stderr.strip().splitlines()[-1:][0] if stderr.strip() else str(code)
+                                                   for code, stderr in results)
+        codes = sorted(code for code, _ in results)
+        if codes != [0, 2]:
+            return f"failed: exit codes {codes}: " + " / ".join(stderr.strip()[-200:] for _, stderr in results)
+        expected = sum(1 for line in data.read_text(encoding="utf-8").splitlines()[1:] if line.strip())
+        written = len((output / "predictions.jsonl").read_text(encoding="utf-8").splitlines())
+        leftovers = [name for name in os.listdir(scratch) if name != "out"]
+        if written != expected or leftovers:
+            return f"failed: {written} of {expected} rows written, left {leftovers}"
+    return "ok"
+
+
+def signal_trial(bundle: Path, data: Path, environment: dict, timeout: float, sent: int) -> str:
+    expected_code, expected_words = (130, "interrupted") if sent == signal.SIGINT else (143, "terminated")
+    with tempfile.TemporaryDirectory(prefix="stress-signal-") as scratch:
+        many = Path(scratch) / "many.tsv"
+        lines = data.read_text(encoding="utf-8").split("\n", 1)
+        many.write_text(lines[0] + "\n" + lines[1] * 30, encoding="utf-8")
+        work = Path(scratch) / "work"
+        work.mkdir()
+        output = work / "out"
+        process = _infer(bundle, many, output, environment)
+        deadline = time.monotonic() + timeout
+        while not (work / ".out.lock").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # the output is reserved: the command is past its checks
+        time.sleep(random.uniform(0.0, 1.0) if random.random() < 0.5 else random.uniform(0.2, 3.0))
+        process.send_signal(sent)
+        results = _finish([process], timeout)
+        if results is None:
+            return "hung"
+        code, stderr = results[0]
+        if _aborted(code, stderr):
+            return f"failed: aborted (exit {code}): {stderr.strip().splitlines()[-1:] }"
+        if code == 0:
+            return "ok: finished before the signal"
+        if code != expected_code or expected_words not in stderr or "Traceback" in stderr or os.listdir(work):
+            return f"failed: exit {code}, left {os.listdir(work)}: {stderr.strip()[-300:]}"
+    return "ok"
+
+
 def stress(checkout: Path, bundle: Path, mode: str, processes: int, parallel: int, contexts: int,
            timeout: float, data: Path) -> dict:
     started = time.perf_counter()
@@ -110,7 +217,8 @@ def stress(checkout: Path, bundle: Path, mode: str, processes: int, parallel: in
         outcomes = list(pool.map(lambda _: trial(checkout, bundle, mode, contexts, timeout, data), range(processes)))
     failures = sorted({outcome for outcome in outcomes if outcome.startswith("failed")})
     return {"checkout": str(checkout), "mode": mode, "processes": processes, "contexts": contexts,
-            "ok": outcomes.count("ok"), "hung": outcomes.count("hung"),
+            "ok": sum(outcome.startswith("ok") for outcome in outcomes), "hung": outcomes.count("hung"),
+            "finished_before_the_signal": outcomes.count("ok: finished before the signal"),
             "failed": sum(outcome.startswith("failed") for outcome in outcomes), "failures": failures[:3],
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -122,7 +230,8 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=2, help="contexts each process runs concurrently")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a process counts as hung")
     parser.add_argument("--backend", default="openvino", choices=("openvino", "onnxruntime"))
-    parser.add_argument("--modes", default="contexts,predict", help="comma-separated: contexts, predict, infer")
+    parser.add_argument("--modes", default="contexts,predict",
+                        help="comma-separated: contexts, predict, infer, race, sigint, sigterm")
     parser.add_argument("--data", type=Path, default=REPO / "roberta_deploy" / "demo" / "samples.tsv",
                         help="texts for --modes infer (default: the shipped sample reviews)")
     parser.add_argument("--checkout", type=Path, action="append",

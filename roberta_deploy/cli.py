@@ -4,11 +4,14 @@ errors into one-line messages and exit codes. Heavy libraries load inside each c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -72,12 +75,28 @@ def reports_errors(command: Callable) -> Callable:
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             error_console.print("interrupted; no partial output was left")
+            end_within(EXIT_GRACE_S, EXIT_INTERRUPTED)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Terminated:
             error_console.print("terminated; no partial output was left")
+            end_within(EXIT_GRACE_S, EXIT_TERMINATED)
             raise typer.Exit(EXIT_TERMINATED) from None
 
     return wrapper
+
+
+def end_within(seconds: float, code: int) -> None:
+    """End the process with `code` if its exit takes longer than `seconds` from now.
+
+    After Ctrl-C or SIGTERM our outputs are cleaned up and our workers joined, but the interpreter's exit
+    still waits for other libraries' threads: `import openvino` sends a telemetry event from a thread pool
+    (forking a child to do it), and a Ctrl-C landing inside an import left that thread blocked on an import
+    lock for good, so the process never exited (2 of 60 interrupted `infer` runs, stacks in docs/benchmarks.md).
+    A daemon timer still runs while the interpreter waits for those threads.
+    """
+    timer = threading.Timer(seconds, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
 
 
 def print_warnings(warnings) -> None:
@@ -94,6 +113,7 @@ def step_printer(prefix: str = "") -> Callable[[str], None]:
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_GRACE_S = 10.0  # after Ctrl-C or SIGTERM, how long the interpreter's own exit may take
 
 
 def _print_version(value: bool) -> None:
@@ -257,39 +277,59 @@ def inspect(
     console.print(table)
 
 
-def load_dataset_for(engine, data: Path, text_column, label_column, data_format, text_pair_column=None,
-                     label_separator: str = ","):
-    """Read --data as the bundle's task reads it; `-` reads stdin (format from --data-format, else
-    guessed from the first line)."""
-    from .data import read_dataset
+@contextlib.contextmanager
+def dataset_chunks_for(engine, data: Path, text_column, label_column, data_format, text_pair_column=None,
+                       label_separator: str = ","):
+    """--data, read as the bundle's task reads it, through once (every row checked, so a bad row fails before any work), then offered as
+    chunks read from the file as they are used: yields (rows, a function returning the chunks). `-`
+    reads stdin into a private temporary file first (format from --data-format, else guessed from the
+    first line), which lasts while the block runs."""
+    from .data import read_dataset_chunks
 
-    def read(path, fmt):
-        return read_dataset(path, text_column=text_column, label_column=label_column, label_names=engine.label_names,
-                            data_format=fmt, text_pair_column=text_pair_column, text_pairs=engine.task.text_pairs,
-                            task=engine.task.kind, label_separator=label_separator)
+    with contextlib.ExitStack() as stack:
+        path = data
+        if data == STDIO:
+            path, data_format = stack.enter_context(stdin_as_file(data_format))
 
-    return read(data, data_format) if data != STDIO else read_stdin_dataset(read, data_format)
+        def chunks():
+            with errors_naming_stdin(path if data == STDIO else None):
+                for chunk in read_dataset_chunks(path, text_column=text_column, label_column=label_column,
+                                                 label_names=engine.label_names, data_format=data_format,
+                                                 text_pair_column=text_pair_column,
+                                                 text_pairs=engine.task.text_pairs, task=engine.task.kind,
+                                                 label_separator=label_separator):
+                    yield chunk if data != STDIO else dataclasses.replace(chunk, source="<stdin>")
+
+        yield sum(len(chunk) for chunk in chunks()), chunks
 
 
-def read_stdin_dataset(read: Callable, data_format: Optional[str]):
-    """stdin through the same reader as files: its bytes go to a private temporary file first."""
-    import dataclasses
+@contextlib.contextmanager
+def stdin_as_file(data_format: Optional[str]):
+    """stdin copied into a private temporary file: yields (path, format)."""
+    import shutil
     import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="roberta-deploy-stdin-") as folder:
+        path = Path(folder) / "stdin"
+        with open(path, "wb") as handle:
+            shutil.copyfileobj(sys.stdin.buffer, handle)
+        with open(path, "rb") as handle:
+            first_line = handle.read(1 << 16).lstrip()[:4096].split(b"\n", 1)[0]
+        yield path, data_format or ("jsonl" if first_line.startswith(b"{") else
+                                    "tsv" if b"\t" in first_line or b"," not in first_line else "csv")
+
+
+@contextlib.contextmanager
+def errors_naming_stdin(path: Optional[Path]):
+    """Input errors about the temporary copy of stdin at `path` name <stdin> instead (None: not stdin)."""
     from .errors import InputDataError
 
-    content = sys.stdin.buffer.read()
-    first_line = content.lstrip()[:4096].split(b"\n", 1)[0]
-    data_format = data_format or ("jsonl" if first_line.startswith(b"{") else
-                                  "tsv" if b"\t" in first_line or b"," not in first_line else "csv")
-    with tempfile.TemporaryDirectory(prefix="roberta-deploy-stdin-") as folder:
-        path = Path(folder) / f"stdin.{data_format}"
-        path.write_bytes(content)
-        try:
-            dataset = read(path, data_format)
-        except InputDataError as error:
-            raise InputDataError(error.problem.replace(str(path), "<stdin>"), error.fix) from None
-    return dataclasses.replace(dataset, source="<stdin>")
+    try:
+        yield
+    except InputDataError as error:
+        if path is None:
+            raise
+        raise InputDataError(error.problem.replace(str(path), "<stdin>"), error.fix) from None
 
 
 @app.command()
@@ -323,8 +363,8 @@ def infer(
 
     from .atomic import OutputFolder
     from .runtime.engine import THROUGHPUT, Engine
-    from .infer import (check_output_format, check_threshold, classify_dataset, prediction_rows, predictions_file,
-                        write_inference_outputs, write_predictions)
+    from .infer import (check_output_format, check_threshold, classify_and_write, infer_to_folder,
+                        predictions_file)
 
     check_output_format(output_format)
     check_threshold(threshold)
@@ -338,20 +378,19 @@ def infer(
         engine = stack.enter_context(Engine.load(bundle, contexts=threads, cpu_threads=cpu_threads,
                                                  hint=THROUGHPUT, device=device))
         print_warnings(engine.warnings)
-        dataset = load_dataset_for(engine, data, text_column, label_column, data_format, text_pair_column,
-                                   label_separator)
+        # Read, classified and written a chunk at a time: memory stays flat however big the file is.
+        rows, chunks = stack.enter_context(dataset_chunks_for(engine, data, text_column, label_column, data_format,
+                                                              text_pair_column, label_separator))
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=status_console, transient=True) as progress:
-            task = progress.add_task("classifying", total=len(dataset))
-            report = classify_dataset(engine, dataset, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                      bucketing=bucketing, on_batch_done=lambda rows: progress.advance(task, rows),
-                                      threshold=threshold)
-        if output == STDIO:
-            write_predictions(sys.stdout, prediction_rows(report.predictions, dataset), output_format,
-                              engine.label_names)
-            sys.stdout.flush()
-        else:
-            write_inference_outputs(report, dataset, output_folder, output_format=output_format)
+            task = progress.add_task("classifying", total=rows)
+            options = dict(batch_size=batch_size, max_batch_tokens=max_batch_tokens, bucketing=bucketing,
+                           on_batch_done=lambda done: progress.advance(task, done), threshold=threshold)
+            if output == STDIO:
+                report = classify_and_write(engine, chunks(), sys.stdout, output_format, **options)
+                sys.stdout.flush()
+            else:
+                report = infer_to_folder(engine, chunks(), output_folder, output_format, **options)
     # With predictions on stdout, the summary goes to stderr so the two never mix.
     summary_console = error_console if output == STDIO else console
     metrics = report.metrics

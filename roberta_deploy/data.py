@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .errors import InputDataError
 from .tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL
@@ -21,6 +20,7 @@ TEXT_PAIR_COLUMN_CANDIDATES = (("text_a", "text_b"), ("sentence1", "sentence2"),
 LABEL_SEPARATOR = ","  # between the labels of a multi-label row in TSV/CSV ("1,3" or "sports,politics")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "gold")
 FORMATS = ("tsv", "csv", "jsonl")
+CHUNK_ROWS = 8192  # rows per Dataset from read_dataset_chunks: a few seconds of work, a few MB of text
 
 
 @dataclass(frozen=True)
@@ -81,22 +81,51 @@ def read_dataset(
     one text, None to read pairs when the file has a pair of the usual columns. ignore_labels: read the
     texts only (check texts for export). Every problem raises InputDataError naming the file and the line.
     """
+    chunks = list(read_dataset_chunks(path, text_column=text_column, label_column=label_column, label_names=label_names,
+                                      require_labels=require_labels, data_format=data_format,
+                                      text_pair_column=text_pair_column, text_pairs=text_pairs, task=task,
+                                      label_separator=label_separator, ignore_labels=ignore_labels,
+                                      chunk_rows=None))
+    first = chunks[0]
+    return Dataset(texts=[text for chunk in chunks for text in chunk.texts],
+                   labels=None if first.labels is None else [label for chunk in chunks for label in chunk.labels],
+                   line_numbers=[number for chunk in chunks for number in chunk.line_numbers], source=first.source,
+                   text_pairs=None if first.text_pairs is None else [pair for chunk in chunks
+                                                                    for pair in chunk.text_pairs],
+                   task=first.task)
+
+
+def read_dataset_chunks(
+    path: str | Path,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    label_names: Sequence[str] | None = None,
+    require_labels: bool = False,
+    data_format: str | None = None,
+    text_pair_column: str | None = None,
+    text_pairs: bool | None = None,
+    task: str = SINGLE_LABEL,
+    label_separator: str = LABEL_SEPARATOR,
+    ignore_labels: bool = False,
+    chunk_rows: int | None = CHUNK_ROWS,
+) -> Iterator[Dataset]:
+    """read_dataset a chunk of `chunk_rows` rows at a time (None: one chunk), reading the file as it goes,
+    so a file of any size takes the memory of one chunk. The same checks and errors as read_dataset;
+    each is raised when the reading reaches it, so a caller that must not start on a bad file reads it
+    through once first (infer does)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"data file {path} does not exist", "check the path given for this file")
-    raw = path.read_bytes()
     try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputDataError(f"{path} is not UTF-8 (byte {error.start})", "re-save the file as UTF-8") from None
-    if not content.strip():
+        exists = path.is_file()
+    except OSError as error:  # a folder on the way that this user may not search
+        raise InputDataError(f"cannot read data file {path}: {error.strerror}", "check its permissions") from None
+    if not exists:
+        raise InputDataError(f"data file {path} does not exist", "check the path given for this file")
+    if not any(line.strip() for _, line in _lines(path)):  # stops at the first line with text
         raise InputDataError(f"data file {path} is empty", "give a file with a header line and at least one row")
     fmt = detect_format(path, data_format)
-    rows = _read_jsonl(path, content) if fmt == "jsonl" else _read_delimited(path, content, fmt)
-    if not rows:
-        raise InputDataError(f"data file {path} has a header but no rows", "add at least one example")
-
-    columns = list(rows[0][1].keys()) if fmt != "jsonl" else sorted({key for _, row in rows for key in row})
+    columns = _jsonl_columns(path) if fmt == "jsonl" else _delimited_header(path, fmt)
+    rows = _read_jsonl(path, _lines(path)) if fmt == "jsonl" else _read_delimited(path, _lines(path), fmt)
     text_key, pair_key = pick_text_columns(path, columns, text_column, text_pair_column, text_pairs)
     label_key = label_column
     if ignore_labels:
@@ -114,15 +143,25 @@ def read_dataset(
     pairs: list[str] | None = [] if pair_key is not None else None
     labels: list | None = [] if label_key is not None else None
     line_numbers: list[int] = []
+    any_rows = False
     for line_number, row in rows:
+        if chunk_rows is not None and len(texts) == chunk_rows:
+            yield Dataset(texts=texts, labels=labels, line_numbers=line_numbers, source=str(path), text_pairs=pairs,
+                          task=task)
+            texts, line_numbers = [], []
+            pairs = [] if pair_key is not None else None
+            labels = [] if label_key is not None else None
+        any_rows = True
         texts.append(_checked_text(path, line_number, row, text_key))
         if pairs is not None:
             pairs.append(_checked_text(path, line_number, row, pair_key))
         line_numbers.append(line_number)
         if labels is not None:
             labels.append(parse_task_label(task, path, line_number, row.get(label_key), label_names, label_separator))
-    return Dataset(texts=texts, labels=labels, line_numbers=line_numbers, source=str(path), text_pairs=pairs,
-                   task=task)
+    if not any_rows:
+        raise InputDataError(f"data file {path} has a header but no rows", "add at least one example")
+    yield Dataset(texts=texts, labels=labels, line_numbers=line_numbers, source=str(path), text_pairs=pairs,
+                  task=task)
 
 
 def _checked_text(path, line_number: int, row: dict, key: str) -> str:
@@ -272,38 +311,73 @@ def _parse_label(path, line_number, value, label_names) -> int:
     return label
 
 
-def _read_delimited(path: Path, content: str, fmt: str) -> list[tuple[int, dict[str, str]]]:
-    lines = content.split("\n")  # only \n: texts may hold U+2028 and other separators
-    if lines and lines[-1] == "":
-        lines.pop()
-    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    if fmt == "tsv":
-        parsed = [line.split("\t") for line in lines]
-    else:
-        try:
-            parsed = list(csv.reader(io.StringIO("\n".join(lines))))
-        except csv.Error as error:
-            raise InputDataError(f"{path}: malformed CSV ({error})", "fix the quoting in the file") from None
-        if len(parsed) != len(lines):
-            raise InputDataError(f"{path}: CSV texts span several lines",
-                                 "use one line per row, or write the data as JSONL")
-    header = [name.strip() for name in parsed[0]]
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based number, text) of each line, read as the caller goes. Split on \n only: texts may hold
+    U+2028 and other separators. A BOM at the start is dropped; bytes that are not UTF-8 are an error
+    naming their offset."""
+    offset = 0
+    try:
+        handle = open(path, "rb")
+    except OSError as error:
+        raise InputDataError(f"cannot read data file {path}: {error.strerror}", "check its permissions") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise InputDataError(f"{path} is not UTF-8 (byte {offset + error.start})",
+                                     "re-save the file as UTF-8") from None
+            offset += len(raw)
+            yield number, line[:-1] if line.endswith("\n") else line
+
+
+def _delimited_header(path: Path, fmt: str) -> list[str]:
+    return _header(path, next(_split_delimited(path, _lines(path), fmt))[1])
+
+
+def _jsonl_columns(path: Path) -> list[str]:
+    """Every key of every row: a column may be missing from the first rows."""
+    return sorted({key for _, row in _read_jsonl(path, _lines(path)) for key in row})
+
+
+def _header(path: Path, fields: list[str]) -> list[str]:
+    header = [name.strip() for name in fields]
     if len(set(header)) != len(header):
         raise InputDataError(f"{path}:1: duplicate column names in the header {header}", "rename the columns")
-    rows = []
-    for index, fields in enumerate(parsed[1:], start=2):
+    return header
+
+
+def _split_delimited(path: Path, lines: Iterator[tuple[int, str]], fmt: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every line, the header's included."""
+    stripped = (line[:-1] if line.endswith("\r") else line for _, line in lines)
+    if fmt == "tsv":
+        yield from enumerate((line.split("\t") for line in stripped), start=1)
+        return
+    records = csv.reader(stripped)
+    try:
+        for number, fields in enumerate(records, start=1):
+            if records.line_num != number:
+                raise InputDataError(f"{path}: CSV texts span several lines",
+                                     "use one line per row, or write the data as JSONL")
+            yield number, fields
+    except csv.Error as error:
+        raise InputDataError(f"{path}: malformed CSV ({error})", "fix the quoting in the file") from None
+
+
+def _read_delimited(path: Path, lines: Iterator[tuple[int, str]], fmt: str) -> Iterator[tuple[int, dict[str, str]]]:
+    records = _split_delimited(path, lines, fmt)
+    header = _header(path, next(records)[1])
+    for index, fields in records:
         if len(fields) != len(header):
             separator = "tab-separated" if fmt == "tsv" else "comma-separated"
             raise InputDataError(
                 f"{path}:{index}: malformed row with {len(fields)} {separator} fields, expected {len(header)}",
                 f"fix line {index} so that it has the columns {', '.join(header)}")
-        rows.append((index, dict(zip(header, fields))))
-    return rows
+        yield index, dict(zip(header, fields))
 
 
-def _read_jsonl(path: Path, content: str) -> list[tuple[int, dict]]:
-    rows = []
-    for index, line in enumerate(content.split("\n"), start=1):
+def _read_jsonl(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, dict]]:
+    for index, line in lines:
         if not line.strip():
             continue
         try:
@@ -316,5 +390,4 @@ def _read_jsonl(path: Path, content: str) -> list[tuple[int, dict]]:
                                  '{"text": "...", "label": 1}') from None
         if not isinstance(row, dict):
             raise InputDataError(f"{path}:{index}: each line must be a JSON object", f"fix line {index}")
-        rows.append((index, row))
-    return rows
+        yield index, row

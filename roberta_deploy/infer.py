@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import csv
 import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TextIO
+from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
@@ -62,19 +64,78 @@ def classify_dataset(engine: Engine, dataset: Dataset, *, batch_size: int | None
                                      bucketing=bucketing, on_batch_done=on_batch_done)
     predictions = replace(predictions, threshold=threshold)
     elapsed = time.perf_counter() - started
-    metrics = summarize(predictions, dataset, elapsed)
-    metrics.update({"bundle": str(engine.bundle_dir), "backend": engine.backend, "precision": engine.precision,
-                    "batch_size": batch_size or engine.default_batch_size(), "bucketing": bucketing,
-                    "max_seq_length": engine.max_seq_length})
+    metrics = summarize(predictions, dataset.labels, dataset.source, dataset.text_pairs is not None, elapsed)
+    metrics.update(run_settings(engine, batch_size, bucketing))
     return InferenceReport(predictions, metrics)
 
 
-def summarize(predictions: Predictions, dataset: Dataset, elapsed_seconds: float) -> dict:
-    count = len(dataset)
+def classify_and_write(engine: Engine, chunks: Iterable[Dataset], handle: TextIO, output_format: str = "jsonl", *,
+                       batch_size: int | None = None, max_batch_tokens: int | None = None, bucketing: bool = True,
+                       on_batch_done: Callable[[int], None] | None = None,
+                       threshold: float = DEFAULT_THRESHOLD) -> InferenceReport:
+    """Classify a file chunk after chunk (data.read_dataset_chunks) and write each chunk's prediction rows
+    to `handle` as soon as it is done, while the engine already works on the next one.
+
+    Memory stays flat whatever the file's size: of the whole file only what the metrics need is kept
+    (logits, truncation, gold labels: a few bytes a row), never its texts. elapsed_seconds covers reading,
+    classifying and writing, which overlap.
+    """
+    check_threshold(threshold)
+    started = time.perf_counter()
+    waiting: collections.deque[Dataset] = collections.deque()  # chunks handed to the batcher, not yet written
+    done: list[Predictions] = []
+    gold: list | None = None
+    source, text_pairs = None, False
+
+    def inputs_of_chunks() -> Iterator[list]:
+        for dataset in chunks:
+            waiting.append(dataset)
+            yield dataset.inputs
+
+    def rows() -> Iterator[dict]:
+        nonlocal gold, source, text_pairs
+        first_index = 0
+        with contextlib.closing(engine.batcher.run_chunks(inputs_of_chunks(), batch_size=batch_size,
+                                                          max_batch_tokens=max_batch_tokens, bucketing=bucketing,
+                                                          on_batch_done=on_batch_done)) as results:
+            for predictions in results:
+                dataset = waiting.popleft()
+                predictions = replace(predictions, threshold=threshold)
+                done.append(predictions)
+                source, text_pairs = dataset.source, dataset.text_pairs is not None
+                if dataset.labels is not None:
+                    gold = gold if gold is not None else []
+                    gold.extend(dataset.labels)
+                yield from prediction_rows(predictions, dataset, first_index)
+                first_index += len(dataset)
+
+    # Closed at once on an error (a full disk), not when the traceback lets go of it: until then the
+    # batcher counts the run as live and closing the engine would wait for it.
+    with contextlib.closing(rows()) as stream:
+        write_predictions(handle, stream, output_format, engine.label_names)
+    first = done[0]
+    predictions = replace(first, logits=np.concatenate([chunk.logits for chunk in done]),
+                          truncated=np.concatenate([chunk.truncated for chunk in done]),
+                          token_lengths=np.concatenate([chunk.token_lengths for chunk in done]))
+    metrics = summarize(predictions, gold, source, text_pairs, time.perf_counter() - started)
+    metrics.update(run_settings(engine, batch_size, bucketing))
+    return InferenceReport(predictions, metrics)
+
+
+def run_settings(engine: Engine, batch_size: int | None, bucketing: bool) -> dict:
+    return {"bundle": str(engine.bundle_dir), "backend": engine.backend, "precision": engine.precision,
+            "batch_size": batch_size or engine.default_batch_size(), "bucketing": bucketing,
+            "max_seq_length": engine.max_seq_length}
+
+
+def summarize(predictions: Predictions, gold: list | None, source: str, text_pairs: bool,
+              elapsed_seconds: float) -> dict:
+    """The metrics of one file: `gold` labels (None when it has none) against the predictions."""
+    count = len(predictions)
     metrics: dict = {
-        "data": dataset.source,
+        "data": source,
         "task": predictions.kind,
-        "text_pairs": dataset.text_pairs is not None,
+        "text_pairs": text_pairs,
         "examples": count,
         "truncated": int(predictions.truncated.sum()),
         "elapsed_seconds": round(elapsed_seconds, 4),
@@ -87,8 +148,8 @@ def summarize(predictions: Predictions, dataset: Dataset, elapsed_seconds: float
     elif predictions.kind != REGRESSION:
         metrics["predicted_label_counts"] = {name: int((predictions.labels == index).sum())
                                              for index, name in enumerate(predictions.label_names)}
-    if dataset.labels is not None:
-        metrics.update(task_metrics(predictions, dataset.labels))
+    if gold is not None:
+        metrics.update(task_metrics(predictions, gold))
     return metrics
 
 
@@ -110,11 +171,12 @@ def label_indicators(label_sets: Sequence[Sequence[int]], count: int) -> np.ndar
     return indicators
 
 
-def prediction_rows(predictions: Predictions, dataset: Dataset) -> Iterator[dict]:
+def prediction_rows(predictions: Predictions, dataset: Dataset, first_index: int = 0) -> Iterator[dict]:
     """One dict per input row, in input order, with what the task predicts: the label, its name, its
     score (softmax probability) and every probability (single-label); the labels over the threshold and
     every sigmoid score (multi-label); the score (regression). Then whether the text was truncated, and
-    the gold label when the data has one."""
+    the gold label when the data has one. first_index: the index of the dataset's first row in its file
+    (a chunk's offset)."""
     # Python lists, converted once: indexing numpy per row and per value cost more than the JSON.
     kind = predictions.kind
     labels = predictions.labels.tolist()
@@ -123,7 +185,7 @@ def prediction_rows(predictions: Predictions, dataset: Dataset) -> Iterator[dict
     names = predictions.label_names
     chosen = predictions.label_sets.tolist() if kind == MULTI_LABEL else None
     for index, text in enumerate(dataset.texts):
-        row = {"index": index, "line": dataset.line_numbers[index], "text": text}
+        row = {"index": first_index + index, "line": dataset.line_numbers[index], "text": text}
         if dataset.text_pairs is not None:
             row["text_pair"] = dataset.text_pairs[index]
         if kind == REGRESSION:
@@ -162,16 +224,19 @@ def write_predictions(handle: TextIO, rows: Iterator[dict], output_format: str, 
         writer.writerow(values + (per_label or []))
 
 
-def write_inference_outputs(report: InferenceReport, dataset: Dataset, output: OutputFolder,
-                            output_format: str = "jsonl") -> None:
-    """predictions.jsonl (or .csv): one line per input row, in input order; metrics.json: the summary.
-
-    `output` is reserved (checked and locked) by the caller before the work; rows are streamed.
-    """
+def infer_to_folder(engine: Engine, chunks: Iterable[Dataset], output: OutputFolder, output_format: str = "jsonl", *,
+                    batch_size: int | None = None, max_batch_tokens: int | None = None, bucketing: bool = True,
+                    on_batch_done: Callable[[int], None] | None = None,
+                    threshold: float = DEFAULT_THRESHOLD) -> InferenceReport:
+    """predictions.jsonl (or .csv): one line per input row, in input order, streamed as chunks finish;
+    metrics.json: the summary. `output` is reserved (checked and locked) by the caller before the work;
+    on any error or signal its staging folder goes, so nothing half-written remains."""
     check_output_format(output_format)
     with output.staging() as work:
         with open(work / predictions_file(output_format), "w", encoding="utf-8", newline="") as handle:
-            write_predictions(handle, prediction_rows(report.predictions, dataset), output_format,
-                              report.predictions.label_names)
+            report = classify_and_write(engine, chunks, handle, output_format, batch_size=batch_size,
+                                        max_batch_tokens=max_batch_tokens, bucketing=bucketing,
+                                        on_batch_done=on_batch_done, threshold=threshold)
         (work / METRICS_FILE).write_text(json.dumps(report.metrics, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
+    return report

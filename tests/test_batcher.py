@@ -279,6 +279,77 @@ def test_a_failing_batch_stops_its_run_and_the_batcher_keeps_serving():
             batcher.run("好")
 
 
+def test_run_chunks_gives_each_chunk_its_results_in_order_with_the_next_one_already_queued():
+    engine = FakeEngine(contexts=2)
+    rng = np.random.default_rng(2)
+    chunks = [["评" * int(length) for length in rng.integers(1, 60, size=size)] for size in (50, 1, 73, 20)]
+    read = []
+
+    def lazily():  # records how far the batcher has read when each chunk comes back
+        for chunk in chunks:
+            read.append(len(read))
+            yield chunk
+
+    with Batcher(engine) as batcher:
+        results = []
+        for predictions in batcher.run_chunks(lazily(), batch_size=8):
+            results.append((predictions, len(read)))
+    for index, (chunk, (predictions, chunks_read)) in enumerate(zip(chunks, results)):
+        np.testing.assert_allclose(predictions.logits, expected_logits(chunk), rtol=1e-6)
+        assert chunks_read == min(index + 2, len(chunks))  # one chunk ahead, never the whole input
+    assert len(results) == len(chunks)
+
+
+def test_a_bad_chunk_ends_run_chunks_with_its_error_and_the_batcher_keeps_serving():
+    engine = FakeEngine(contexts=2)
+    with Batcher(engine) as batcher:
+        results = batcher.run_chunks([["好"] * 30, ["好", "  "], ["好"] * 30], batch_size=4)
+        with pytest.raises(InputDataError, match="text 1 is empty"):
+            list(results)
+        with pytest.raises(BackendError, match="simulated engine failure"):
+            list(batcher.run_chunks([["好"] * 10, ["坏!"], ["好"] * 10], batch_size=4))
+        assert [len(p) for p in batcher.run_chunks([["好"] * 3, ["好"]])] == [3, 1]
+
+
+def test_a_run_chunks_iterator_left_open_does_not_hold_up_close():
+    # A caller that stops iterating without closing (an exception whose traceback keeps the iterator
+    # alive) must not make close() wait for it: that hung `infer` on a full disk.
+    engine = FakeEngine(contexts=2)
+    batcher = Batcher(engine).start()
+    results = batcher.run_chunks([["好"] * 5, ["好"] * 5, ["好"] * 5])
+    assert len(next(results)) == 5  # the second chunk is queued too
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    closer.join(WAIT_S)
+    assert not closer.is_alive(), "close() waited for a suspended run_chunks"
+    assert len(next(results)) == 5  # what was queued before close() was still computed
+    with pytest.raises(NotReadyError):
+        next(results)
+
+
+def test_a_start_interrupted_between_two_workers_leaves_no_worker_running(monkeypatch):
+    # Ctrl-C can land while start() launches its workers; a worker that outlives the start() that raised
+    # is never closed, and one left inside the engine at exit hung `infer` or aborted it (SIGABRT).
+    engine = FakeEngine(contexts=3)
+    batcher = Batcher(engine)
+    started = []
+    original_start = threading.Thread.start
+
+    def interrupted_start(thread):
+        if thread.name.startswith("batcher-context-") and started:
+            raise KeyboardInterrupt
+        started.append(thread)
+        original_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        batcher.start()
+    monkeypatch.undo()
+    assert len(started) == 1 and not started[0].is_alive() and not batcher.running
+    with pytest.raises(NotReadyError):
+        batcher.submit("好")
+
+
 def test_a_listener_that_raises_is_counted_and_changes_nothing():
     engine = FakeEngine(contexts=1)
 

@@ -53,6 +53,32 @@ def test_infer_counts_every_row_of_the_dev_split(cli_bundle, dev_tsv, tmp_path):
     assert all(abs(sum(row["probabilities"]) - 1) < 1e-4 for row in rows)
 
 
+def test_streamed_infer_writes_what_the_whole_file_path_computes(cli_bundle, dev_tsv):
+    # infer reads, classifies and writes a chunk at a time; with chunks far smaller than the file,
+    # every row, index and metric is what classifying the whole file at once gives.
+    import io
+
+    from roberta_deploy.data import read_dataset, read_dataset_chunks
+    from roberta_deploy.infer import classify_and_write, classify_dataset, prediction_rows
+    from roberta_deploy.runtime.engine import THROUGHPUT, Engine
+
+    with Engine.load(cli_bundle, hint=THROUGHPUT) as engine:
+        dataset = read_dataset(dev_tsv, label_names=engine.label_names)
+        whole = classify_dataset(engine, dataset)
+        handle = io.StringIO()
+        streamed = classify_and_write(engine, read_dataset_chunks(dev_tsv, label_names=engine.label_names,
+                                                                  chunk_rows=100), handle)
+    rows = [json.loads(line) for line in handle.getvalue().splitlines()]
+    expected = list(prediction_rows(whole.predictions, dataset))
+    assert [row["index"] for row in rows] == list(range(1200)) and [row["line"] for row in rows] == list(range(2, 1202))
+    assert [(row["text"], row["label"], row["gold"]) for row in rows] == \
+        [(row["text"], row["label"], row["gold"]) for row in expected]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(rows, expected)) < 1e-4
+    ignored = {"elapsed_seconds", "texts_per_second"}
+    assert {k: v for k, v in streamed.metrics.items() if k not in ignored} == \
+        {k: v for k, v in whole.metrics.items() if k not in ignored}
+
+
 def test_inspect_prints_the_manifest(cli_bundle):
     result = invoke("inspect", cli_bundle)
     assert result.exit_code == 0

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from roberta_deploy.data import read_dataset
+from roberta_deploy.data import read_dataset, read_dataset_chunks
 from roberta_deploy.errors import InputDataError
 
 LABELS = ["negative", "positive"]
@@ -98,3 +98,40 @@ def test_absurdly_nested_json_is_an_input_error_not_a_recursion_error(tmp_path):
                  + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(InputDataError, match="deep.jsonl:2: JSON nested too deeply"):
         read_dataset(path)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("c.tsv", "label\ttext_a\n" + "".join(f"{n % 2}\t好{n}\n" for n in range(23))),
+    ("c.csv", "label,text\n" + "".join(f'{n % 2},"好,{n}"\n' for n in range(23))),
+    ("c.jsonl", "".join(json.dumps({"text": f"好{n}", "label": n % 2}) + "\n\n" for n in range(23))),
+])
+def test_chunks_are_the_dataset_read_a_piece_at_a_time(tmp_path, name, content):
+    path = write(tmp_path, name, content)
+    whole = read_dataset(path)
+    chunks = list(read_dataset_chunks(path, chunk_rows=5))
+    assert [len(chunk) for chunk in chunks] == [5, 5, 5, 5, 3]
+    assert [text for chunk in chunks for text in chunk.texts] == whole.texts
+    assert [label for chunk in chunks for label in chunk.labels] == whole.labels
+    assert [number for chunk in chunks for number in chunk.line_numbers] == whole.line_numbers
+
+
+def test_a_bad_row_in_a_late_chunk_names_its_line_when_the_reading_gets_there(tmp_path):
+    rows = "".join(f"1\t好{n}\n" for n in range(12))
+    path = write(tmp_path, "late.tsv", "label\ttext_a\n" + rows + "2\t坏\n")
+    chunks = read_dataset_chunks(path, label_names=LABELS, chunk_rows=5)
+    assert len(next(chunks)) == 5 and len(next(chunks)) == 5
+    with pytest.raises(InputDataError, match="late.tsv:14: unknown label 2"):
+        next(chunks)
+
+
+def test_streamed_reading_keeps_the_whole_file_checks(tmp_path):
+    spanning = write(tmp_path, "s.csv", 'label,text\n1,ok\n0,"two\nlines"\n')
+    with pytest.raises(InputDataError, match="CSV texts span several lines"):
+        read_dataset(spanning)
+    bad_bytes = tmp_path / "b.tsv"
+    bad_bytes.write_bytes("\ufefflabel\ttext_a\n1\t好\n".encode() + b"0\t\xff\n")
+    with pytest.raises(InputDataError, match=r"is not UTF-8 \(byte 24\)"):  # counted from the file's start
+        read_dataset(bad_bytes)
+    late_column = write(tmp_path, "l.jsonl", '{"text": "a"}\n{"text": "b", "label": 1}\n')
+    with pytest.raises(InputDataError, match="l.jsonl:1: missing label"):  # a column seen on any row counts
+        read_dataset(late_column)

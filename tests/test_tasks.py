@@ -284,17 +284,19 @@ def test_regression_scores_are_numbers(tmp_path, cell, message):
 
 def test_infer_reports_each_tasks_metrics_and_outputs(task_bundle_factory, tmp_path):
     from roberta_deploy.atomic import OutputFolder
-    from roberta_deploy.infer import write_inference_outputs
+    from roberta_deploy.data import read_dataset_chunks
+    from roberta_deploy.infer import infer_to_folder
 
     rows = [{"text": text, "labels": [index % 4, (index + 1) % 4] if index % 3 else []}
             for index, text in enumerate(SAMPLES[:24])]
     data = write(tmp_path, "m.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     with Engine.load(task_bundle_factory("multilabel", "roberta", "onnxruntime")) as engine:
         dataset = read_dataset(data, task=engine.task.kind, label_names=engine.label_names)
-        report = classify_dataset(engine, dataset, threshold=0.4)
         output = OutputFolder(tmp_path / "out")
-        with output:
-            write_inference_outputs(report, dataset, output)
+        with output:  # streamed 10 rows at a time, as `infer` does
+            report = infer_to_folder(engine, read_dataset_chunks(data, task=engine.task.kind,
+                                                                 label_names=engine.label_names, chunk_rows=10),
+                                     output, threshold=0.4)
     scores = apply_function(report.predictions.logits, "sigmoid")
     assert report.metrics["task"] == MULTI_LABEL and report.metrics["threshold"] == 0.4
     expected = multilabel_metrics(np.array([[label in row["labels"] for label in range(4)] for row in rows]),

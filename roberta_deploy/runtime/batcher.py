@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -265,8 +266,12 @@ class Batcher:
             if self._state != "starting":  # closed while warming up
                 return self
             self._state = "running"
+        try:
             for thread in self._threads:
                 thread.start()
+        except BaseException:  # Ctrl-C between two starts: no worker may outlive a start() that raised
+            self.close(drain=False)
+            raise
         return self
 
     def close(self, *, drain: bool = True, timeout: float | None = None) -> None:
@@ -379,6 +384,17 @@ class Batcher:
         stops the run and its error is raised here."""
         if isinstance(texts, str):
             raise UsageError("run() takes a list of texts, got one string", "pass [text]")
+        with contextlib.closing(self.run_chunks([texts], batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                                bucketing=bucketing, on_batch_done=on_batch_done)) as results:
+            return next(results)
+
+    def run_chunks(self, chunks: Iterable[Sequence[TextInput]], *, batch_size: int | None = None,
+                   max_batch_tokens: int | None = None, bucketing: bool = True,
+                   on_batch_done: Callable[[int], None] | None = None) -> Iterator[Predictions]:
+        """run() over each chunk of texts in turn, yielding each chunk's Predictions in order. The next
+        chunk is tokenized and queued before the previous one is handed back, so the workers keep busy
+        while the caller writes results, and a file of any size takes the memory of two chunks.
+        Close the iterator (or exhaust it) to end the run; an error ends it too, skipping queued batches."""
         engine = self.engine
         profile = engine.profile
         batch_size = batch_size or engine.default_batch_size()
@@ -391,11 +407,35 @@ class Batcher:
             batch_size = profile.max_batch  # a static engine computes its full batch anyway
         if max_batch_tokens is None and profile.dynamic and bucketing:
             max_batch_tokens = default_token_budget(engine, batch_size, self.context_count)
-        count = len(texts)
-        job = _OfflineRun(count, len(engine.label_names), on_batch_done)
         with self._condition:
             self._check_accepting()
             self._active_runs += 1
+        queued: collections.deque[tuple[_OfflineRun, np.ndarray, np.ndarray]] = collections.deque()
+        try:
+            for texts in chunks:
+                if isinstance(texts, str):
+                    raise UsageError("run_chunks() takes lists of texts, got one string", "pass [[text], ...]")
+                queued.append(self._queue_run(texts, batch_size, max_batch_tokens, bucketing, on_batch_done))
+                if len(queued) > 1:
+                    yield from self._hand_back(self._collect_first(queued))
+            while queued:
+                yield from self._hand_back(self._collect_first(queued))
+        except BaseException as error:  # Ctrl-C, a tokenizer error, a failed batch or the caller closing
+            for job, _, _ in queued:
+                job.abandon(error)  # its queued batches are skipped
+            raise
+        finally:
+            with self._condition:
+                self._active_runs -= 1
+                self._condition.notify_all()
+
+    def _queue_run(self, texts: Sequence[TextInput], batch_size: int, max_batch_tokens: int | None, bucketing: bool,
+                   on_batch_done) -> tuple[_OfflineRun, np.ndarray, np.ndarray]:
+        """Tokenize, plan and queue every batch of `texts` (blocks while the queue is full)."""
+        engine = self.engine
+        profile = engine.profile
+        count = len(texts)
+        job = _OfflineRun(count, len(engine.label_names), on_batch_done)
         truncated = np.zeros(count, dtype=bool)
         token_lengths = np.zeros(count, dtype=np.int64)
         try:
@@ -416,18 +456,34 @@ class Batcher:
                                              plan.padded_length), job)
                 if job.error is not None:
                     break
-            job.wait()
-        except BaseException as error:  # Ctrl-C or a tokenizer error: skip what is queued, then raise
+        except BaseException as error:
             job.abandon(error)
             raise
+        return job, truncated, token_lengths
+
+    def _hand_back(self, predictions: Predictions) -> Iterator[Predictions]:
+        """Yield one chunk's results without holding the workers meanwhile: a caller that stops iterating
+        without closing the iterator must not make close() wait for it forever. (A run resumed after
+        close() gets NotReadyError for its next chunk; what was already queued is still computed.)"""
+        with self._condition:
+            self._active_runs -= 1
+            self._condition.notify_all()
+        try:
+            yield predictions
         finally:
             with self._condition:
-                self._active_runs -= 1
-                self._condition.notify_all()
+                self._active_runs += 1
+
+    def _collect_first(self, queued: collections.deque) -> Predictions:
+        """Wait for every batch of the oldest queued run; its Predictions, or its first error raised.
+        It leaves `queued` only once done, so an interrupted wait still abandons it."""
+        job, truncated, token_lengths = queued[0]
+        job.wait()
         if job.error is not None:
             raise job.error
+        queued.popleft()
         return Predictions(logits=job.logits, truncated=truncated, token_lengths=token_lengths,
-                           label_names=tuple(engine.label_names), task=getattr(engine, "task", None))
+                           label_names=tuple(self.engine.label_names), task=getattr(self.engine, "task", None))
 
     # -- internals --------------------------------------------------------------------------------
 

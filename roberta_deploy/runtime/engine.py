@@ -135,7 +135,16 @@ class Engine:
         """The engine's own long-lived Batcher, started (contexts warmed up) on first use."""
         with self._batcher_lock:
             if self._batcher is None:
-                self._batcher = Batcher(self).start()
+                # Owned before it starts, so that close() stops it whenever start() is interrupted: workers
+                # left running at exit hung the process or aborted it ("terminate called without an
+                # active exception") after a Ctrl-C that landed here.
+                batcher = self._batcher = Batcher(self)
+                try:
+                    batcher.start()
+                except BaseException:
+                    self._batcher = None
+                    batcher.close(drain=False)
+                    raise
             return self._batcher
 
     def predict(self, texts: Sequence[TextInput] | str, *, batch_size: int | None = None,
