@@ -92,7 +92,8 @@ def end_within(seconds: float, code: int) -> None:
     still waits for other libraries' threads: `import openvino` sends a telemetry event from a thread pool
     (forking a child to do it), and a Ctrl-C landing inside an import left that thread blocked on an import
     lock for good, so the process never exited (2 of 60 interrupted `infer` runs, stacks in docs/benchmarks.md).
-    A daemon timer still runs while the interpreter waits for those threads.
+    A daemon timer still runs while the interpreter waits for those threads. Called on Ctrl-C and SIGTERM
+    at once, and by main() for every exit.
     """
     timer = threading.Timer(seconds, os._exit, args=(code,))
     timer.daemon = True
@@ -113,7 +114,7 @@ def step_printer(prefix: str = "") -> Callable[[str], None]:
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
-EXIT_GRACE_S = 10.0  # after Ctrl-C or SIGTERM, how long the interpreter's own exit may take
+EXIT_GRACE_S = 20.0  # once a command is done, how long the interpreter's own exit may take
 
 
 def _print_version(value: bool) -> None:
@@ -714,7 +715,14 @@ _register_serving()
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C: staging folders are removed and workers joined before the exit.
     signal.signal(signal.SIGTERM, _raise_terminated)
-    app()
+    try:
+        app()
+    except SystemExit as exit:
+        # Whatever the outcome, the exit itself is bounded too: a signal can land inside a weakref callback
+        # of the import system, where Python ignores the exception and the import lock may stay taken,
+        # so that another library's thread (OpenVINO's telemetry) waits for it, and the exit for that thread.
+        end_within(EXIT_GRACE_S, exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

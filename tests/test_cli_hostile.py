@@ -402,6 +402,23 @@ def test_an_exit_held_up_by_another_librarys_thread_after_ctrl_c_still_ends_with
     assert "interrupted; no partial output was left" in completed.stderr
 
 
+def test_any_exit_held_up_by_another_librarys_thread_is_bounded():
+    # A signal Python swallowed (one landing inside an import-system callback) can leave the import lock
+    # taken; a library thread that imports then waits for good, and so would the exit. main() bounds it.
+    script = "\n".join([
+        "import threading, typer",
+        "from roberta_deploy import cli",
+        "cli.EXIT_GRACE_S = 1.0",
+        "cli.app = typer.Typer()",
+        "@cli.app.command()",
+        "def done():",
+        "    threading.Thread(target=threading.Event().wait, name='a library thread').start()",
+        "cli.main()",
+    ])
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+
+
 def finish(process, timeout=180):
     """(exit code, stderr); a process still running after `timeout` is a hang: dump its threads and fail."""
     try:
