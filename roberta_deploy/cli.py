@@ -281,10 +281,11 @@ def inspect(
 @contextlib.contextmanager
 def dataset_chunks_for(engine, data: Path, text_column, label_column, data_format, text_pair_column=None,
                        label_separator: str = ","):
-    """--data, read as the bundle's task reads it, through once (every row checked, so a bad row fails before any work), then offered as
-    chunks read from the file as they are used: yields (rows, a function returning the chunks). `-`
-    reads stdin into a private temporary file first (format from --data-format, else guessed from the
-    first line), which lasts while the block runs."""
+    """--data, read as the bundle's task reads it: once through (every row checked, so that a bad row fails
+    before any work), then as chunks read from the file as they are used. Yields (rows, a function that
+    returns the chunks). `-` reads stdin into a private temporary file first (format from --data-format,
+    else guessed from the first line), which lasts while the block runs. With `--output -` rows reach
+    stdout as they are classified, so an engine failure midway leaves the rows before it there."""
     from .data import read_dataset_chunks
 
     with contextlib.ExitStack() as stack:
@@ -717,11 +718,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app()
-    except SystemExit as exit:
+    except SystemExit as ended:
         # Whatever the outcome, the exit itself is bounded too: a signal can land inside a weakref callback
         # of the import system, where Python ignores the exception and the import lock may stay taken,
         # so that another library's thread (OpenVINO's telemetry) waits for it, and the exit for that thread.
-        end_within(EXIT_GRACE_S, exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1)
+        end_within(EXIT_GRACE_S, ended.code if isinstance(ended.code, int) else 0 if ended.code is None else 1)
         raise
 
 

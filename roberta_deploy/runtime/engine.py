@@ -135,9 +135,9 @@ class Engine:
         """The engine's own long-lived Batcher, started (contexts warmed up) on first use."""
         with self._batcher_lock:
             if self._batcher is None:
-                # Owned before it starts, so that close() stops it whenever start() is interrupted: workers
-                # left running at exit hung the process or aborted it ("terminate called without an
-                # active exception") after a Ctrl-C that landed here.
+                # Owned before it starts, and closed if start() raises (a Ctrl-C between two workers'
+                # starts): a worker nobody closes is still inside the engine at interpreter exit, which
+                # aborts the process ("terminate called without an active exception").
                 batcher = self._batcher = Batcher(self)
                 try:
                     batcher.start()
