@@ -263,8 +263,15 @@ def test_run_plans_the_dataset_longest_first_and_returns_input_order():
     np.testing.assert_allclose(predictions.logits, expected_logits(texts), rtol=1e-6)
     assert sum(done) == 300
     assert predictions.truncated.sum() == sum(len(text) + 2 > 32 for text in texts)
-    padded = [call["shape"][1] for call in engine.calls[2:]]
-    assert padded[0] == 32 and padded[-1] < 32
+    # Longest first, as each worker takes batches from the queue in plan order. Across the two workers the
+    # calls may interleave (a worker can be descheduled between taking a batch and starting it), so the order
+    # is checked per context, not over every call.
+    calls = engine.calls[2:]
+    for context in {call["context"] for call in calls}:
+        padded = [call["shape"][1] for call in calls if call["context"] == context]
+        assert padded == sorted(padded, reverse=True), padded
+    lengths = [call["shape"][1] for call in calls]
+    assert max(lengths) == 32 and min(lengths) < 32
 
 
 def test_a_failing_batch_stops_its_run_and_the_batcher_keeps_serving():
