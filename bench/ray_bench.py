@@ -21,10 +21,7 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -33,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, whe
 
 from artifacts import log  # noqa: E402
 from report import machine_description  # noqa: E402
-from serve_bench import (DEFAULT_CALIBRATION_DATA, DEFAULT_DATA, DEFAULT_WORKDIR, START_TIMEOUT_S,  # noqa: E402
-                         CpuShares, Server, cli, environment, prepare)
+from serve_bench import (DEFAULT_CALIBRATION_DATA, DEFAULT_DATA, DEFAULT_WORKDIR,  # noqa: E402
+                         CpuShares, Server, prepare, start_cli_server)
 
 from roberta_deploy.atomic import atomic_write_text  # noqa: E402
 from roberta_deploy.data import read_dataset  # noqa: E402
@@ -89,24 +86,8 @@ class RayServer:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        self.process = subprocess.Popen(cli("serve", "--ray", "--bundle", str(bundle), "--port", str(port), *args),
-                                        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                        env={**environment(), **(env or {})})
-        self.lines: list[str] = []
-        ready = threading.Event()
-
-        def read():
-            for line in self.process.stderr:
-                self.lines.append(line.rstrip())
-                if READY.search(line):
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(START_TIMEOUT_S) or self.process.poll() is not None:
-            self.process.kill()
-            raise RuntimeError("serve --ray did not get ready:\n" + "\n".join(self.lines))
-        self.url = READY.search("\n".join(self.lines)).group(1)
+        self.process, self.lines, self.url = start_cli_server(
+            ["serve", "--ray", "--bundle", str(bundle), "--port", str(port), *args], READY, env=env)
         self.port = port
 
     def replica_texts(self) -> dict[str, float]:

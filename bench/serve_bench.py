@@ -177,25 +177,37 @@ def full_batch_latency(bundle: Path, rows: int, scratch: Path) -> dict:
     return {"rows": rows, "seq_len": 128, "latency_ms": result["latency_ms"], "threads": result["threads"]}
 
 
+def start_cli_server(arguments: list[str], line: re.Pattern, env: dict | None = None
+                     ) -> tuple[subprocess.Popen, list[str], str]:
+    """Start a roberta-deploy server command and wait until its stderr shows `line` (whose first group is the
+    URL). Returns the process, the stderr lines (still being appended by a reader thread) and the URL; a server
+    that exits or stays silent past START_TIMEOUT_S is killed and raised with what it printed."""
+    process = subprocess.Popen(cli(*arguments), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               env={**environment(), **(env or {})})
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read():
+        for printed in process.stderr:
+            lines.append(printed.rstrip())
+            if line.search(printed):
+                found.set()
+        found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    # The reader also wakes us when stderr closes: a server that exited may not be reaped yet, so the line
+    # itself, not the exit status, says whether it started.
+    started = line.search("\n".join(lines)) if found.wait(START_TIMEOUT_S) else None
+    if started is None or process.poll() is not None:
+        process.kill()
+        raise RuntimeError(f"{arguments[0]} did not start:\n" + "\n".join(lines))
+    return process, lines, started.group(1)
+
+
 class Server:
     def __init__(self, bundle: Path, *args: str):
-        self.process = subprocess.Popen(cli("serve", "--bundle", str(bundle), "--port", "0", *args),
-                                        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                                        env=environment())
-        self.lines: list[str] = []
-        found = threading.Event()
-
-        def read():
-            for line in self.process.stderr:
-                self.lines.append(line.rstrip())
-                if LISTENING.search(line):
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(START_TIMEOUT_S) or self.process.poll() is not None:
-            raise RuntimeError("server did not start:\n" + "\n".join(self.lines))
-        self.url = LISTENING.search("\n".join(self.lines)).group(1)
+        self.process, self.lines, self.url = start_cli_server(["serve", "--bundle", str(bundle), "--port", "0",
+                                                               *args], LISTENING)
         self.port = int(self.url.rsplit(":", 1)[1])
         deadline = time.monotonic() + START_TIMEOUT_S
         while self.get("/health")[0] != 200:
