@@ -277,8 +277,10 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(server, ray_cluster,
     # The module's deployment goes first: Serve's proxy keeps the port it was started with, and one application
     # holds its routes.
     assert server.stop(timeout=120) == 0
+    # The partial batch waits long enough for all four requests to be seen in flight together, even when a
+    # loaded machine or Ray's proxy spreads their arrival; on SIGTERM the batcher runs it at once.
     process = RayServer(server.port, "--bundle", f"tiny={serve_bundle}", "--replicas", "1",
-                        "--max-wait-ms", "4000", address=ray_cluster.address)
+                        "--max-wait-ms", "10000", address=ray_cluster.address)
     try:
         in_flight = [Background(post_json, process.port, "/predict", {"inputs": text}, AUTH)
                      for text in dev_texts[:4]]
