@@ -233,7 +233,8 @@ def foreign_entries(folder: Path) -> list[str]:
         if isinstance(marker, dict) and marker.get("tool") == "roberta-deploy":
             written = {name for name in marker.get("entries", []) if isinstance(name, str)}
     if written is not None:
-        return [name for name in entries if name not in written and name != MARKER_FILE]
+        return [name for name in entries
+                if name not in written and name != MARKER_FILE and not _leftover_of(name, written)]
     # A bundle or export from before the marker: its manifest lists every file it wrote.
     with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
         manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -243,6 +244,12 @@ def foreign_entries(folder: Path) -> list[str]:
                      if path.is_symlink() or not path.is_dir()]
             return sorted(name for name in found if name not in listed)
     return entries
+
+
+def _leftover_of(name: str, written: set[str]) -> bool:
+    """A lock file or staging folder of one of our entries (`.NAME.lock`, `.NAME.partial-*`): a process killed
+    outright (SIGKILL, out of memory) leaves them behind, and they are ours as much as NAME is."""
+    return any(name == f".{entry}.lock" or name.startswith(f".{entry}.partial-") for entry in written)
 
 
 def _write_marker(folder: Path) -> None:

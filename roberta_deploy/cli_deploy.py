@@ -147,4 +147,4 @@ def _format(value, template: str) -> str:
 
 def _folder_name(model: str) -> str:
     """deployments/<this>: the checkpoint folder's name, or the hub id with '/' as '--' (as the hub cache does)."""
-    return Path(model.rstrip("/")).name if Path(model).expanduser().exists() else model.replace("/", "--")
+    return Path(model).expanduser().resolve().name if Path(model).expanduser().exists() else model.replace("/", "--")

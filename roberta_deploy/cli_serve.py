@@ -168,7 +168,7 @@ class RayFlags:
                              "pass a port, e.g. --port 8000")
         defaults = RayOptions()
         options = RayOptions(
-            address=flags["address"], replicas=flags["replicas"] or defaults.replicas,
+            address=flags["address"], replicas=flags["replicas"] if flags["replicas"] is not None else defaults.replicas,
             autoscale=parse_autoscale(flags["autoscale"]) if flags["autoscale"] is not None else None,
             replica_cpus=flags["replica_cpus"] if flags["replica_cpus"] is not None else defaults.replica_cpus,
             target_ongoing_requests=flags["target_ongoing_requests"] if flags["target_ongoing_requests"] is not None

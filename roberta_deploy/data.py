@@ -191,7 +191,12 @@ def pick_text_columns(path, columns, text_column: str | None, text_pair_column: 
                                  "pass the right --text-pair-column")
         first = text_column or next((a for a, b in TEXT_PAIR_COLUMN_CANDIDATES if b == text_pair_column and a in columns),
                                     None)
-        return _pick_column(path, columns, first, TEXT_COLUMN_CANDIDATES, "text", "--text-column"), text_pair_column
+        text = _pick_column(path, columns, first, [name for name in TEXT_COLUMN_CANDIDATES if name != text_pair_column],
+                            "text", "--text-column")
+        if text == text_pair_column:
+            raise InputDataError(f"--text-column and --text-pair-column both name {text!r} in {path}",
+                                 "pass two different columns")
+        return text, text_pair_column
     candidate = None if text_pairs is False else next(
         ((a, b) for a, b in TEXT_PAIR_COLUMN_CANDIDATES if a in columns and b in columns
          and (text_column is None or text_column == a)), None)

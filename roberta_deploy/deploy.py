@@ -362,7 +362,11 @@ def _choose(plan: Plan, candidates: list[dict]) -> dict:
             continue
         measured = {key: value for key, value in record["measured"].items() if key != "predicted_labels"}
         rows.append({"backend": record["backend"], "precision": record["precision"], **measured})
-    reference = next(record for record in candidates if not record.get("rejected"))
+    reference = next((record for record in candidates if not record.get("rejected")), None)
+    if reference is None:
+        raise NumericalCheckError("every candidate was rejected: " + "; ".join(
+            f"{record['backend']} {record['precision']}: {record['rejected']}" for record in candidates),
+            "deploy fp32 (--precision fp32), or check the model and data against the reasons given")
     for record, row in zip(candidates, rows):
         if "measured" in record and not record.get("rejected"):
             row["agreement_with_fp32"] = agreement(record["measured"]["predicted_labels"],

@@ -17,6 +17,7 @@ from .build.bundle import BuildOptions, build_engine
 from .data import read_dataset
 from .defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH
 from .errors import UnsupportedPrecisionError, UsageError
+from .infer import check_threshold, classify_dataset
 from .metrics import per_class_markdown, task_metrics_markdown
 from .tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task, compare_with_reference
 from .report import REPORT_HTML, eval_report_html
@@ -86,6 +87,7 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
                                   options.device)
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise UsageError("batch sizes must be positive", "pass --batch-sizes such as 1,32")
+    check_threshold(options.threshold)  # before the export, not when the first precision is scored
     if options.export_dir is not None:
         export = ExportArtifact.load(options.export_dir)
     else:
@@ -101,7 +103,6 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
                            label_names=export.manifest["labels"], require_labels=True,
                            text_pair_column=options.text_pair_column, text_pairs=task.text_pairs, task=task.kind)
     from .runtime.engine import THROUGHPUT, Engine
-    from .infer import classify_dataset
 
     max_batch = max(max(options.batch_sizes), 64)
     rows, bundles, reference_logits = [], {}, {}

@@ -61,6 +61,20 @@ def test_overwrite_replaces_only_what_this_tool_wrote(tmp_path):
     assert (stranger / "thesis.tex").read_text() == "years of work" and not leftovers(tmp_path)
 
 
+def test_locks_and_staging_folders_left_by_a_killed_process_are_ours_others_are_not(tmp_path):
+    from roberta_deploy.atomic import MARKER_FILE, foreign_entries
+
+    folder = tmp_path / "deployment"
+    (folder / "export").mkdir(parents=True)
+    (folder / MARKER_FILE).write_text(json.dumps({"tool": "roberta-deploy", "entries": ["export"]}))
+    (folder / ".export.lock").write_text("")
+    (folder / ".export.partial-0123abcd").mkdir()
+    assert foreign_entries(folder) == []
+    (folder / ".notes.lock").write_text("")
+    (folder / ".export.partialx").mkdir()
+    assert foreign_entries(folder) == [".export.partialx", ".notes.lock"]
+
+
 def test_a_bundle_written_before_the_marker_is_recognised_by_its_manifest(tmp_path):
     bundle = tmp_path / "bundle"
     (bundle / "tokenizer").mkdir(parents=True)

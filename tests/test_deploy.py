@@ -290,6 +290,24 @@ def test_bad_ray_flags_fail_before_any_build_and_write_nothing(flags, fragment, 
     assert not any(tmp_path.iterdir())
 
 
+def test_every_candidate_rejected_is_a_numerical_check_error_naming_each_reason():
+    from roberta_deploy.errors import NumericalCheckError
+
+    rejected = [{"backend": "openvino", "precision": "int8", "rejected": "max |diff| 0.9 past 0.1"},
+                {"backend": "onnxruntime", "precision": "int8", "rejected": "max |diff| 0.8 past 0.1"}]
+    with pytest.raises(NumericalCheckError, match="every candidate was rejected: openvino int8: max .*onnxruntime"):
+        deploy_module._choose(None, rejected)
+
+
+def test_a_model_folder_given_as_dot_is_deployed_under_its_own_name(tmp_path, monkeypatch):
+    from roberta_deploy.cli_deploy import _folder_name
+
+    (tmp_path / "my-model").mkdir()
+    monkeypatch.chdir(tmp_path / "my-model")
+    assert _folder_name(".") == _folder_name("./") == "my-model"
+    assert _folder_name("org/hub-model") == "org--hub-model"
+
+
 def test_the_rule_keeps_the_fastest_within_the_budget_among_what_may_be_chosen():
     from roberta_deploy.build.autoselect import choose_fastest_within_budget
     from roberta_deploy.errors import NumericalCheckError

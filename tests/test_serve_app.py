@@ -154,6 +154,10 @@ def test_open_inference_protocol_json_and_binary_tensors(shared_server):
      422, "shape"),
     ("/v2/models/fake/infer", b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}],'
                               b' "outputs": [{"name": "hidden"}]}', 422, "unknown output"),
+    ("/v2/models/fake/infer", b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}, '
+                              b'["x"]]}', 422, "do not match the model's inputs"),
+    ("/v2/models/fake/infer", b'{"inputs": [{"name": ["text"], "shape": [1], "datatype": "BYTES", "data": ["a"]}]}',
+     422, "do not match the model's inputs"),
     ("/nowhere", b"{}", 404, "no route"),
 ])
 def test_bad_requests_get_a_clear_4xx_never_a_500(shared_server, path, body, status, fragment):

@@ -151,15 +151,16 @@ def test_left_truncation_of_single_texts_matches_transformers(task_exports, task
         encoder.encode(texts, "up")
 
 
-def test_pairs_are_bucketed_by_pair_length_and_merge_with_single_texts(task_bundle_factory):
+def test_pairs_and_single_texts_submitted_together_get_the_logits_each_gets_alone(task_bundle_factory):
+    inputs = [item for pair, text in zip(PAIRS[:6], SAMPLES[:6]) for item in (pair, text)]
     with Engine.load(task_bundle_factory("pairs", "bert", "onnxruntime")) as engine:
-        alone = engine.predict(PAIRS[:6]).logits
+        alone = np.concatenate([engine.predict([item]).logits for item in inputs])
         batcher = engine.batcher
-        futures = [batcher.submit([pair]) for pair in PAIRS[:6]]
+        futures = [batcher.submit([item]) for item in inputs]  # waiting requests merge into shared batches
         merged = np.concatenate([future.result(timeout=60).logits for future in futures])
-        lengths = engine.predict(PAIRS[:6]).token_lengths
+        lengths = engine.predict(inputs).token_lengths
     np.testing.assert_allclose(merged, alone, atol=1e-4)
-    assert lengths.tolist() == [len(ids) for ids in engine.encoder.encode(PAIRS[:6]).token_ids]
+    assert lengths.tolist() == [len(ids) for ids in engine.encoder.encode(inputs).token_ids]
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -242,6 +243,14 @@ def test_a_pair_model_names_the_missing_pair_column(tmp_path):
     with pytest.raises(InputDataError, match=r"pairs.tsv:2: empty text \(column 'text_b'\)"):
         read_dataset(pairs_file)
     assert read_dataset(write(tmp_path, "p2.tsv", "text_a\ttext_b\n甲\t乙\n"), text_pairs=False).text_pairs is None
+
+
+def test_the_pair_column_is_never_also_the_text_column(tmp_path):
+    # `text` is a usual text column too: named as the pair column, the text comes from the next usual one.
+    path = write(tmp_path, "two.tsv", "sentence\ttext\tlabel\n位置不错\t地段很好\t1\n")
+    assert read_dataset(path, text_pair_column="text").inputs == [("位置不错", "地段很好")]
+    with pytest.raises(InputDataError, match="both name 'text'"):
+        read_dataset(path, text_column="text", text_pair_column="text")
 
 
 LABEL_NAMES = ["service", "room", "food", "price"]

@@ -62,9 +62,9 @@ def parse_infer(body: bytes, header_length: str | None, limits: Limits) -> Infer
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InputDataError("the request has no `inputs` list", f"send a JSON object such as {EXAMPLE}")
     inputs = header["inputs"]
-    names = [item.get("name") if isinstance(item, dict) else item for item in inputs]
+    names = [str(item.get("name")) if isinstance(item, dict) else repr(item) for item in inputs]
     if INPUT_NAME not in names or len(set(names)) != len(names) or not set(names) <= {INPUT_NAME, PAIR_INPUT_NAME} \
-            or not all(isinstance(item, dict) for item in inputs):
+            or not all(isinstance(item, dict) and isinstance(item.get("name"), str) for item in inputs):
         raise InputDataError(f"inputs {names} do not match the model's inputs {INPUT_NAME!r} and, for text pairs, "
                              f"{PAIR_INPUT_NAME!r}", f"send a BYTES tensor named {INPUT_NAME!r} (and {PAIR_INPUT_NAME!r})")
     columns, offset = {}, 0
