@@ -7,14 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """float32 (n, labels) -> probabilities of the same shape, rows summing to 1."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exponentials = np.exp(shifted)
-    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, SOFTMAX, Task, apply_function
 
 
 @dataclass(frozen=True)
@@ -53,13 +46,13 @@ class Predictions:
 
     @functools.cached_property
     def probabilities(self) -> np.ndarray:
-        return softmax(self.logits)
+        return apply_function(self.logits, SOFTMAX)
 
     @functools.cached_property
     def scores(self) -> np.ndarray:
         """float32 (n, labels): softmax (single-label), sigmoid (multi-label, one-logit models) or the
         logits themselves (regression), as transformers' pipeline scores them."""
-        return self.task.scores(self.logits) if self.task is not None else softmax(self.logits)
+        return self.task.scores(self.logits) if self.task is not None else apply_function(self.logits, SOFTMAX)
 
     @functools.cached_property
     def label_sets(self) -> np.ndarray:
@@ -81,7 +74,7 @@ class Predictions:
         chosen = tuple(name for name, score in zip(self.label_names, scores) if score >= self.threshold) \
             if self.kind == MULTI_LABEL else ()
         return Prediction(label=label, label_name=self.label_names[label], logits=logits,
-                          probabilities=softmax(logits), truncated=bool(self.truncated[index]),
+                          probabilities=apply_function(logits, SOFTMAX), truncated=bool(self.truncated[index]),
                           token_length=int(self.token_lengths[index]), scores=scores, predicted_labels=chosen,
                           value=float(scores[0]) if self.kind == REGRESSION else None)
 

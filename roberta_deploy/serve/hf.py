@@ -16,12 +16,13 @@ import numpy as np
 
 from ..errors import InputDataError
 from ..runtime.tokenization import text_input_from_dict
+from ..tasks import NONE, SIGMOID, SOFTMAX, apply_function
 from .options import Limits
-from .payload import check_texts, ranked_labels, request_inputs, sigmoid, softmax
+from .payload import check_texts, ranked_labels, request_inputs
 
 EXAMPLE = '{"inputs": "酒店很干净", "parameters": {"top_k": 2}}'
 PAIR_EXAMPLE = '{"inputs": {"text": "房间干净吗", "text_pair": "很干净"}}'
-FUNCTIONS = ("softmax", "sigmoid", "none")
+FUNCTIONS = (SOFTMAX, SIGMOID, NONE)
 
 
 @dataclass(frozen=True)
@@ -70,5 +71,5 @@ def format_text_classification(request: TextClassificationRequest, logits: np.nd
                                label_names: tuple[str, ...], default_function: str = "softmax") -> list:
     """default_function: what transformers' pipeline applies for this model (tasks.Task.score_function)."""
     function = request.function_to_apply or default_function
-    scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda values: values}[function](logits)
+    scores = apply_function(logits, function)  # parse_request allowed only FUNCTIONS
     return [ranked_labels(row, label_names, request.top_k) for row in scores]

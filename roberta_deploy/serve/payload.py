@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputDataError
+from ..tasks import SIGMOID, SOFTMAX, apply_function
 from .options import Limits
 
 
@@ -61,20 +62,9 @@ def check_texts(texts: list, limits: Limits, field: str) -> list:
     return texts
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """float32 (n, labels) -> probabilities, rows sum to 1."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exponentials = np.exp(shifted)
-    return exponentials / exponentials.sum(axis=1, keepdims=True)
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
 def tei_scores(logits: np.ndarray) -> np.ndarray:
     """text-embeddings-inference's scores: softmax over several labels, the sigmoid of a single logit."""
-    return softmax(logits) if logits.shape[1] > 1 else sigmoid(logits)
+    return apply_function(logits, SOFTMAX if logits.shape[1] > 1 else SIGMOID)
 
 
 def optional_bool(value: Any, field: str) -> bool | None:

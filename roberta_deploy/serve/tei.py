@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError, EmptyRequestError, InputDataError
+from ..tasks import SIGMOID, apply_function
 from .options import Limits
-from .payload import check_texts, optional_bool, ranked_labels, request_inputs, sigmoid, tei_scores
+from .payload import check_texts, optional_bool, ranked_labels, request_inputs, tei_scores
 
 EXAMPLE = '{"inputs": "酒店很干净"}'
 RERANK_EXAMPLE = '{"query": "哪家酒店安静", "texts": ["隔音很好", "太吵了"]}'
@@ -112,7 +113,7 @@ def parse_rerank(body: Any, limits: Limits, label_count: int) -> RerankRequest:
 
 def format_rerank(request: RerankRequest, logits: np.ndarray) -> list[dict]:
     """Highest score first; equal scores in TEI's order (a stable ascending sort, reversed)."""
-    scores = (logits if request.raw_scores else sigmoid(logits))[:, 0].tolist()
+    scores = (logits if request.raw_scores else apply_function(logits, SIGMOID))[:, 0].tolist()
     if any(score != score for score in scores):
         raise BackendError("score is NaN", "rebuild the bundle at fp32 and report the model")
     ranks = [{"index": index, **({"text": request.texts[index]} if request.return_text else {}), "score": score}

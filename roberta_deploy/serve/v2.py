@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputDataError
-from ..tasks import Task
+from ..tasks import SOFTMAX, Task, apply_function
 from .options import Limits
-from .payload import check_texts, dump_json, parse_json, softmax
+from .payload import check_texts, dump_json, parse_json
 
 INPUT_NAME = "text"
 PAIR_INPUT_NAME = "text_pair"  # the second text of each pair: a second BYTES tensor of the same shape
@@ -168,7 +168,7 @@ def format_infer(request: InferRequest, model_name: str, logits: np.ndarray,
                  label_names: tuple[str, ...], task: Task | None = None) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (Inference-Header-Content-Length when any output is binary).
     `probabilities` are the task's scores (softmax for single-label models and when no task is given)."""
-    scores = task.scores(logits) if task is not None else softmax(logits)
+    scores = task.scores(logits) if task is not None else apply_function(logits, SOFTMAX)
     arrays = {"logits": logits.astype(np.float32), "probabilities": scores.astype(np.float32),
               "label": [label_names[index] for index in logits.argmax(axis=1)]}
     outputs, binary_parts = [], []
