@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import OutputError, OutputExistsError
+from .errors import OutputError, OutputExistsError, OutputLockedError
 
 # Written into every folder this tool creates: what --overwrite looks for before it replaces one.
 MARKER_FILE = ".roberta-deploy-output.json"
@@ -154,7 +154,7 @@ class OutputFolder:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(descriptor)
-                raise OutputExistsError(f"another roberta-deploy command is writing {self.path} right now",
+                raise OutputLockedError(f"another roberta-deploy command is writing {self.path} right now",
                                         f"wait for it to finish, or choose another {self.flag} path") from None
             # The holder before us unlinks the file before unlocking: make sure ours is still the live one.
             try:
@@ -165,7 +165,7 @@ class OutputFolder:
                 self._lock_fd = descriptor
                 return
             os.close(descriptor)
-        raise OutputExistsError(f"another roberta-deploy command is writing {self.path} right now",
+        raise OutputLockedError(f"another roberta-deploy command is writing {self.path} right now",
                                 f"wait for it to finish, or choose another {self.flag} path")
 
     def _release(self) -> None:

@@ -88,6 +88,10 @@ class OutputExistsError(OutputError):
     """An output folder already holds something we would overwrite, or another command is writing it."""
 
 
+class OutputLockedError(OutputExistsError):
+    """Another command holds the output's lock right now: unlike the other OutputExistsErrors, it passes."""
+
+
 # What each exit code of the command line means; README's "Exit codes" table mirrors it (a test checks).
 EXIT_CODES = {
     0: "success",

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from roberta_deploy.errors import BundleError
+from roberta_deploy.errors import BundleError, OutputExistsError, OutputLockedError
 from roberta_deploy.manifest import MANIFEST_FILE
 from roberta_deploy.runtime.engine import Engine
 from roberta_deploy.serve.bundle_cache import cached_bundle, pack_bundle, unpack_bundle
@@ -51,6 +51,27 @@ def test_a_cached_copy_damaged_later_is_written_again(bundle, tmp_path):
     assert cached_bundle(packed.digest, tmp_path / "cache") is None
     assert unpack_bundle(packed, tmp_path / "cache") == folder
     assert (folder / name).read_bytes() == packed.files[name]
+
+
+def test_a_cache_path_that_can_never_be_written_is_raised_at_once_not_waited_for(bundle, tmp_path):
+    packed = pack_bundle(bundle)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / packed.digest).write_text("a file where the folder goes", encoding="utf-8")
+    started = threading.Event()
+    errors = []
+
+    def unpack():
+        started.set()
+        try:
+            unpack_bundle(packed, tmp_path / "cache")
+        except OutputExistsError as error:
+            errors.append(error)
+
+    worker = threading.Thread(target=unpack, daemon=True)
+    worker.start()
+    worker.join(30)  # it used to retry for WAIT_FOR_OTHER_WRITER_S (10 minutes), as if another writer held it
+    assert started.is_set() and not worker.is_alive()
+    assert len(errors) == 1 and not isinstance(errors[0], OutputLockedError) and "not a folder" in errors[0].problem
 
 
 def test_replicas_unpacking_at_once_on_one_machine_share_one_copy(bundle, tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..atomic import OutputFolder
-from ..errors import BundleError, OutputExistsError
+from ..errors import BundleError, OutputLockedError
 from ..manifest import KIND_BUNDLE, MANIFEST_FILE, read_manifest
 
 CACHE_ENV = "ROBERTA_DEPLOY_CACHE"
@@ -75,7 +75,7 @@ def unpack_bundle(packed: PackedBundle, cache_root: Path) -> Path:
             return folder
         try:
             return _write(packed, cache_root / packed.digest)
-        except OutputExistsError:
+        except OutputLockedError:  # a folder that is a file or holds foreign files is raised at once
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)  # another writer holds the folder's lock; it is done when the cache verifies
