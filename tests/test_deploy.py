@@ -142,6 +142,8 @@ def test_a_second_deploy_reuses_everything_and_serves_what_the_engine_predicts(d
     server = ServerProcess(*(str(arg) for arg in args), command="deploy")
     try:
         server.wait_ready()
+        # Ready (/health 200) can come before deploy has printed where it serves: wait for the last line it prints.
+        wait_until(lambda: any(line.startswith("try: curl") for line in server.lines), "the curl line is printed")
         log = "\n".join(server.lines)
         assert "building" not in log and "exporting" not in log, log
         assert "reusing the export" in log
