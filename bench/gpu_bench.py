@@ -270,7 +270,7 @@ def sequence_flops(checkpoint: Path, lengths) -> np.ndarray:
 
 
 def measure_latency(bundle: Path, seconds: float) -> dict:
-    from roberta_deploy.perf import PerfOptions, run_benchmark
+    from roberta_deploy.jobs.perf import PerfOptions, run_benchmark
 
     log(f"batch-1 latency at {MAX_SEQ_LENGTH} tokens")
     report = run_benchmark(PerfOptions(bundle=bundle, batch_size=1, seq_len=MAX_SEQ_LENGTH, duration=seconds,

@@ -35,7 +35,7 @@ from serve_bench import (DEFAULT_CALIBRATION_DATA, DEFAULT_DATA, DEFAULT_WORKDIR
 
 from roberta_deploy.atomic import atomic_write_text  # noqa: E402
 from roberta_deploy.data import read_dataset  # noqa: E402
-from roberta_deploy.loadtest import LoadtestOptions, run_loadtest  # noqa: E402
+from roberta_deploy.serve.loadtest import LoadtestOptions, run_loadtest  # noqa: E402
 from roberta_deploy.serve.metrics import metric_value  # noqa: E402
 
 READY = re.compile(r" ready: .* at (http://127\.0\.0\.1:\d+)")

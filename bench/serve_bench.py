@@ -46,7 +46,7 @@ import roberta_deploy  # noqa: E402
 from roberta_deploy.atomic import atomic_write_text  # noqa: E402
 from roberta_deploy.data import read_dataset  # noqa: E402
 from roberta_deploy.defaults import DEMO_MODEL_DIR  # noqa: E402
-from roberta_deploy.loadtest import HttpConnection, LoadtestOptions, run_loadtest  # noqa: E402
+from roberta_deploy.serve.loadtest import HttpConnection, LoadtestOptions, run_loadtest  # noqa: E402
 from roberta_deploy.serve.metrics import metric_value  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/data/chnsenticorp/dev.tsv")

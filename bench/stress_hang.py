@@ -11,7 +11,7 @@ Modes (what each child does after loading the engine):
   predict   `engine.predict(texts)`: the library's own path (the Batcher now; InferenceQueue before).
   infer     `python -m roberta_deploy infer --bundle B --data FILE` with the CLI's defaults (two contexts on
             a 2-core machine): the command the hang was first seen in.
-  race      two such `infer` runs at once on one --output (tests/test_cli_hostile.py's race): ok when one
+  race      two such `infer` runs at once on one --output (tests/cli/test_cli_hostile.py's race): ok when one
             exits 0 with a whole output and the other 2; one racing run was once seen to hang.
   sigint    one `infer` over --data repeated 30 times, sent SIGINT at a random moment after it reserved its
   sigterm   output (0.2-3 s): ok on exit 130 (143) with nothing left and no "terminate called"; the test

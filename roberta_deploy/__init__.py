@@ -19,7 +19,7 @@ __all__ = ["__version__", "pipeline", "TextClassificationPipeline"]
 def __getattr__(name: str):
     # PEP 562: `roberta_deploy.pipeline` without importing numpy and the engine for `--help`.
     if name in ("pipeline", "TextClassificationPipeline"):
-        from . import text_classification
+        from .jobs import pipeline as text_classification
 
         return getattr(text_classification, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install optimum-intel and Optimum (ONNX Runtime) into overlay folders, each with the transformers it
-# pins, and print the variables that point tests/test_optimum.py at them:
-#   eval "$(scripts/optimum_overlays.sh .venv/bin/python)" && python -m pytest tests/test_optimum.py
+# pins, and print the variables that point tests/build/test_optimum.py at them:
+#   eval "$(scripts/optimum_overlays.sh .venv/bin/python)" && python -m pytest tests/build/test_optimum.py
 # They cannot live in the `dev` extra: optimum-intel 2.2 pins transformers<5.6, optimum-onnx 0.1 pins
 # transformers<4.58 and optimum 2.1 (optimum-intel needs 2.3). Nothing in the venv is replaced
 # (--no-deps --target); the tests run the loaders in a subprocess with the overlay in front.

@@ -11,11 +11,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The tests mirror the package in folders; a few share helpers defined in another folder's test module
+# (test_serve's ServerProcess, test_cli's invoke). Every folder is importable by module name, whichever
+# file pytest happens to collect first. Test module names are unique across folders.
+for _folder in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _folder.is_dir() and not _folder.name.startswith((".", "_")) and str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 from roberta_deploy.defaults import DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 

@@ -15,7 +15,7 @@ from roberta_deploy.backends import get_backend
 from roberta_deploy.data import read_dataset
 from roberta_deploy.defaults import DEMO_SAMPLES_PATH
 from roberta_deploy.errors import InputDataError, UsageError
-from roberta_deploy.infer import classify_dataset
+from roberta_deploy.jobs.infer import classify_dataset
 from roberta_deploy.metrics import multilabel_metrics, regression_metrics
 from roberta_deploy.precision import TOLERANCES
 from roberta_deploy.runtime.engine import Engine
@@ -294,7 +294,7 @@ def test_regression_scores_are_numbers(tmp_path, cell, message):
 def test_infer_reports_each_tasks_metrics_and_outputs(task_bundle_factory, tmp_path):
     from roberta_deploy.atomic import OutputFolder
     from roberta_deploy.data import read_dataset_chunks
-    from roberta_deploy.infer import infer_to_folder
+    from roberta_deploy.jobs.infer import infer_to_folder
 
     rows = [{"text": text, "labels": [index % 4, (index + 1) % 4] if index % 3 else []}
             for index, text in enumerate(SAMPLES[:24])]
@@ -328,7 +328,7 @@ def test_infer_reports_each_tasks_metrics_and_outputs(task_bundle_factory, tmp_p
 
 
 def test_eval_tabulates_and_charts_the_tasks_measures(task_exports, tmp_path):
-    from roberta_deploy.evaluate import EvalOptions, evaluate
+    from roberta_deploy.jobs.evaluate import EvalOptions, evaluate
 
     data = write(tmp_path, "sts.jsonl", "".join(json.dumps({"query": a, "passage": b, "label": index % 2},
                                                            ensure_ascii=False) + "\n"

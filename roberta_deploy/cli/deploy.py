@@ -1,5 +1,5 @@
-"""`roberta-deploy deploy`: the command-line face of roberta_deploy.deploy, then the serving step.
-cli.py registers it; only this module's functions print."""
+"""`roberta-deploy deploy`: the command-line face of roberta_deploy.jobs.deploy, then the serving step.
+Only this module's functions print."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli_serve import RayFlags, ServeFlags, event_printer, require_serve_extra, with_ray_flags, with_serve_flags
-from .defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
-from .errors import UsageError
-from .serve.options import API_KEY_ENV
+from .serve import event_printer, require_serve_extra
+from .serving_flags import RayFlags, ServeFlags, with_ray_flags, with_serve_flags
+from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
+from ..errors import UsageError
+from ..serve.options import API_KEY_ENV
+from .app import app
+from .console import console, step_printer
+from .exits import reports_errors
 
 # What the server answers, printed once it is ready (docs/serving.md has the full table).
 ROUTES = (("POST /predict", "text-embeddings-inference: every label with its score"),
@@ -24,6 +28,8 @@ ROUTES = (("POST /predict", "text-embeddings-inference: every label with its sco
           ("GET  /metrics", "Prometheus"))
 
 
+@app.command("deploy")
+@reports_errors
 @with_ray_flags
 @with_serve_flags
 def deploy_command(
@@ -65,9 +71,8 @@ def deploy_command(
     """One command from a checkpoint to a served endpoint: export, build every backend and precision this CPU
     offers, time and score each here, keep the fastest within the accuracy budget, write deployment.md/json and
     report.html, and serve it (with --ray, on Ray Serve)."""
-    from .cli import console, step_printer
-    from .deploy import DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, DeployOptions, plan_deployment, prepare_deployment
-    from .report import REPORT_HTML
+    from ..jobs.deploy import DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, DeployOptions, plan_deployment, prepare_deployment
+    from ..jobs.report import REPORT_HTML
 
     output = output or Path("deployments") / _folder_name(model)
     if serve:  # serve's and Ray's flags are checked before any build
@@ -96,8 +101,6 @@ def serve_chosen(bundle: Path, serve_flags: ServeFlags, ray_flags: RayFlags, exa
     """The serving step: one call into the serve layer with the chosen bundle and serve's options, the same
     call `serve` makes: serve.server.serve in this process, or with --ray serve_until_stopped on Ray Serve.
     Either returns once SIGTERM or SIGINT stopped it and every accepted request was answered."""
-    from .cli import console
-
     options = serve_flags.options([str(bundle)])
     ray_options = ray_flags.options(options)
     name = options.bundles[0].name
@@ -113,11 +116,11 @@ def serve_chosen(bundle: Path, serve_flags: ServeFlags, ray_flags: RayFlags, exa
         console.print(f"try: curl -s {url}/predict -H 'Content-Type: application/json'{key} -d {body}")
 
     if ray_options is None:
-        from .serve.server import serve
+        from ..serve.server import serve
 
         serve(options, on_event=event_printer(), on_ready=print_endpoint)
     else:
-        from .serve.ray_deployment import serve_until_stopped
+        from ..serve.ray_deployment import serve_until_stopped
 
         serve_until_stopped(options, ray_options, on_event=event_printer(), on_ready=print_endpoint)
 

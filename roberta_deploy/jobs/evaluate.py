@@ -10,18 +10,18 @@ from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_directory
-from .backends import default_precisions, get_backend
-from .backends.base import canonical_device
-from .build.bundle import BuildOptions, build_engine
-from .data import read_dataset
-from .defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH
-from .errors import UnsupportedPrecisionError, UsageError
+from ..atomic import atomic_directory
+from ..backends import default_precisions, get_backend
+from ..backends.base import canonical_device
+from ..build.bundle import BuildOptions, build_engine
+from ..data import read_dataset
+from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH
+from ..errors import UnsupportedPrecisionError, UsageError
 from .infer import check_threshold, classify_dataset
-from .metrics import per_class_markdown, task_metrics_markdown
-from .tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task, compare_with_reference
+from ..metrics import per_class_markdown, task_metrics_markdown
+from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task, compare_with_reference
 from .report import REPORT_HTML, eval_report_html
-from .build.export import ExportArtifact, ExportOptions, export_model
+from ..build.export import ExportArtifact, ExportOptions, export_model
 
 # What each task's table shows (column name, metrics key), and the details kept per row.
 MEASURES = {SINGLE_LABEL: (("accuracy", "accuracy"), ("macro-F1", "macro_f1")),
@@ -102,7 +102,7 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
     dataset = read_dataset(options.data, text_column=options.text_column, label_column=options.label_column,
                            label_names=export.manifest["labels"], require_labels=True,
                            text_pair_column=options.text_pair_column, text_pairs=task.text_pairs, task=task.kind)
-    from .runtime.engine import THROUGHPUT, Engine
+    from ..runtime.engine import THROUGHPUT, Engine
 
     max_batch = max(max(options.batch_sizes), 64)
     rows, bundles, reference_logits = [], {}, {}

@@ -14,7 +14,7 @@ from roberta_deploy.data import read_dataset
 from roberta_deploy.errors import InputDataError, OutputExistsError, UsageError
 from roberta_deploy.train.finetune import FinetuneOptions, finetune
 
-DEMO = Path(__file__).resolve().parents[1] / "roberta_deploy" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "roberta_deploy" / "demo"
 HEADER = "label\ttext_a"
 
 
@@ -267,7 +267,7 @@ def test_each_task_has_a_trained_path_to_a_bundle(task_checkpoints, tmp_path, ki
     """finetune (a tiny checkpoint, seconds) -> export reads the task and the pairs -> build -> infer."""
     from roberta_deploy.build.bundle import BuildOptions, build_engine
     from roberta_deploy.build.export import ExportOptions, export_model
-    from roberta_deploy.infer import classify_dataset
+    from roberta_deploy.jobs.infer import classify_dataset
     from roberta_deploy.runtime.engine import Engine
 
     train, dev = _task_files(tmp_path, kind)

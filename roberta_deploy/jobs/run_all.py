@@ -7,16 +7,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .atomic import atomic_directory
-from .backends import default_precisions
-from .backends.base import canonical_device
-from .defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
+from ..atomic import atomic_directory
+from ..backends import default_precisions
+from ..backends.base import canonical_device
+from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from .evaluate import EvalOptions, evaluate_into
-from .manifest import MANIFEST_FILE
+from ..manifest import MANIFEST_FILE
 from .perf import PerfOptions, measure_shapes, run_benchmark
 from .report import REPORT_HTML, run_report_html
-from .errors import UsageError
-from .tasks import SINGLE_LABEL
+from ..errors import UsageError
+from ..tasks import SINGLE_LABEL
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MARKDOWN = "summary.md"

@@ -3,7 +3,7 @@
 import pytest
 
 from roberta_deploy.defaults import DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
-from roberta_deploy.evaluate import EvalOptions, evaluate
+from roberta_deploy.jobs.evaluate import EvalOptions, evaluate
 from roberta_deploy.backends import offered_precisions
 
 

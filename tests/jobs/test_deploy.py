@@ -18,7 +18,7 @@ from test_report import assert_self_contained_with_charts
 from test_serve import AUTH, ServerProcess
 from serve_client import call, post_json, wait_until
 
-from roberta_deploy import deploy as deploy_module
+from roberta_deploy.jobs import deploy as deploy_module
 from roberta_deploy.backends import get_backend, offered_precisions
 from roberta_deploy.data import read_dataset
 from roberta_deploy.defaults import AUTO_BACKENDS
@@ -277,7 +277,7 @@ def test_bad_input_fails_before_any_build_and_writes_nothing(case, tiny_checkpoi
 ])
 def test_bad_ray_flags_fail_before_any_build_and_write_nothing(flags, fragment, tiny_checkpoints, samples_tsv,
                                                               tmp_path, monkeypatch):
-    """The same checks as `serve --ray` (one definition in cli_serve), none of which needs Ray: here ray cannot be
+    """The same checks as `serve --ray` (one definition in cli/serve.py), none of which needs Ray: here ray cannot be
     imported (None in sys.modules makes `import ray` fail as it does where ray is not installed)."""
     def no_build(*args, **kwargs):
         raise AssertionError("a build started")
@@ -302,7 +302,7 @@ def test_every_candidate_rejected_is_a_numerical_check_error_naming_each_reason(
 
 
 def test_a_model_folder_given_as_dot_is_deployed_under_its_own_name(tmp_path, monkeypatch):
-    from roberta_deploy.cli_deploy import _folder_name
+    from roberta_deploy.cli.deploy import _folder_name
 
     (tmp_path / "my-model").mkdir()
     monkeypatch.chdir(tmp_path / "my-model")

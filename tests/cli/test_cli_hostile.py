@@ -387,10 +387,11 @@ def test_ctrl_c_and_sigterm_stop_the_workers_and_leave_nothing(bundle, many_rows
 HELD_UP_EXIT = """
 import threading, typer
 from roberta_deploy import cli
-cli.EXIT_GRACE_S = 1.0
+from roberta_deploy.cli import exits
+cli.EXIT_GRACE_S = exits.EXIT_GRACE_S = 1.0
 cli.app = typer.Typer()
 @cli.app.command()
-@cli.reports_errors
+@exits.reports_errors
 def held_up(interrupt: bool = False):
     threading.Thread(target=threading.Event().wait, name="a library thread").start()
     if interrupt:

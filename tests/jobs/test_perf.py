@@ -1,6 +1,6 @@
 """perf's library side: progress reported while it runs, percentiles asked for, every call recorded."""
 
-from roberta_deploy.perf import PerfOptions, parse_percentiles, run_benchmark
+from roberta_deploy.jobs.perf import PerfOptions, parse_percentiles, run_benchmark
 
 
 def test_progress_is_reported_through_warm_up_and_timing(bundle_factory):

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from roberta_deploy.report import INSTALL_CHARTS, eval_report_html
+from roberta_deploy.jobs.report import INSTALL_CHARTS, eval_report_html
 
 
 class PageParser(HTMLParser):
@@ -163,5 +163,5 @@ def test_without_matplotlib_the_page_keeps_its_tables_and_says_how_to_get_charts
 def test_the_cli_does_not_import_matplotlib_until_a_report_is_drawn(module):
     import subprocess
 
-    code = f"import sys, roberta_deploy.cli, roberta_deploy.run, roberta_deploy.evaluate; assert {module!r} not in sys.modules"
+    code = f"import sys, roberta_deploy.cli, roberta_deploy.jobs.run_all, roberta_deploy.jobs.evaluate; assert {module!r} not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

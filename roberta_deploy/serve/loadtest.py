@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .atomic import atomic_directory
-from .errors import InputDataError, UsageError
+from ..atomic import atomic_directory
+from ..errors import InputDataError, UsageError
 
 PROTOCOLS = ("predict", "hf", "v2")
 REPORT_JSON, REPORT_MARKDOWN, REPORT_PLOT = "loadtest.json", "loadtest.md", "loadtest.png"

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from roberta_deploy.cli import app
-from roberta_deploy.loadtest import LoadtestOptions, run_loadtest
+from roberta_deploy.serve.loadtest import LoadtestOptions, run_loadtest
 
 pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install -e '.[serve]'")
 from fake_server import KEY, RunningServer  # noqa: E402  (after the skip: it imports the serve extra)
@@ -46,7 +46,7 @@ PAIRS = (("房间干净吗", "很干净"), ("早餐好吗", "一般"), ("near th
 @pytest.mark.parametrize("per_request", [1, 2])
 def test_pairs_are_sent_in_each_protocols_pair_shape(protocol, per_request):
     """Each request body, read back by the server's own parser for that protocol, holds the pairs."""
-    from roberta_deploy.loadtest import request_body
+    from roberta_deploy.serve.loadtest import request_body
     from roberta_deploy.serve import hf, tei, v2
     from roberta_deploy.serve.options import Limits
 

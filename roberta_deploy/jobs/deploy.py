@@ -4,7 +4,7 @@ evidence written down (deployment.json, deployment.md, report.html), ready to be
 Everything lands in one output folder that a later deploy reuses: the export, one bundle per candidate
 (backend x precision) and each candidate's measurements, each recorded in deployment.json with the
 settings that made it. An artifact whose settings differ is rebuilt and the step says why; a folder
-holding another model's deployment is refused unless `overwrite`. Serving is the caller's step (cli_deploy).
+holding another model's deployment is refused unless `overwrite`. Serving is the caller's step (cli/deploy.py).
 """
 
 from __future__ import annotations
@@ -16,22 +16,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .atomic import MARKER_FILE, OutputFolder, atomic_write_json, atomic_write_text
-from .backends import get_backend, offered_precisions
-from .build.autoselect import TIMING_REPEATS, agreement, choose_fastest_within_budget, score_and_time
-from .build.bundle import BuildOptions, build_engine, held_out_of_calibration
-from .build.checkpoint import checkpoint_hash, resolve_checkpoint
-from .build.export import DEFAULT_OPSET, ExportArtifact, ExportOptions, export_model
-from .data import Dataset, read_dataset
-from .defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
-from .errors import (BundleError, NumericalCheckError, OutputExistsError, RobertaDeployError,
+from ..atomic import MARKER_FILE, OutputFolder, atomic_write_json, atomic_write_text
+from ..backends import get_backend, offered_precisions
+from ..build.autoselect import TIMING_REPEATS, agreement, choose_fastest_within_budget, score_and_time
+from ..build.bundle import BuildOptions, build_engine, held_out_of_calibration
+from ..build.checkpoint import checkpoint_hash, resolve_checkpoint
+from ..build.export import DEFAULT_OPSET, ExportArtifact, ExportOptions, export_model
+from ..data import Dataset, read_dataset
+from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
+from ..errors import (BundleError, NumericalCheckError, OutputExistsError, RobertaDeployError,
                      UnsupportedPrecisionError, UsageError)
-from .manifest import KIND_BUNDLE, MANIFEST_FILE, file_sha256, read_manifest
-from .machine import this_cpu
+from ..manifest import KIND_BUNDLE, MANIFEST_FILE, file_sha256, read_manifest
+from ..machine import this_cpu
 from .perf import PerfOptions, host_description, run_benchmark
-from .precision import AUTO, canonical_precision
+from ..precision import AUTO, canonical_precision
 from .report import REPORT_HTML, deployment_report_html
-from .tasks import SINGLE_LABEL, Task
+from ..tasks import SINGLE_LABEL, Task
 
 DEPLOYMENT_JSON = "deployment.json"
 DEPLOYMENT_MARKDOWN = "deployment.md"

@@ -1,6 +1,5 @@
-"""`roberta-deploy finetune`: the command-line face of roberta_deploy.finetune (progress bar, summary,
-one-line errors through cli.reports_errors). cli.py registers `finetune_command`;
-`python -m roberta_deploy.cli_finetune` runs it alone."""
+"""`roberta-deploy finetune`: the command-line face of roberta_deploy.train.finetune (progress bar, summary,
+one-line errors through exits.reports_errors)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
 
+from .app import app
+from .console import console
+from .exits import reports_errors
 
 
 class ConfigSize(str, Enum):
@@ -23,6 +27,8 @@ class TaskName(str, Enum):
     regression = "regression"
 
 
+@app.command("finetune")
+@reports_errors
 def finetune_command(
     train: Annotated[Path, typer.Option(help="Labelled training file (.tsv/.csv/.jsonl) with a text and a "
                                              "label column (label ids 0..k-1).")],
@@ -75,11 +81,7 @@ def finetune_command(
                                                         "Default: torch's choice (one per core).")] = None,
 ) -> None:
     """Fine-tune a checkpoint, or train a small BERT from scratch, on CPU; save the best epoch on dev."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    from .train.finetune import DEV_MEASURES, FinetuneOptions, finetune
+    from ..train.finetune import DEV_MEASURES, FinetuneOptions, finetune
 
     names = tuple(name.strip() for name in label_names.split(",")) if label_names else None
     options = FinetuneOptions(
@@ -87,7 +89,6 @@ def finetune_command(
         epochs=epochs, batch_size=batch_size, lr=lr, max_seq_length=max_seq_length, seed=seed,
         overwrite=overwrite, text_column=text_column, label_column=label_column, label_names=names,
         num_threads=threads, task=task.value, text_pair_column=text_pair_column, label_separator=label_separator)
-    console = Console()
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console, transient=False)
@@ -103,7 +104,7 @@ def finetune_command(
         if report.dev_accuracy is not None:
             progress.console.print(f"epoch {report.epoch}: dev {measure} {report.dev_accuracy:.4f}")
 
-    try:  # errors reach cli.reports_errors, which prints them as everywhere else
+    try:  # errors reach exits.reports_errors, which prints them as everywhere else
         result = finetune(options, on_progress=on_progress)
     finally:
         if bar is not None:
@@ -111,11 +112,3 @@ def finetune_command(
     console.print(f"best epoch {result.best_epoch} (dev {measure} {result.best_dev_accuracy:.4f}), "
                   f"trained in {result.train_seconds:.0f} s; checkpoint written to {result.output}")
 
-
-if __name__ == "__main__":  # the same command, with the CLI's error handling
-    import sys
-
-    from .cli import main
-
-    sys.argv.insert(1, "finetune")
-    main()

@@ -59,7 +59,7 @@ def test_streamed_infer_writes_what_the_whole_file_path_computes(cli_bundle, dev
     import io
 
     from roberta_deploy.data import read_dataset, read_dataset_chunks
-    from roberta_deploy.infer import classify_and_write, classify_dataset, prediction_rows
+    from roberta_deploy.jobs.infer import classify_and_write, classify_dataset, prediction_rows
     from roberta_deploy.runtime.engine import THROUGHPUT, Engine
 
     with Engine.load(cli_bundle, hint=THROUGHPUT) as engine:

@@ -13,14 +13,14 @@ from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from .atomic import OutputFolder
-from .data import Dataset
-from .errors import UsageError
-from .data import LABEL_SEPARATOR
-from .metrics import classification_metrics, multilabel_metrics, regression_metrics
-from .runtime.engine import Engine
-from .runtime.results import Predictions
-from .tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION
+from ..atomic import OutputFolder
+from ..data import Dataset
+from ..errors import UsageError
+from ..data import LABEL_SEPARATOR
+from ..metrics import classification_metrics, multilabel_metrics, regression_metrics
+from ..runtime.engine import Engine
+from ..runtime.results import Predictions
+from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION
 
 PREDICTIONS_FILE = "predictions.jsonl"  # with --format csv: predictions.csv
 METRICS_FILE = "metrics.json"

@@ -15,11 +15,11 @@ from typing import Callable
 
 import numpy as np
 
-from .runtime.batching import plan_batches
-from .data import read_dataset
-from .errors import UsageError
-from .machine import this_cpu
-from .manifest import library_versions
+from ..runtime.batching import plan_batches
+from ..data import read_dataset
+from ..errors import UsageError
+from ..machine import this_cpu
+from ..manifest import library_versions
 
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 PROGRESS_INTERVAL_SECONDS = 0.1
@@ -110,7 +110,7 @@ def check_options(options: PerfOptions) -> None:
 def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float], None] | None = None) -> dict:
     """Measure one bundle. on_progress(phase, elapsed seconds, planned seconds) is called from this
     thread about every 0.1 s during "warm-up" and "timing" (planned is 0 when only --iterations bound it)."""
-    from .runtime.engine import Engine
+    from ..runtime.engine import Engine
 
     check_options(options)
     started = time.perf_counter()
@@ -186,7 +186,7 @@ def measure_shapes(bundle: Path, shapes: list[tuple[int, int]], *, seconds: floa
                    on_shape: Callable[[int, int], None] | None = None) -> list[dict]:
     """Throughput and latency at each (batch, seq) of random full-length ids, on one loaded engine:
     the sweep behind report.html's throughput per batch size and per sequence length."""
-    from .runtime.engine import Engine
+    from ..runtime.engine import Engine
 
     engine = Engine.load(bundle, hint=hint)
     contexts = [engine.create_context() for _ in range(engine.settings.contexts)]

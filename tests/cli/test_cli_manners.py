@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 import roberta_deploy
 from roberta_deploy import errors
-from roberta_deploy.cli import app, reports_errors
+from roberta_deploy.cli import app
+from roberta_deploy.cli.exits import reports_errors
 
 runner = CliRunner()
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 TIMEOUT = 300
 
 

@@ -1,27 +1,18 @@
-"""`roberta-deploy serve` and `roberta-deploy loadtest`: the command-line faces of roberta_deploy.serve and
-roberta_deploy.loadtest. cli.py registers both; only these functions print."""
+"""Serve's and Ray's flags, each group defined once and given to every command that takes it (`serve`,
+`deploy`) through `with_flags`, with the checks that turn them into ServeOptions and RayOptions."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional, Sequence
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .data import TEXT_PAIR_COLUMN_CANDIDATES, read_dataset
-from .errors import UsageError
-from .serve.options import API_KEY_ENV, BatchingOptions, Limits, ServeOptions, api_key_from, parse_bundle_specs
+from ..errors import UsageError
+from ..serve.options import API_KEY_ENV, BatchingOptions, Limits, ServeOptions, api_key_from, parse_bundle_specs
 
-console = Console()
-LOADTEST_PAIR_HELP = ("Column holding the second text of a sentence pair, sent as each protocol sends pairs "
-                      "(default: the pair columns " + ", ".join(f"{first}/{second}" for first, second in
-                                                              TEXT_PAIR_COLUMN_CANDIDATES) + " when present).")
-status_console = Console(stderr=True)
 _DEFAULT_LIMITS = Limits()
 
 
@@ -158,7 +149,7 @@ class RayFlags:
             if given:
                 raise UsageError(f"{given[0]} only applies to serving on Ray", f"add --ray, or leave {given[0]} off")
             return None
-        from .serve.ray_deployment import RayOptions, import_ray, parse_autoscale
+        from ..serve.ray_deployment import RayOptions, import_ray, parse_autoscale
 
         flags = self.values
         if flags["replicas"] is not None and flags["autoscale"] is not None:
@@ -180,105 +171,3 @@ class RayFlags:
 
 # Give a command Ray's flags; it receives them as `ray_flags: RayFlags`.
 with_ray_flags = with_flags(RAY_FLAGS, "ray_flags", RayFlags)
-
-
-def require_serve_extra() -> None:
-    try:
-        import prometheus_client  # noqa: F401
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as error:
-        raise UsageError(f"serving needs {error.name}, which is not installed",
-                         "pip install 'roberta-deploy[serve]'") from None
-
-
-def event_printer() -> Callable[[str], None]:
-    started = time.perf_counter()
-    return lambda message: status_console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}",
-                                                highlight=False, soft_wrap=True)
-
-
-@with_ray_flags
-@with_serve_flags
-def serve_command(
-    bundle: Annotated[list[str], typer.Option(help="Bundle folder to serve, or NAME=PATH; repeat to serve several "
-                                                   "models from one process, each with its own batcher. The first "
-                                                   "answers /predict and /.")],
-    serve_flags: ServeFlags,
-    ray_flags: RayFlags,
-) -> None:
-    """Serve bundles over HTTP: text-embeddings-inference's /predict, Hugging Face's text classification at /,
-    the Open Inference Protocol (v2) and Prometheus /metrics, with dynamic batching; with --ray, as Ray Serve
-    replicas across a cluster."""
-    require_serve_extra()
-    options = serve_flags.options(bundle)
-    ray_options = ray_flags.options(options)
-    if ray_options is None:
-        from .serve.server import serve
-
-        serve(options, on_event=event_printer())
-        return
-    from .serve.ray_deployment import serve_until_stopped
-
-    serve_until_stopped(options, ray_options, on_event=event_printer())
-
-
-def loadtest_command(
-    url: Annotated[str, typer.Argument(help="Server to load, e.g. http://127.0.0.1:8080.")],
-    data: Annotated[Path, typer.Option(help="Texts to send (TSV/CSV/JSONL, as infer reads them), cycled.")],
-    concurrency: Annotated[str, typer.Option(help="Closed loop: comma-separated numbers of clients, each sending "
-                                                  "its next request when the last is answered. '' for none.")]
-        = "1,8,32,64",
-    request_rate: Annotated[Optional[str], typer.Option(help="Open loop: comma-separated request rates (per "
-                                                             "second) sent on schedule whatever the server's "
-                                                             "speed, as perf_analyzer --request-rate-range.")]
-        = None,
-    duration: Annotated[float, typer.Option(help="Timed seconds per level.")] = 10.0,
-    warmup: Annotated[float, typer.Option(help="Seconds per level sent before timing starts.")] = 1.0,
-    texts_per_request: Annotated[int, typer.Option(help="Texts in each request.")] = 1,
-    protocol: Annotated[str, typer.Option(help="predict (text-embeddings-inference), hf (POST /) or v2 (Open "
-                                               "Inference Protocol).")] = "predict",
-    model: Annotated[Optional[str], typer.Option(help="v2 model name (default: the server's first).")] = None,
-    api_key: Annotated[Optional[str], typer.Option(help=f"Bearer key (default: ${API_KEY_ENV}).")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Folder for loadtest.json, loadtest.md and loadtest.png.")]
-        = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-    text_column: Annotated[Optional[str], typer.Option(help="Column holding the text.")] = None,
-    text_pair_column: Annotated[Optional[str], typer.Option(help=LOADTEST_PAIR_HELP)] = None,
-) -> None:
-    """Measure a running server: throughput, p50/p90/p99 latency and errors per load level."""
-    from .cli import parse_int_list
-    from .loadtest import LoadtestOptions, describe_level, run_loadtest, write_report
-
-    rates = ()
-    if request_rate:
-        try:
-            rates = tuple(float(part) for part in request_rate.split(",") if part.strip())
-        except ValueError:
-            raise UsageError(f"--request-rate {request_rate!r} is not a comma-separated list of numbers",
-                             "pass e.g. --request-rate 10,50") from None
-    options = LoadtestOptions(
-        url=url, texts=tuple(read_dataset(data, text_column=text_column, text_pair_column=text_pair_column,
-                                          ignore_labels=True).inputs),
-        concurrency=parse_int_list(concurrency, "--concurrency") if concurrency.strip() else (),
-        request_rates=rates, duration=duration, warmup=warmup, texts_per_request=texts_per_request,
-        protocol=protocol, model=model, api_key=api_key_from(api_key))
-    if output is not None and output.exists() and any(output.iterdir()) and not overwrite:
-        raise UsageError(f"{output} already exists and is not empty", "pass --overwrite or another --output")
-    table = Table(title=f"loadtest {url} ({protocol}, {texts_per_request} text(s)/request, {duration:g} s per level)")
-    for column in ("load", "requests/s", "texts/s", "p50 ms", "p90 ms", "p99 ms", "answered", "errors"):
-        table.add_column(column, justify="right")
-
-    def on_level(result) -> None:
-        latency = result.latency_ms
-        status_console.print(f"{describe_level(result)}: {result.requests_per_second:.1f} requests/s, "
-                             f"p99 {latency.get('p99', float('nan')):.1f} ms, {result.errors} errors", highlight=False)
-        table.add_row(describe_level(result), f"{result.requests_per_second:.1f}", f"{result.texts_per_second:.1f}",
-                      *(f"{latency[name]:.1f}" if latency else "-" for name in ("p50", "p90", "p99")),
-                      str(result.requests), str(result.errors))
-
-    results = run_loadtest(options, on_level=on_level)
-    console.print(table)
-    if output is not None:
-        write_report(results, options, output, overwrite=overwrite)
-        console.print(f"wrote {output}")

@@ -17,13 +17,13 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
-from .backends import DEFAULT_BACKEND
-from .defaults import DEFAULT_MAX_SEQ_LENGTH
-from .errors import InputDataError, UsageError
-from .manifest import KIND_BUNDLE, KIND_EXPORT, MANIFEST_FILE
-from .runtime.engine import LATENCY, Engine
-from .runtime.tokenization import text_input_from_dict
-from .tasks import NONE, SIGMOID, SOFTMAX, apply_function
+from ..backends import DEFAULT_BACKEND
+from ..defaults import DEFAULT_MAX_SEQ_LENGTH
+from ..errors import InputDataError, UsageError
+from ..manifest import KIND_BUNDLE, KIND_EXPORT, MANIFEST_FILE
+from ..runtime.engine import LATENCY, Engine
+from ..runtime.tokenization import text_input_from_dict
+from ..tasks import NONE, SIGMOID, SOFTMAX, apply_function
 
 FUNCTIONS = (SOFTMAX, SIGMOID, NONE)
 EXPORT_SUBDIR = "export"
@@ -100,8 +100,8 @@ def _artifact_kind(source: Path) -> str | None:
 
 def _build_bundle(model: str, kind: str | None, root: Path, *, backend: str, precision: str, device: str,
                   max_seq_length: int, calibration_data, on_step) -> Path:
-    from .build.bundle import BuildOptions, build_engine  # build code only when something must be built
-    from .build.export import ExportOptions, export_model
+    from ..build.bundle import BuildOptions, build_engine  # build code only when something must be built
+    from ..build.export import ExportOptions, export_model
 
     export_dir = Path(model)
     if kind != KIND_EXPORT:

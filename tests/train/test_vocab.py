@@ -19,7 +19,7 @@ from roberta_deploy.train.vocab import (
     write_vocab,
 )
 
-SAMPLES = Path(__file__).resolve().parents[1] / "roberta_deploy" / "demo" / "samples.tsv"
+SAMPLES = Path(__file__).resolve().parents[2] / "roberta_deploy" / "demo" / "samples.tsv"
 
 
 @pytest.fixture(scope="module")

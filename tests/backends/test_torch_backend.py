@@ -160,7 +160,7 @@ def test_loading_a_torch_bundle_prints_nothing(bundle_factory, capfd):
 
 
 def test_perf_reports_the_device(bundle_factory):
-    from roberta_deploy.perf import PerfOptions, run_benchmark
+    from roberta_deploy.jobs.perf import PerfOptions, run_benchmark
 
     report = run_benchmark(PerfOptions(bundle=bundle_factory("torch", "fp32"), duration=0.2, warmup=0.0,
                                        batch_size=2, seq_len=16))
@@ -282,7 +282,7 @@ def test_a_replayed_graph_gives_what_the_eager_model_gives(cuda_bundle, dev_text
 
 @needs_cuda
 def test_perf_reports_the_gpu(cuda_bundle):
-    from roberta_deploy.perf import PerfOptions, run_benchmark
+    from roberta_deploy.jobs.perf import PerfOptions, run_benchmark
 
     report = run_benchmark(PerfOptions(bundle=cuda_bundle("fp16"), duration=0.5, warmup=0.2, batch_size=8))
     assert report["device"]["name"] and report["device"]["memory_bytes"] > 0
