@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from .. import flags
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR
-from .app import app
-from .common import BACKEND_HELP, DEVICE_HELP, PRECISION_HELP, TEXT_PAIR_HELP, parse_int_list
+from .app import BATCHING, INPUT, LIMITS, MODEL, OUTPUT, command, examples
+from .common import BACKEND_HELP, DEVICE_HELP, PRECISION_HELP, TEXT_PAIR_HELP, parse_int_list, stdin_for
 from .console import console, step_printer
 from .exits import reports_errors
 from .tables import describe_shapes
 
 
-@app.command()
+@command(epilog=examples(
+    "roberta-deploy export --model roberta_deploy/demo/model --output export",
+    "roberta-deploy export --model hfl/chinese-roberta-wwm-ext --max-seq-length 256 --output export   # needs network"))
 @reports_errors
+@stdin_for("check_data")
 def export(
-    model: str = typer.Option(str(DEMO_MODEL_DIR), help="Checkpoint folder or Hugging Face hub id (needs network)."),
-    output: Path = typer.Option(..., help="Folder to write model.onnx, the tokenizer and manifest.json to."),
-    max_seq_length: int = typer.Option(DEFAULT_MAX_SEQ_LENGTH, help="Longest input in tokens; longer texts are truncated."),
-    opset: int = typer.Option(17, help="ONNX opset; 17 exports LayerNorm as one op that every engine fuses."),
-    check_data: Optional[Path] = typer.Option(None, help="Texts for the PyTorch/ONNX parity check (default: bundled samples)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    model: Annotated[str, typer.Option(help="Checkpoint folder or Hugging Face hub id (needs network).",
+                                       rich_help_panel=MODEL)] = str(DEMO_MODEL_DIR),
+    output: Annotated[Path, typer.Option(help="Folder to write model.onnx, the tokenizer and manifest.json to.",
+                                         rich_help_panel=OUTPUT)] = ...,
+    max_seq_length: Annotated[int, typer.Option(help="Longest input in tokens; longer texts are truncated.",
+                                                rich_help_panel=MODEL), flags.COUNT] = DEFAULT_MAX_SEQ_LENGTH,
+    opset: Annotated[int, typer.Option(help="ONNX opset; 17 exports LayerNorm as one op that every engine fuses.",
+                                       rich_help_panel=MODEL), flags.COUNT] = 17,
+    check_data: Annotated[Optional[Path], typer.Option(help="Texts for the PyTorch/ONNX parity check (default: "
+                                                            "bundled samples); - reads stdin.",
+                                                       rich_help_panel=INPUT)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.", rich_help_panel=OUTPUT)] = False,
 ) -> None:
     """Export a Hugging Face sequence classifier to ONNX and check it against PyTorch."""
     from ..build.export import ExportOptions, export_model
@@ -37,39 +47,67 @@ def export(
                   f"to {output}; ONNX vs PyTorch max |diff| {check['max_abs_logit_diff']:.2e} on {check['texts']} texts")
 
 
-@app.command()
+@command(epilog=examples(
+    "roberta-deploy build --export export --output bundle --backend openvino --precision int8",
+    "roberta-deploy build --export export --output bundle --precision auto --calibration-data dev.tsv",
+    "roberta-deploy build --export export --output bundle --static-shape --batch-size 8 --seq-buckets 32,64",
+    "roberta-deploy build --export export --output bundle --backend torch --device cuda --precision fp16"))
 @reports_errors
+@stdin_for("calibration_data")
 def build(
-    export: Path = typer.Option(..., "--export", help="Export folder written by `roberta-deploy export`."),
-    output: Path = typer.Option(..., help="Bundle folder to write."),
-    backend: str = typer.Option(DEFAULT_BACKEND, help=BACKEND_HELP),
-    precision: str = typer.Option("fp32", help=PRECISION_HELP + " `auto` picks the fastest within --accuracy-budget."),
-    device: str = typer.Option("cpu", help=DEVICE_HELP + " The bundle is verified there and runs there by default."),
-    dynamic_shape: bool = typer.Option(True, "--dynamic-shape/--static-shape",
-                                       help="Dynamic: any batch/sequence in the ranges (needed for length bucketing). "
-                                            "Static: fixed shapes compiled once; inputs are padded up to them."),
-    batch_size: int = typer.Option(32, help="Static batch; for dynamic shapes the default --max-batch is max(this, 64)."),
-    max_seq_length: Optional[int] = typer.Option(None, help="Longest sequence (default: the export's)."),
-    min_batch: Optional[int] = typer.Option(None, help="Dynamic only: smallest batch accepted."),
-    max_batch: Optional[int] = typer.Option(None, help="Dynamic only: largest batch accepted; bounds memory."),
-    min_seq: Optional[int] = typer.Option(None, help="Dynamic only: shortest sequence accepted."),
-    max_seq: Optional[int] = typer.Option(None, help="Dynamic only: longest sequence accepted."),
-    seq_buckets: Optional[str] = typer.Option(None, help="Static only: sequence lengths to compile (default: a quarter, a half "
-                                                         "and all of --max-seq-length), so short texts are not padded "
-                                                         "to the maximum. Pass just --max-seq-length for one shape."),
-    calibration_data: Optional[Path] = typer.Option(None, help="Real labelled or unlabelled texts (TSV/CSV/JSONL) for int8 "
-                                                               "calibration and held-back checks (default: bundled samples)."),
-    text_pair_column: Optional[str] = typer.Option(None, help=TEXT_PAIR_HELP + " In --calibration-data."),
-    calibration_samples: int = typer.Option(128, help="Texts used to calibrate int8; more is slower to build, rarely more accurate past ~300."),
-    verification_samples: int = typer.Option(64, help="Held-back texts compared against fp32 after the build."),
-    accuracy_budget: float = typer.Option(0.5, help="With --precision auto: accuracy points below fp32 allowed on --calibration-data labels."),
-    allow_tolerance_failure: bool = typer.Option(False, help="Keep a bundle that drifts past its precision's tolerance (recorded as failed)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
+    export: Annotated[Path, typer.Option("--export", help="Export folder written by `roberta-deploy export`.",
+                                         rich_help_panel=MODEL)],
+    output: Annotated[Path, typer.Option(help="Bundle folder to write.", rich_help_panel=OUTPUT)],
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP, rich_help_panel=MODEL)] = DEFAULT_BACKEND,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP + " `auto` picks the fastest within "
+                                                                 "--accuracy-budget.",
+                                           rich_help_panel=MODEL)] = "fp32",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP + " The bundle is verified there and runs there by "
+                                                           "default.", rich_help_panel=MODEL)] = "cpu",
+    dynamic_shape: Annotated[bool, typer.Option("--dynamic-shape/--static-shape",
+                                                help="Dynamic: any batch/sequence in the ranges (needed for length "
+                                                     "bucketing). Static: fixed shapes compiled once; inputs are "
+                                                     "padded up to them.", rich_help_panel=BATCHING)] = True,
+    batch_size: Annotated[int, typer.Option(help="Static batch; for dynamic shapes the default --max-batch is "
+                                                 "max(this, 64).", rich_help_panel=BATCHING), flags.COUNT] = 32,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="Longest sequence (default: the export's).",
+                                                          rich_help_panel=LIMITS), flags.COUNT] = None,
+    min_batch: Annotated[Optional[int], typer.Option(help="Dynamic only: smallest batch accepted.",
+                                                     rich_help_panel=LIMITS), flags.COUNT] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help="Dynamic only: largest batch accepted; bounds memory.",
+                                                     rich_help_panel=LIMITS), flags.COUNT] = None,
+    min_seq: Annotated[Optional[int], typer.Option(help="Dynamic only: shortest sequence accepted.",
+                                                   rich_help_panel=LIMITS), flags.COUNT] = None,
+    max_seq: Annotated[Optional[int], typer.Option(help="Dynamic only: longest sequence accepted.",
+                                                   rich_help_panel=LIMITS), flags.COUNT] = None,
+    seq_buckets: Annotated[Optional[str], typer.Option(help="Static only: sequence lengths to compile (default: a "
+                                                            "quarter, a half and all of --max-seq-length), so short "
+                                                            "texts are not padded to the maximum. Pass just "
+                                                            "--max-seq-length for one shape.",
+                                                       rich_help_panel=LIMITS)] = None,
+    calibration_data: Annotated[Optional[Path], typer.Option(help="Real labelled or unlabelled texts (TSV/CSV/JSONL) "
+                                                                  "for int8 calibration and held-back checks "
+                                                                  "(default: bundled samples); - reads stdin.",
+                                                             rich_help_panel=INPUT)] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option(help=TEXT_PAIR_HELP + " In --calibration-data.",
+                                                            rich_help_panel=INPUT)] = None,
+    calibration_samples: Annotated[int, typer.Option(help="Texts used to calibrate int8; more is slower to build, "
+                                                          "rarely more accurate past ~300.",
+                                                     rich_help_panel=INPUT), flags.COUNT] = 128,
+    verification_samples: Annotated[int, typer.Option(help="Held-back texts compared against fp32 after the build.",
+                                                      rich_help_panel=INPUT), flags.COUNT] = 64,
+    accuracy_budget: Annotated[float, typer.Option(help="With --precision auto: accuracy points below fp32 allowed "
+                                                        "on --calibration-data labels.",
+                                                   rich_help_panel=MODEL), flags.NON_NEGATIVE] = 0.5,
+    allow_tolerance_failure: Annotated[bool, typer.Option(help="Keep a bundle that drifts past its precision's "
+                                                               "tolerance (recorded as failed).",
+                                                          rich_help_panel=OUTPUT)] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle folder.", rich_help_panel=OUTPUT)] = False,
 ) -> None:
     """Build an engine bundle for one backend and precision, verified against the fp32 reference."""
     from ..build.bundle import BuildOptions, build_engine
-    from ..precision import AUTO, canonical_precision
-
+    from ..precision import AUTO, canonical_precision  # numpy
+    from ..tasks import agreement_text
     options = BuildOptions(
         export_dir=export, output=output, backend=backend, precision=precision, device=device,
         dynamic_shape=dynamic_shape,
@@ -93,8 +131,6 @@ def build(
             measured = (f"accuracy {candidate['accuracy']:.4f} ({candidate['points_vs_fp32']:+.2f} points vs fp32), "
                         f"{candidate['texts_per_second']:.0f} texts/s " if "accuracy" in candidate else "")
             console.print(f"  {candidate['precision']}: {measured}-> {candidate['verdict']}")
-    from ..tasks import agreement_text
-
     console.print(f"built {manifest['backend']} {manifest['precision']} bundle at {output} "
                   f"({describe_shapes(manifest)}); vs fp32: max |diff| {check['max_abs_logit_diff']:.3g} "
                   f"(tolerance {check['tolerance']:.3g}), {agreement_text(check)} "
@@ -102,15 +138,15 @@ def build(
 
 
 
-@app.command()
+@command(epilog=examples("roberta-deploy inspect bundle", "roberta-deploy inspect export --json"))
 @reports_errors
 def inspect(
-    bundle: Path = typer.Argument(..., help="Bundle or export folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+    bundle: Annotated[Path, typer.Argument(help="Bundle or export folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest as JSON.",
+                                          rich_help_panel=OUTPUT)] = False,
 ) -> None:
     """Show what a bundle (or export) holds, where it came from and the checks it passed."""
-    from ..manifest import KIND_BUNDLE, KIND_EXPORT, MANIFEST_FILE, read_manifest
-
+    from ..manifest import KIND_BUNDLE, KIND_EXPORT, MANIFEST_FILE, read_manifest  # numpy, through precision
     kind = KIND_EXPORT
     try:
         kind = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8")).get("kind", KIND_BUNDLE)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..atomic import atomic_write_json
 from ..data import read_dataset_chunks
@@ -17,7 +18,9 @@ STDIO = Path("-")  # `--data -` reads stdin; `--json -` and `--output -` write s
 
 BACKEND_HELP = ("Engine to build for: openvino (fastest on Intel CPUs, bf16/int8), onnxruntime (portable) or "
                 "torch (PyTorch; the only one for --device cuda).")
-DEVICE_HELP = "cpu, cuda or cuda:N (cuda needs --backend torch and an NVIDIA GPU)."
+DEVICE_HELP = "cpu, cuda or cuda:N (cuda needs --backend torch and an NVIDIA GPU)."  # commands that build
+RUN_DEVICE_HELP = ("cpu, cuda or cuda:N (cuda runs bundles built with `build --backend torch` on an NVIDIA GPU). "
+                   "Default: the device the bundle was built for.")  # commands that load a bundle
 TEXT_PAIR_HELP = ("Column holding the second text of a sentence pair (default: the pair columns text_a/text_b, "
                   "sentence1/sentence2, premise/hypothesis or query/passage when present).")
 PRECISION_HELP = ("fp32, fp16, bf16 or int8 (aliases force_float32, force_float16, qint8_mixed_float16). "
@@ -74,6 +77,43 @@ def stdin_as_file(data_format: Optional[str]):
             first_line = handle.read(1 << 16).lstrip()[:4096].split(b"\n", 1)[0]
         yield path, data_format or ("jsonl" if first_line.startswith(b"{") else
                                     "tsv" if b"\t" in first_line or b"," not in first_line else "csv")
+
+
+@contextlib.contextmanager
+def data_path(path: Optional[Path], data_format: Optional[str] = None):
+    """A data file to read by path: `-` is stdin, copied into a private temporary file named with its format
+    (from `data_format`, else guessed from the first line) for the block's duration; input errors about that
+    copy name <stdin>. Anything else is yielded as it is."""
+    if path != STDIO:
+        yield path
+        return
+    with stdin_as_file(data_format) as (copy, guessed):
+        named = copy.with_name(f"stdin.{guessed}")
+        copy.rename(named)
+        with errors_naming_stdin(named):
+            yield named
+
+
+def stdin_for(*parameters: str) -> Callable[[Callable], Callable]:
+    """A command decorator: each of `parameters` (data file options) given as `-` reaches the command as a
+    temporary copy of stdin (data_path), removed when the command returns. At most one of them may be `-`."""
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            dashed = [name for name in parameters if kwargs.get(name) == STDIO]
+            if len(dashed) > 1:
+                flags = " and ".join("--" + name.replace("_", "-") for name in dashed)
+                raise UsageError(f"{flags} cannot both read stdin", "pass a file to all but one of them")
+            if not dashed:
+                return command(*args, **kwargs)
+            with data_path(STDIO) as copy:
+                kwargs[dashed[0]] = copy
+                return command(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 @contextlib.contextmanager

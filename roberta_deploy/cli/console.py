@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 from rich.console import Console
+from rich.progress import Progress, ProgressColumn, TextColumn
 from rich.text import Text
 
 # Off a terminal, tables take their natural width instead of squeezing figures into 80 columns, and lines
@@ -44,3 +45,10 @@ def step_printer(prefix: str = "") -> Callable[[str], None]:
     started = time.perf_counter()
     return lambda message: status_console.print(
         Text.assemble((f"{time.perf_counter() - started:6.1f}s", "dim"), f" {prefix}{message}"))
+
+
+def progress_bar(*columns: ProgressColumn, console: Console | None = None, transient: bool = True) -> Progress:
+    """A progress display whose first column is the task's description, shown as it is (never read as markup:
+    rich's "[progress.description]" style tag would otherwise print literally on our markup-free consoles)."""
+    return Progress(TextColumn("{task.description}", markup=False), *columns, console=console or status_console,
+                    transient=transient)

@@ -3,68 +3,66 @@ Only this module's functions print."""
 
 from __future__ import annotations
 
-import json
-import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from .serve import event_printer, require_serve_extra
-from .serving_flags import RayFlags, ServeFlags, with_ray_flags, with_serve_flags
+from .. import flags
 from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
 from ..errors import UsageError
-from ..serve.options import API_KEY_ENV
-from .app import app
+from .app import BATCHING, INPUT, MODEL, OUTPUT, command, examples
+from .common import stdin_for
 from .console import console, step_printer
 from .exits import reports_errors
-
-# What the server answers, printed once it is ready (docs/serving.md has the full table).
-ROUTES = (("POST /predict", "text-embeddings-inference: every label with its score"),
-          ("POST /", "Hugging Face text classification (InferenceClient)"),
-          ("POST /v2/models/{name}/infer", "Open Inference Protocol (tritonclient)"),
-          ("GET  /info, /health, /v2/health/ready", "the model; readiness"),
-          ("GET  /metrics", "Prometheus"))
+from .serve import endpoint_printer, event_printer, require_serve_extra
+from .serving_flags import RayFlags, ServeFlags, with_ray_flags, with_serve_flags
 
 
-@app.command("deploy")
+@command("deploy", epilog=examples(
+    "roberta-deploy deploy --model roberta_deploy/demo/model --data roberta_deploy/demo/samples.tsv --output /tmp/x",
+    "roberta-deploy deploy --model ckpt --data dev.tsv --backend openvino --no-serve",
+    "roberta-deploy deploy --model ckpt --data dev.tsv --ray --replicas 2 --port 8000   "
+    "# pip install 'roberta-deploy[ray]'"))
 @reports_errors
+@stdin_for("data")
 @with_ray_flags
 @with_serve_flags
 def deploy_command(
     model: Annotated[str, typer.Option(help="Checkpoint folder or hub id (a hub id needs the network or the local "
-                                            "Hugging Face cache).")],
+                                            "Hugging Face cache).", rich_help_panel=MODEL)],
     data: Annotated[Optional[Path], typer.Option(
         help="Labelled texts (TSV/CSV/JSONL): int8 calibration, and accuracy on the texts held back from it. "
-             "Without it accuracy is not checked and fp32 is kept (unless --precision says otherwise).")] = None,
+             "Without it accuracy is not checked and fp32 is kept (unless --precision says otherwise); - reads stdin.",
+        rich_help_panel=INPUT)] = None,
     accuracy_budget: Annotated[float, typer.Option(
-        help="Accuracy points below fp32 that a faster candidate may lose on the held-back texts of --data.")] = 0.5,
+        help="Accuracy points below fp32 that a faster candidate may lose on the held-back texts of --data.", rich_help_panel=MODEL), flags.NON_NEGATIVE] = 0.5,
     backend: Annotated[str, typer.Option(
         help=f"{AUTO_BACKEND}: every CPU engine installed ({', '.join(AUTO_BACKENDS)}), each at every precision "
-             "it offers on this CPU; or one backend.")] = AUTO_BACKEND,
+             "it offers on this CPU; or one backend.", rich_help_panel=MODEL)] = AUTO_BACKEND,
     precision: Annotated[Optional[str], typer.Option(
         help="auto (the default with --data): the fastest within --accuracy-budget; or one precision to deploy "
-             "(still checked against the budget when --data is given). Default without --data: fp32.")] = None,
+             "(still checked against the budget when --data is given). Default without --data: fp32.", rich_help_panel=MODEL)] = None,
     output: Annotated[Optional[Path], typer.Option(
         help="Folder for the export, every candidate's bundle and the reports (default: deployments/<model "
-             "name>). A second deploy into it reuses what was made with the same model and settings.")] = None,
-    max_seq_length: Annotated[int, typer.Option(help="Longest input in tokens; longer texts are truncated.")]
+             "name>). A second deploy into it reuses what was made with the same model and settings.", rich_help_panel=OUTPUT)] = None,
+    max_seq_length: Annotated[int, typer.Option(help="Longest input in tokens; longer texts are truncated.", rich_help_panel=MODEL), flags.COUNT]
         = DEFAULT_MAX_SEQ_LENGTH,
     calibration_samples: Annotated[int, typer.Option(
-        help="Texts of --data that calibrate int8; the rest score every candidate.")] = 128,
+        help="Texts of --data that calibrate int8; the rest score every candidate.", rich_help_panel=INPUT), flags.COUNT] = 128,
     timing_passes: Annotated[int, typer.Option(
         help="At least this many timed passes over the scored texts per candidate; the fastest counts (least "
-             "disturbed).")] = 3,
+             "disturbed).", rich_help_panel=BATCHING), flags.COUNT] = 3,
     perf_seconds: Annotated[float, typer.Option(
         help="Timed seconds per candidate for its passes over the scored texts, and again for batch-1 latency. "
-             "Short is quick but noisy on a busy machine.")] = 2.0,
+             "Short is quick but noisy on a busy machine.", rich_help_panel=BATCHING), flags.SECONDS] = 2.0,
     serve: Annotated[bool, typer.Option("--serve/--no-serve",
                                         help="Serve the chosen bundle when it is ready (--no-serve: stop after "
-                                             "the reports).")] = True,
+                                             "the reports).", rich_help_panel=OUTPUT)] = True,
     overwrite: Annotated[bool, typer.Option(
         help="Replace a deployment of another model in --output (a deployment of this model is reused or "
-             "updated without it).")] = False,
+             "updated without it).", rich_help_panel=OUTPUT)] = False,
     serve_flags: ServeFlags = None,
     ray_flags: RayFlags = None,
 ) -> None:
@@ -103,17 +101,7 @@ def serve_chosen(bundle: Path, serve_flags: ServeFlags, ray_flags: RayFlags, exa
     Either returns once SIGTERM or SIGINT stopped it and every accepted request was answered."""
     options = serve_flags.options([str(bundle)])
     ray_options = ray_flags.options(options)
-    name = options.bundles[0].name
-
-    def print_endpoint(url: str) -> None:
-        console.print(f"serving {name} at {url} (Ctrl-C or SIGTERM stops it; accepted requests are answered first)")
-        routes = [(route.replace("{name}", name), what) for route, what in ROUTES]
-        width = max(len(route) for route, _ in routes)
-        for route, what in routes:
-            console.print(f"  {route:{width}}  {what}")
-        key = f" -H \"Authorization: Bearer ${API_KEY_ENV}\"" if options.api_key else ""
-        body = shlex.quote(json.dumps({"inputs": example_text}, ensure_ascii=False))
-        console.print(f"try: curl -s {url}/predict -H 'Content-Type: application/json'{key} -d {body}")
+    print_endpoint = endpoint_printer(options, example_text)
 
     if ray_options is None:
         from ..serve.server import serve

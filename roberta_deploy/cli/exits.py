@@ -4,6 +4,7 @@ every exit bounded in time."""
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import signal
 import threading
@@ -13,7 +14,7 @@ import typer
 from rich.text import Text
 
 from ..errors import RobertaDeployError
-from ..flags import check_flags
+from ..flags import check_flags, checks_of
 from .console import error_console
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -35,14 +36,18 @@ def install_sigterm_handler() -> None:
 
 
 def reports_errors(command: Callable) -> Callable:
-    """Check every count and duration flag (flags.check_flags), then run the command; turn library
-    errors into `error: ... (fix: ...)` on stderr and the error's exit code, Ctrl-C into 130 and
-    SIGTERM into 143, after the command's outputs and workers were cleaned up."""
+    """Check the counts and durations the command declares beside its options (`flags.COUNT` and the like in
+    each option's Annotated metadata), then run the command; turn library errors into `error: ... (fix: ...)`
+    on stderr and the error's exit code, Ctrl-C into 130 and SIGTERM into 143, after the command's outputs and
+    workers were cleaned up."""
+    parameters = inspect.signature(command, eval_str=True).parameters
+    checks = checks_of({name: parameter.annotation for name, parameter in parameters.items()})
+    flag_names = {name: option_flag(parameters[name].annotation) for name in checks}
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            check_flags(kwargs)
+            check_flags(kwargs, checks, flag_names)
             return command(*args, **kwargs)
         except RobertaDeployError as error:
             error_console.print(Text.assemble(("error:", "red"), " ", error.one_line()))
@@ -57,6 +62,19 @@ def reports_errors(command: Callable) -> Callable:
             raise typer.Exit(EXIT_TERMINATED) from None
 
     return wrapper
+
+
+def option_flag(annotation) -> str | None:
+    """The first long flag a typer.Option in `annotation`'s metadata declares (None: --parameter-name)."""
+    for item in getattr(annotation, "__metadata__", ()):
+        if not hasattr(item, "param_decls"):
+            continue
+        # In Annotated form Typer reads a first positional "--flag" (stored as the default) as a declaration.
+        first = [item.default] if isinstance(getattr(item, "default", None), str) else []
+        for declaration in [*first, *(item.param_decls or ())]:
+            if declaration.startswith("--"):
+                return declaration.split("/")[0]
+    return None
 
 
 def end_within(seconds: float, code: int) -> None:

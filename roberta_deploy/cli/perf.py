@@ -3,46 +3,67 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
+from .. import flags
 from ..errors import UsageError
-from .app import app
-from .common import DEVICE_HELP, STDIO, write_json_output
+from .app import BATCHING, INPUT, LIMITS, MODEL, OUTPUT, command, examples
+from .common import RUN_DEVICE_HELP, STDIO, stdin_for, write_json_output
 from .console import console, error_console, print_warnings, status_console
 from .exits import reports_errors
 from .tables import compare_table, perf_table
 
 
-@app.command()
+@command(epilog=examples(
+    "roberta-deploy perf bundle",
+    "roberta-deploy perf bundle --hint throughput --batch-size 32 --data dev.tsv --duration 5 --json perf.json",
+    "roberta-deploy perf --compare bundles/openvino-fp32 bundles/openvino-int8 --duration 5",
+    "roberta-deploy -q perf bundle --json - | jq .throughput"))
 @reports_errors
+@stdin_for("data")
 def perf(
-    bundles: Optional[list[Path]] = typer.Argument(None, help="Bundle folder(s); several (or --compare) measure each "
-                                                              "under the same settings into one table."),
-    bundle: Optional[Path] = typer.Option(None, help="Bundle folder (the same as giving it as an argument)."),
-    compare: bool = typer.Option(False, "--compare", help="Run every bundle given under the same settings, one after "
-                                                          "the other, and print one table: --compare B1 B2 ..."),
-    hint: str = typer.Option("latency", help="latency: one context on every core; throughput: one 1-thread context per core "
-                                             "below 8 cores (like benchmark_app -hint)."),
-    threads: Optional[int] = typer.Option(None, help="Concurrent contexts, each on its own thread (like trtexec --threads / "
-                                                     "benchmark_app -nstreams; default: from --hint)."),
-    cpu_threads: Optional[int] = typer.Option(None, help="Total compute threads, split between contexts (default: all cores)."),
-    iterations: int = typer.Option(0, help="Minimum timed calls (0: time by --duration only)."),
-    duration: float = typer.Option(10.0, help="Minimum timed seconds."),
-    warmup: float = typer.Option(2.0, help="Seconds run before timing (caches, kernel selection)."),
-    batch_size: int = typer.Option(1, help="Texts per call."),
-    seq_len: Optional[int] = typer.Option(None, help="Padded length of random inputs (default: the bundle's max)."),
-    data: Optional[Path] = typer.Option(None, help="Use real texts: batches take their real, bucketed token lengths."),
-    percentiles: str = typer.Option("50,90,95,99", help="Latency percentiles to report (benchmark_app "
-                                                        "-latency_percentile), e.g. 50,90,99,99.9."),
-    export_times: Optional[Path] = typer.Option(None, "--export-times", help="Write every timed call (context, start, "
-                                                                             "latency, shape) as JSON, like trtexec "
-                                                                             "--exportTimes; - for stdout."),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP + " Default: the device the bundle was built for."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (with host, CPU, "
-                                                                  "device (a GPU's name and memory) and library "
-                                                                  "versions) as JSON; - for stdout."),
+    bundles: Annotated[Optional[list[Path]], typer.Argument(help="Bundle folder(s); several (or --compare) measure "
+                                                                 "each under the same settings into one table.")]
+        = None,
+    bundle: Annotated[Optional[Path], typer.Option(help="Bundle folder (the same as giving it as an argument).",
+                                                   rich_help_panel=MODEL)] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Run every bundle given under the same settings, one "
+                                                            "after the other, and print one table: --compare B1 B2 "
+                                                            "...", rich_help_panel=MODEL)] = False,
+    hint: Annotated[str, typer.Option(help="latency: one context on every core; throughput: one 1-thread context per "
+                                           "core below 8 cores (like benchmark_app -hint).",
+                                      rich_help_panel=BATCHING)] = "latency",
+    threads: Annotated[Optional[int], typer.Option(help="Concurrent contexts, each on its own thread (like trtexec "
+                                                        "--threads / benchmark_app -nstreams; default: from --hint).",
+                                                   rich_help_panel=BATCHING), flags.THREADS] = None,
+    cpu_threads: Annotated[Optional[int], typer.Option(help="Total compute threads, split between contexts (default: "
+                                                            "all cores).", rich_help_panel=BATCHING),
+                           flags.THREADS] = None,
+    iterations: Annotated[int, typer.Option(help="Minimum timed calls (0: time by --duration only).",
+                                            rich_help_panel=LIMITS), flags.COUNT_OR_ZERO] = 0,
+    duration: Annotated[float, typer.Option(help="Minimum timed seconds.", rich_help_panel=LIMITS),
+                        flags.SECONDS] = 10.0,
+    warmup: Annotated[float, typer.Option(help="Seconds run before timing (caches, kernel selection).",
+                                          rich_help_panel=LIMITS), flags.SECONDS] = 2.0,
+    batch_size: Annotated[int, typer.Option(help="Texts per call.", rich_help_panel=BATCHING), flags.COUNT] = 1,
+    seq_len: Annotated[Optional[int], typer.Option(help="Padded length of random inputs (default: the bundle's max).",
+                                                   rich_help_panel=INPUT), flags.COUNT] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Use real texts: batches take their real, bucketed token "
+                                                      "lengths; - reads stdin.", rich_help_panel=INPUT)] = None,
+    percentiles: Annotated[str, typer.Option(help="Latency percentiles to report (benchmark_app "
+                                                  "-latency_percentile), e.g. 50,90,99,99.9.",
+                                             rich_help_panel=OUTPUT)] = "50,90,95,99",
+    export_times: Annotated[Optional[Path], typer.Option("--export-times", help="Write every timed call (context, "
+                                                                                "start, latency, shape) as JSON, like "
+                                                                                "trtexec --exportTimes; - for stdout.",
+                                                         rich_help_panel=OUTPUT)] = None,
+    device: Annotated[Optional[str], typer.Option(help=RUN_DEVICE_HELP, rich_help_panel=MODEL)] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report (with host, CPU, "
+                                                                     "device (a GPU's name and memory) and library "
+                                                                     "versions) as JSON; - for stdout.",
+                                                      rich_help_panel=OUTPUT)] = None,
 ) -> None:
     """Benchmark a bundle: load and first-inference time, throughput, latency percentiles."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

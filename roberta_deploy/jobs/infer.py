@@ -40,9 +40,72 @@ def check_output_format(output_format: str) -> str:
 
 
 @dataclass(frozen=True)
+class SingleLabelScore:
+    """Single-label predictions against gold labels."""
+    accuracy: float
+    correct: int
+    examples: int
+    macro_f1: float
+    per_class: dict  # metrics.classification_metrics' per_class and confusion_matrix, for the tables
+
+
+@dataclass(frozen=True)
+class MultiLabelScore:
+    """Multi-label decisions (a sigmoid score at or over `threshold`) against gold label sets."""
+    micro_f1: float
+    macro_f1: float
+    exact_match: float
+    threshold: float
+    per_label: dict  # metrics.multilabel_metrics' result, for the tables
+
+
+@dataclass(frozen=True)
+class RegressionScore:
+    """Predicted values against gold values; a correlation is None when either side is constant."""
+    pearson: float | None
+    spearman: float | None
+    mse: float
+
+
+Score = SingleLabelScore | MultiLabelScore | RegressionScore
+
+
+@dataclass(frozen=True)
+class InferenceSummary:
+    """What one run over a file did: counts, speed, and the task's score when the file had gold labels."""
+    examples: int
+    truncated: int  # texts cut at max_seq_length tokens
+    max_seq_length: int
+    elapsed_seconds: float
+    texts_per_second: float | None
+    score: Score | None  # None: the file had no labels
+
+
+@dataclass(frozen=True)
 class InferenceReport:
     predictions: Predictions
-    metrics: dict
+    metrics: dict  # metrics.json, as written
+    summary: InferenceSummary
+
+
+def summary_of(metrics: dict) -> InferenceSummary:
+    """The typed view of one run's metrics (as `summarize` and `run_settings` make them)."""
+    score = None
+    if "accuracy" in metrics:
+        score = SingleLabelScore(metrics["accuracy"], metrics["correct"], metrics["examples"], metrics["macro_f1"],
+                                 metrics)
+    elif "micro_f1" in metrics:
+        score = MultiLabelScore(metrics["micro_f1"], metrics["macro_f1"], metrics["exact_match"], metrics["threshold"],
+                                metrics)
+    elif "pearson" in metrics:
+        score = RegressionScore(metrics["pearson"], metrics["spearman"], metrics["mse"])
+    return InferenceSummary(examples=metrics["examples"], truncated=metrics["truncated"],
+                            max_seq_length=metrics["max_seq_length"], elapsed_seconds=metrics["elapsed_seconds"],
+                            texts_per_second=metrics["texts_per_second"], score=score)
+
+
+def _report(predictions: Predictions, metrics: dict) -> InferenceReport:
+    return InferenceReport(predictions, metrics, summary_of(metrics))
 
 
 def check_threshold(threshold: float) -> float:
@@ -66,7 +129,7 @@ def classify_dataset(engine: Engine, dataset: Dataset, *, batch_size: int | None
     elapsed = time.perf_counter() - started
     metrics = summarize(predictions, dataset.labels, dataset.source, dataset.text_pairs is not None, elapsed)
     metrics.update(run_settings(engine, batch_size, bucketing))
-    return InferenceReport(predictions, metrics)
+    return _report(predictions, metrics)
 
 
 def classify_and_write(engine: Engine, chunks: Iterable[Dataset], handle: TextIO, output_format: str = "jsonl", *,
@@ -119,7 +182,7 @@ def classify_and_write(engine: Engine, chunks: Iterable[Dataset], handle: TextIO
                           token_lengths=np.concatenate([chunk.token_lengths for chunk in done]))
     metrics = summarize(predictions, gold, source, text_pairs, time.perf_counter() - started)
     metrics.update(run_settings(engine, batch_size, bucketing))
-    return InferenceReport(predictions, metrics)
+    return _report(predictions, metrics)
 
 
 def run_settings(engine: Engine, batch_size: int | None, bucketing: bool) -> dict:
