@@ -88,7 +88,7 @@ def test_an_export_folder_is_built_into_a_temporary_bundle_that_close_removes(ti
 @pytest.mark.parametrize("call, error, fragment", [
     (lambda p: p(TEXTS, top_k=0), UsageError, "top_k=0"),
     (lambda p: p(TEXTS, function_to_apply="relu"), UsageError, "function_to_apply='relu'"),
-    (lambda p: p([TEXTS[0], 3]), InputDataError, "input 1 is a int"),
+    (lambda p: p([TEXTS[0], 3]), InputDataError, "input 1 is an int"),
     (lambda p: p({"text": "a", "pair": "b"}), InputDataError, "a text pair dict has keys ['pair', 'text']"),
     (lambda p: p([("a", "b", "c")]), InputDataError, "input 0 holds 3 texts"),
     (lambda p: p(["   "]), InputDataError, "empty"),
