@@ -122,6 +122,12 @@ class Command(typer.core.TyperCommand):
 
 
 class Group(typer.core.TyperGroup):
+    def get_help_option(self, ctx: click.Context):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
     def format_help(self, ctx, formatter):
         _plain_help(self)
         for command in self.commands.values():
