@@ -27,7 +27,7 @@ CLI = [sys.executable, "-m", "roberta_deploy"]
 
 # Flags added to an example only to make it quick; they change how long it measures, never what it shows.
 QUICK_RUN = ["--precisions", "fp32,int8", "--batch-sizes", "32", "--perf-seconds", "0.2", "--no-sweep"]
-QUICK_DEPLOY = ["--backend", "openvino", "--perf-seconds", "0.2", "--timing-passes", "1"]
+QUICK_DEPLOY = ["--backend", "openvino", "--precision", "fp32", "--perf-seconds", "0.2", "--timing-passes", "1"]
 
 SKIPPED = {
     "python3 -m venv .venv": "makes a fresh virtualenv and installs from PyPI; CI does exactly this from a clean clone",
@@ -186,6 +186,15 @@ def test_serve_example_prints_routes_and_a_curl_line_that_works(demo_run):
         assert "POST /predict" in server.wait_for("  POST /predict")
         try_line = server.wait_for("try: curl")
         answered(curl(try_line.removeprefix("try: "), url, demo_run))
+        # loadtest against it, texts from stdin, output piped through an 80-column terminal setting: the table
+        # keeps its natural width (no wrapped header, no "request..." cut).
+        samples = (REPO / "roberta_deploy" / "demo" / "samples.tsv").read_text(encoding="utf-8")
+        result = subprocess.run(CLI + ["-q", "loadtest", url, "--data", "-", "--concurrency", "2", "--duration", "0.5",
+                                       "--warmup", "0"], cwd=demo_run, input=samples, capture_output=True, text=True,
+                                timeout=TIMEOUT, env=dict(environment(), COLUMNS="80"))
+        assert result.returncode == 0, result.stderr
+        header = next(line for line in result.stdout.splitlines() if "load" in line and "p99 ms" in line)
+        assert "requests/s" in header and "texts/s" in header and "errors" in header and len(header) > 80
     finally:
         assert server.stop() == 0
 

@@ -90,7 +90,7 @@ def test_an_export_folder_is_built_into_a_temporary_bundle_that_close_removes(ti
     (lambda p: p(TEXTS, function_to_apply="relu"), UsageError, "function_to_apply='relu'"),
     (lambda p: p([TEXTS[0], 3]), InputDataError, "input 1 is an int"),
     (lambda p: p({"text": "a", "pair": "b"}), InputDataError, "a text pair dict has keys ['pair', 'text']"),
-    (lambda p: p([("a", "b", "c")]), InputDataError, "input 0 holds 3 texts"),
+    (lambda p: p([("a", "b", "c")]), InputDataError, "input 0 holds 3 items"),
     (lambda p: p(["   "]), InputDataError, "empty"),
 ])
 def test_bad_calls_raise_typed_errors(ours, call, error, fragment):
