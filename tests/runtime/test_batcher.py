@@ -180,6 +180,21 @@ def test_a_cancelled_request_is_dropped_before_the_engine_sees_it():
     assert stats.dropped == 1
 
 
+def test_a_request_cancels_only_before_it_runs():
+    from concurrent.futures import Future
+
+    from roberta_deploy.runtime.online import OnlineRequest
+
+    encoded = FakeEngine().encoder.encode(["好", "差"])
+    waiting, running = (OnlineRequest(Future(), encoded, 2, ("neg", "pos"), 0.0, 0.0) for _ in range(2))
+    assert waiting.cancel() and waiting.future.cancelled() and waiting.cancelled
+    assert not waiting.cancel() and not waiting.claim()  # once is enough; its rows are never computed
+    assert running.claim()
+    assert not running.cancel() and not running.cancelled  # a batch inside the engine is not stopped
+    running.deliver(np.arange(2), np.ones((2, 2), np.float32), 4, 0.0, 0.0)
+    assert running.future.result(timeout=WAIT_S).logits.shape == (2, 2)
+
+
 def test_submit_past_the_queue_bound_is_refused_as_overloaded():
     gate = threading.Event()
     engine = FakeEngine(contexts=1)
