@@ -19,6 +19,11 @@ from .results import RequestResult, RequestTimings
 from .tokenization import EncodedTexts, TextInput
 from .workers import POLL_S, Batch, Sink, WorkerCore
 
+# How much more an online batch may compute than its rows would, each padded only to its own length class.
+# Without a bound the window grew to the token budget, across every length waiting: at max length 512 the
+# server computed 2.25x the real tokens (docs/serving.md, "Online batching at any max length").
+PADDING_ALLOWANCE = 1.2
+
 
 class OnlineRequest(Sink):
     def __init__(self, future: Future, encoded: EncodedTexts, labels: int, label_names: tuple[str, ...],
@@ -150,31 +155,43 @@ class OnlineBatching(WorkerCore):
         return self._pending[0].request.enqueued if self._pending else float("inf")
 
     def _select_rows(self) -> tuple[list[PendingRow], bool]:
-        """The oldest waiting row plus the rows closest to it in length that fit the budget, cut to a row
-        count of ONLINE_ROW_COUNTS (or a full batch) on dynamic engines; the rows cut wait for the next batch.
+        """The oldest waiting row plus the rows closest to it in length that fit the budget, while the batch
+        pads at most PADDING_ALLOWANCE over what its rows would take each at its own length class; cut to a
+        row count of ONLINE_ROW_COUNTS (or a full batch) on dynamic engines. The rows left out wait for a
+        batch of their own lengths.
 
-        Returns the rows and whether the batch is full (nothing else waiting would fit).
+        Returns the rows and whether the batch is complete (nothing else waiting would join it).
         """
         by_length = sorted(self._pending, key=lambda row: (row.length, row.arrival))
         anchor = min(range(len(by_length)), key=lambda index: by_length[index].arrival)
         low, high = anchor, anchor + 1  # the window by_length[low:high]
         padded = self._padded_length_of(by_length[anchor].length)
+        own_classes = padded  # tokens the window's rows would take, each padded only to its own class
         static = self._bucket_lengths is not None
         while high - low < self.max_batch_size:
+            rows = high - low
             shorter = low - 1 if low > 0 else None
             longer = high if high < len(by_length) else None
             if shorter is None and longer is None:
                 return self._cut_to_row_count(by_length[low:high], by_length[anchor]), False
             longer_padded = self._padded_length_of(by_length[longer].length) if longer is not None else None
-            fits_shorter = shorter is not None and (static or padded * (high - low + 1) <= self.max_batch_tokens)
-            fits_longer = longer is not None and (static or longer_padded * (high - low + 1) <= self.max_batch_tokens)
+            fits_shorter = shorter is not None and (static or padded * (rows + 1) <= self.max_batch_tokens)
+            fits_longer = longer is not None and (static or longer_padded * (rows + 1) <= self.max_batch_tokens)
             if not fits_shorter and not fits_longer:
                 return self._cut_to_row_count(by_length[low:high], by_length[anchor]), True
             # Prefer the neighbour that adds the least padding to the batch.
             shorter_waste = padded - by_length[shorter].length if fits_shorter else None
-            longer_waste = (longer_padded - padded) * (high - low) + longer_padded - by_length[longer].length \
+            longer_waste = (longer_padded - padded) * rows + longer_padded - by_length[longer].length \
                 if fits_longer else None
-            if fits_shorter and (not fits_longer or shorter_waste <= longer_waste):
+            take_shorter = fits_shorter and (not fits_longer or shorter_waste <= longer_waste)
+            neighbour = by_length[shorter if take_shorter else longer]
+            new_padded = padded if take_shorter else longer_padded
+            neighbour_class = self._padded_length_of(neighbour.length)
+            if not static and new_padded * (rows + 1) > PADDING_ALLOWANCE * (own_classes + neighbour_class):
+                # A wider batch would compute padding; the rows left out make batches of their own lengths.
+                return self._cut_to_row_count(by_length[low:high], by_length[anchor]), True
+            own_classes += neighbour_class
+            if take_shorter:
                 low -= 1
             else:
                 high += 1
