@@ -24,6 +24,7 @@ from ..data import Dataset, read_dataset
 from ..tasks import SINGLE_LABEL, Task
 from ..errors import NumericalCheckError, UsageError
 from ..manifest import KIND_BUNDLE, read_manifest, write_manifest
+from ..runtime.batcher import Batcher
 from ..runtime.engine import THROUGHPUT, Engine
 from .bundle import BuildOptions, BuildResult, build_engine, held_out_of_calibration
 from .export import ExportArtifact
@@ -136,13 +137,13 @@ def score_and_time(bundle_dir: Path, dataset: Dataset, device: str | None = None
     """The fastest of at least `passes` timed passes over `dataset` (after the warm-up), more until
     `min_seconds` have passed (a small set takes milliseconds a pass: one disturbance would decide), and,
     when it is labelled, the accuracy; and the predicted label ids (int64 (texts,)) to compare candidates by."""
-    with Engine.load(bundle_dir, hint=THROUGHPUT, device=device) as engine:
-        engine.batcher  # started: every context warmed up, outside the timing
+    engine = Engine.load(bundle_dir, hint=THROUGHPUT, device=device)
+    with Batcher(engine) as batcher:  # started: every context warmed up, outside the timing
         seconds = []
         begun = time.perf_counter()
         while len(seconds) < passes or time.perf_counter() - begun < min_seconds:
             started = time.perf_counter()
-            predictions = engine.predict(dataset.inputs)
+            predictions = batcher.run(dataset.inputs)
             seconds.append(time.perf_counter() - started)
     best = min(seconds)
     row = {"seconds": best, "texts_per_second": len(dataset) / best, "pass_seconds": seconds}
