@@ -20,7 +20,7 @@ from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionEr
 from ..machine import this_cpu
 from ..runtime.tokenization import TOKENIZER_DIR, pad_to_shape
 from .checkpoint import checkpoint_hash, resolve_checkpoint
-from ..flags import available_memory_bytes
+from ..machine import available_memory_bytes
 from .export import ExportArtifact, onnx_reference_logits
 from .loader_files import write_loader_files
 from ..manifest import KIND_BUNDLE, write_manifest
