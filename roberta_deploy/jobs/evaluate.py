@@ -11,12 +11,12 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import atomic_directory
-from ..backends import default_precisions, get_backend
+from ..backends import default_precisions, require_precision
 from ..backends.base import canonical_device
 from ..build.bundle import BuildOptions, build_engine
 from ..data import read_dataset
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH
-from ..errors import UnsupportedPrecisionError, UsageError
+from ..errors import UsageError
 from .infer import check_threshold, classify_dataset
 from ..metrics import per_class_markdown, task_metrics_markdown
 from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task, compare_with_reference
@@ -59,14 +59,10 @@ class EvalOptions:
 
 def check_precisions(backend_name: str, precisions, device: str = "cpu") -> list[str]:
     """fp32 first (the reference), then the rest; reject what the backend cannot run before any work."""
-    backend = get_backend(backend_name)
     device = canonical_device(device)
-    backend.check_device(device)
     ordered = ["fp32"] + [precision for precision in precisions if precision != "fp32"]
     for precision in ordered:
-        reason = backend.unsupported_reason(precision, device)
-        if reason:
-            raise UnsupportedPrecisionError(f"{backend.name} cannot run {precision} here", reason)
+        require_precision(backend_name, precision, device)
     return ordered
 
 
