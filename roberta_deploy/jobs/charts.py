@@ -89,8 +89,7 @@ class Charts:
                 low, high = interval
                 bar = axes.errorbar([value], [position], xerr=[[max(0.0, value - low)], [max(0.0, high - value)]],
                                     fmt="none", ecolor="#222", elinewidth=1.2, capsize=4, zorder=3)
-                for line in bar.lines[1] + bar.lines[2]:
-                    line.set_gid(f"errorbar-{chart_id}-{number}")
+                bar.lines[2][0].set_gid(f"errorbar-{chart_id}-{number}")  # the bar's line; one id each
             right = max([high for interval in intervals if interval for _, high in [interval]] + list(values)
                         + [value for points in (markers or {}).values() for value in points] + [1e-9])
             for number, (position, value, interval) in enumerate(zip(positions, values, intervals)):
@@ -136,8 +135,7 @@ class Charts:
                                         yerr=[[max(0.0, values[index] - interval[0])],
                                               [max(0.0, interval[1] - values[index])]],
                                         fmt="none", ecolor="#222", elinewidth=1, capsize=3)
-                    for line in bar.lines[1] + bar.lines[2]:
-                        line.set_gid(f"errorbar-{chart_id}-{number}-{index}")
+                    bar.lines[2][0].set_gid(f"errorbar-{chart_id}-{number}-{index}")
                 if labelled:
                     axes.bar_label(bars, labels=[plain_number(value) for value in values],
                                    fontsize=7 if len(series) < 3 else 6, padding=1,
@@ -170,8 +168,7 @@ class Charts:
                     bar = axes.errorbar([xs[index]], [ys[index]], yerr=[[max(0.0, ys[index] - interval[0])],
                                                                         [max(0.0, interval[1] - ys[index])]],
                                         fmt="none", ecolor=COLORS[number % len(COLORS)], capsize=3)
-                    for line in bar.lines[1] + bar.lines[2]:
-                        line.set_gid(f"errorbar-{chart_id}-{number}-{index}")
+                    bar.lines[2][0].set_gid(f"errorbar-{chart_id}-{number}-{index}")
             xs_all = sorted({x for xs, _ in series.values() for x in xs})
             if xs_all and xs_all[-1] / max(1, xs_all[0]) >= 8:
                 axes.set_xscale("log", base=2)
