@@ -214,15 +214,19 @@ Work = Callable[[], int]
 
 def time_interleaved(work: dict[str, Work], plan: TimingPlan,
                      until_separated: Callable[[dict[str, Timing]], bool] | None = None,
-                     on_round: Callable[[int, dict[str, Timing]], None] | None = None) -> dict[str, Timing]:
+                     on_round: Callable[[int, dict[str, Timing]], None] | None = None,
+                     before_rounds: Callable[[], None] | None = None) -> dict[str, Timing]:
     """Time each candidate's work in interleaved rounds; the order rotates each round (A B C, B C A, ...) so
     no candidate always follows the same one. A round busier than BUSY_SHARE is repeated once (its repeat
-    counts, flagged `repeated`; a repeat still busy is counted in `busy_rounds`). After `plan.min_rounds`,
+    counts, flagged `repeated`; a repeat still busy is counted in `busy_rounds`). A warm-up turn of each comes
+    first, then `before_rounds()`. After `plan.min_rounds`,
     rounds continue while `until_separated(timings)` is False, until `plan.max_seconds` of timing."""
     names = list(work)
     timings = {name: Timing(name) for name in names}
     for name in names:  # warm-up: caches, kernels, thread pools; untimed
         _one_round(work[name], plan.warmup_seconds)
+    if before_rounds is not None:  # e.g. forget what the warm-up recorded
+        before_rounds()
     started = time.perf_counter()
     number = 0
     while True:

@@ -45,29 +45,44 @@ def run_report_html(summary: dict, accuracy: dict, perf_runs: dict[str, dict], s
     charts.bars("chart-latency", "Batch-1 latency percentiles per precision (full length)", percentile_names,
                 {precision: [perf_runs[precision]["latency"]["latency_ms"][name] for name in percentile_names]
                  for precision in precisions}, ylabel="ms")
+    throughput = {precision: perf_runs[precision]["throughput"] for precision in precisions}
+    if all("throughput_interval" in run for run in throughput.values()):
+        rounds = throughput[precisions[0]]["rounds"]["rounds"]
+        charts.ranges("chart-throughput", f"Throughput, batched real texts (throughput hint): median of {rounds} "
+                      "interleaved rounds, with its interval", precisions,
+                      [run["throughput_sequences_per_second"] for run in throughput.values()],
+                      [(run["throughput_interval"]["low"], run["throughput_interval"]["high"])
+                       for run in throughput.values()], xlabel="texts / s")
     if sweeps:
         for axis, other, chart_id, title in (
                 ("batch_size", "seq_len", "chart-throughput-batch", "Throughput per batch size"),
                 ("seq_len", "batch_size", "chart-throughput-seq", "Throughput per sequence length")):
-            series = {}
+            series, errors = {}, {}
             for precision, points in sweeps.items():
                 chosen = [point for point in points if point.get("sweep") == axis]
                 series[precision] = ([point[axis] for point in chosen],
                                      [point["throughput_sequences_per_second"] for point in chosen])
+                errors[precision] = [(point["throughput_interval"]["low"], point["throughput_interval"]["high"])
+                                     if "throughput_interval" in point else None for point in chosen]
             fixed = next((point[other] for points in sweeps.values() for point in points if point.get("sweep") == axis),
                          None)
             label = {"batch_size": "batch size", "seq_len": "sequence length (tokens)"}
-            charts.lines(chart_id, f"{title} ({label[other]} {fixed}, random ids)", series, xlabel=label[axis],
-                         ylabel="sequences / s")
+            charts.lines(chart_id, f"{title} ({label[other]} {fixed}, random ids; precisions in interleaved rounds, "
+                         "error bars: the median's interval)", series, xlabel=label[axis], ylabel="sequences / s",
+                         errors=errors)
     table = _table(["precision", "accuracy", "agreement with fp32", "max |diff| vs fp32", "batch-1 p50 ms",
-                    "batch-1 p99 ms", "texts/s batched"],
+                    "batch-1 p99 ms", "texts/s batched (interval)"],
                    [[row["precision"], f"{row['accuracy']:.4f}", f"{row['agreement_with_fp32']:.4f}",
                      f"{row['max_abs_logit_diff_vs_fp32']:.3g}", f"{row['latency_p50_ms_batch1']:.2f}",
-                     f"{row['latency_p99_ms_batch1']:.2f}", f"{row['throughput_texts_per_second']:.1f}"]
+                     f"{row['latency_p99_ms_batch1']:.2f}", _with_interval(row["throughput_texts_per_second"],
+                                                                         row.get("throughput_interval"))]
                     for row in summary["rows"]])
-    body = [f"<h1>roberta-deploy run: {_e(summary['backend'])}</h1>",
+    shares = [share for runs in perf_runs.values() for run in runs.values()
+              for share in run.get("rounds", {}).get("others_cpu_share", [])]
+    body = [f"<h1>roberta-deploy run: {_e(summary['backend'])}: accuracy, latency and throughput of "
+            f"{len(precisions)} precisions</h1>",
             _meta(f"{summary['examples']} texts from {summary['data']}; model {summary['model']}; "
-                  f"max_seq_length {summary['max_seq_length']}", host),
+                  f"max_seq_length {summary['max_seq_length']}", host, shares),
             "<h2>Summary</h2>", table, "<h2>Charts</h2>", charts.html(),
             *_per_class_sections(accuracy), _host_section(host)]
     return _page(f"roberta-deploy run: {summary['backend']}", body)
@@ -175,6 +190,12 @@ def deployment_report_html(report: dict) -> str:
             "<h2>Candidates</h2>", table, f'<p class="meta">{_e(timing_text(settings))}.</p>',
             "<h2>Charts</h2>", charts.html(), _host_section(report["machine"])]
     return _page(f"roberta-deploy deploy: {report['model']}", body)
+
+
+def _with_interval(value: float, interval: dict | None) -> str:
+    if not interval:
+        return f"{value:,.1f}"
+    return f"{value:,.1f} ({interval['low']:,.1f}-{interval['high']:,.1f})"
 
 
 def _others_shares(measured: list[dict]) -> list[float]:

@@ -73,7 +73,7 @@ def assert_self_contained_with_charts(page: str, chart_ids: list[str]) -> PagePa
     return parsed
 
 
-RUN_CHARTS = ["chart-accuracy", "chart-latency", "chart-throughput-batch", "chart-throughput-seq"]
+RUN_CHARTS = ["chart-accuracy", "chart-latency", "chart-throughput", "chart-throughput-batch", "chart-throughput-seq"]
 
 
 def test_run_writes_report_html_with_every_chart(tiny_checkpoints, dev_tsv, tmp_path):
@@ -97,6 +97,9 @@ def test_run_writes_report_html_with_every_chart(tiny_checkpoints, dev_tsv, tmp_
     assert [point["batch_size"] for point in sweep if point["sweep"] == "batch_size"] == [1, 4, 16, 64]
     assert [point["seq_len"] for point in sweep if point["sweep"] == "seq_len"] == [16, 32, 64]
     assert all(point["throughput_sequences_per_second"] > 0 for point in sweep)
+    assert all(point["throughput_interval"]["low"] <= point["throughput_sequences_per_second"]
+               <= point["throughput_interval"]["high"] for point in sweep)
+    assert len(parsed.error_bars["chart-throughput"]) == 2  # fp32 and int8, timed in the same rounds
     for precision in ("fp32", "int8"):
         assert f"<td>{precision}</td>" in page
 
