@@ -98,11 +98,14 @@ def eval_report_html(report: dict) -> str:
     largest = max(batch_sizes)
     at_largest = {row["precision"]: row for row in rows if row["batch_size"] == largest}
     charts = Charts()
-    charts.bars("chart-accuracy", f"Accuracy, macro-F1 and agreement with fp32 (batch {largest})", precisions,
+    charts.bars("chart-accuracy", f"Accuracy (error bars: 95% Wilson interval), macro-F1 and agreement with fp32 "
+                f"(batch {largest})", precisions,
                 {"accuracy": [at_largest[p]["accuracy"] for p in precisions],
                  "macro-F1": [at_largest[p]["macro_f1"] for p in precisions],
                  "agreement with fp32": [at_largest[p]["agreement_with_fp32"] for p in precisions]},
-                ylabel="share of texts")
+                ylabel="share of texts",
+                errors={"accuracy": [(at_largest[p]["accuracy_interval"]["low"], at_largest[p]["accuracy_interval"]["high"])
+                                     if "accuracy_interval" in at_largest[p] else None for p in precisions]})
     charts.lines("chart-throughput-batch", "End-to-end throughput per batch size (real texts, bucketed)",
                  {precision: (batch_sizes, [next(row["texts_per_second"] for row in rows
                                                  if row["precision"] == precision and row["batch_size"] == size)
@@ -111,15 +114,19 @@ def eval_report_html(report: dict) -> str:
     for precision in precisions:
         charts.confusion(f"chart-confusion-{precision}", f"Confusion matrix, {precision} (batch {largest})",
                          at_largest[precision]["confusion_matrix"])
-    table = _table(["precision", "batch", "accuracy", "macro-F1", "correct", "agreement with fp32",
-                    "max |diff| vs fp32", "texts/s", "truncated"],
-                   [[row["precision"], row["batch_size"], f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}",
+    table = _table(["precision", "batch", "accuracy (95% interval)", "macro-F1", "correct", "agreement with fp32",
+                    "disagree with fp32", "McNemar p", "max |diff| vs fp32", "texts/s", "truncated"],
+                   [[row["precision"], row["batch_size"],
+                     _with_interval(row["accuracy"], row.get("accuracy_interval"), "{:.4f}"), f"{row['macro_f1']:.4f}",
                      f"{row['correct']}/{row['examples']}", f"{row['agreement_with_fp32']:.4f}",
+                     row["paired_vs_fp32"]["disagreements"] if "paired_vs_fp32" in row else "",
+                     f"{row['paired_vs_fp32']['mcnemar_exact_p']:.3f}" if "paired_vs_fp32" in row else "",
                      f"{row['max_abs_logit_diff_vs_fp32']:.3g}", f"{row['texts_per_second']:.1f}", row["truncated"]]
                     for row in rows])
-    body = [f"<h1>roberta-deploy eval: {_e(report['backend'])}</h1>",
+    body = [f"<h1>roberta-deploy eval: {_e(report['backend'])}: accuracy of {len(precisions)} precisions against "
+            "fp32</h1>",
             _meta(f"{rows[0]['examples']} texts from {report['data']}; model {report['model']}; "
-                  f"max_seq_length {report['max_seq_length']}", {}),
+                  f"max_seq_length {report['max_seq_length']}", report.get("machine", {})),
             "<h2>Accuracy</h2>", table, "<h2>Charts</h2>", charts.html(), *_per_class_sections(report)]
     return _page(f"roberta-deploy eval: {report['backend']}", body)
 
@@ -192,10 +199,10 @@ def deployment_report_html(report: dict) -> str:
     return _page(f"roberta-deploy deploy: {report['model']}", body)
 
 
-def _with_interval(value: float, interval: dict | None) -> str:
+def _with_interval(value: float, interval: dict | None, template: str = "{:,.1f}") -> str:
     if not interval:
-        return f"{value:,.1f}"
-    return f"{value:,.1f} ({interval['low']:,.1f}-{interval['high']:,.1f})"
+        return template.format(value)
+    return f"{template.format(value)} ({template.format(interval['low'])}-{template.format(interval['high'])})"
 
 
 def _others_shares(measured: list[dict]) -> list[float]:
@@ -246,7 +253,7 @@ def _task_eval_html(report: dict) -> str:
                      f"{row['texts_per_second']:.1f}", row["truncated"]] for row in rows])
     body = [f"<h1>roberta-deploy eval: {_e(report['backend'])}, {_e(report['task'])}</h1>",
             _meta(f"{rows[0]['examples']} texts from {report['data']}; model {report['model']}; "
-                  f"max_seq_length {report['max_seq_length']}", {}),
+                  f"max_seq_length {report['max_seq_length']}", report.get("machine", {})),
             f"<h2>{_e(report['task'])}</h2>", table, "<h2>Charts</h2>", charts.html(), *_per_label_sections(report)]
     return _page("roberta-deploy eval", body)
 
