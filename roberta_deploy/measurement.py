@@ -4,8 +4,9 @@ Every timing decision and report (deploy, build --precision auto, perf --compare
 goes through here: candidates are timed in interleaved rounds (A B C, B C A, ...), so a burst of load
 falls on all of them rather than deciding for one; each round records the CPU time other processes took
 meanwhile; each candidate gets the median of its rounds and a distribution-free confidence interval for
-that median. `rank_by_speed` calls a faster candidate the winner only when its interval clears the
-others'; otherwise they are tied within noise and the caller's preference (the more exact precision,
+that median. `rank_by_speed` calls the fastest the winner only when it clears every other round by round
+(the interval of its per-round speed ratio lies above 1: interleaving makes a burst of load slow both sides
+of a ratio); otherwise they are tied within noise and the caller's preference (the more exact precision,
 the simpler backend) decides. The statistics are stated in docs/deploy.md.
 """
 
@@ -22,6 +23,9 @@ import numpy as np
 
 CONFIDENCE = 0.95  # of every interval reported
 BUSY_SHARE = 0.25  # a round in which other processes took more of the CPU than this is repeated once, then flagged
+# Busy rounds are repeated only while repeats stay under this share of the rounds: under sustained load a
+# repeat finds no quieter moment, and the time is better spent on more rounds.
+MAX_REPEATED_SHARE = 0.25
 # The smallest number of texts an exact McNemar test can call a loss at 5%: with every discordant pair
 # against the candidate, p = 2 x 0.5^6 = 0.031 (5 pairs: 0.0625).
 SIGNIFICANT_DISCORDANT_TEXTS = 6
@@ -218,11 +222,13 @@ def time_interleaved(work: dict[str, Work], plan: TimingPlan,
                      before_rounds: Callable[[], None] | None = None) -> dict[str, Timing]:
     """Time each candidate's work in interleaved rounds; the order rotates each round (A B C, B C A, ...) so
     no candidate always follows the same one. A round busier than BUSY_SHARE is repeated once (its repeat
-    counts, flagged `repeated`; a repeat still busy is counted in `busy_rounds`). A warm-up turn of each comes
+    counts, flagged `repeated`; a repeat still busy, or a busy round not repeated because repeats already make
+    MAX_REPEATED_SHARE of the rounds, is counted in `busy_rounds`). A warm-up turn of each comes
     first, then `before_rounds()`. After `plan.min_rounds`,
     rounds continue while `until_separated(timings)` is False, until `plan.max_seconds` of timing."""
     names = list(work)
     timings = {name: Timing(name) for name in names}
+    repeats = 0
     for name in names:  # warm-up: caches, kernels, thread pools; untimed
         _one_round(work[name], plan.warmup_seconds)
     if before_rounds is not None:  # e.g. forget what the warm-up recorded
@@ -233,7 +239,9 @@ def time_interleaved(work: dict[str, Work], plan: TimingPlan,
         order = names[number % len(names):] + names[:number % len(names)]
         for name in order:
             measured = _one_round(work[name], plan.round_seconds)
-            if measured.others_cpu_share > BUSY_SHARE:
+            done = sum(len(timing.rounds) for timing in timings.values())
+            if measured.others_cpu_share > BUSY_SHARE and repeats < MAX_REPEATED_SHARE * (done + 1):
+                repeats += 1
                 measured = _one_round(work[name], plan.round_seconds, repeated=True)
             timings[name].rounds.append(measured)
         number += 1
@@ -267,29 +275,41 @@ def _one_round(work: Work, seconds: float, repeated: bool = False) -> Round:
 @dataclass(frozen=True)
 class SpeedRanking:
     """`rank_by_speed`'s answer: the chosen key, the keys tied with the fastest within noise (the chosen
-    among them, in order of speed), and whether the choice was a tie broken by preference."""
+    among them, fastest first), whether the choice was a tie broken by preference, and for every key the
+    interval of the fastest's speed over its own (a ratio; above 1 throughout: clearly slower)."""
 
     chosen: str
-    fastest: str  # the highest median, whatever the noise
+    fastest: str  # the highest median round, whatever the noise
     tied: tuple[str, ...]
-    by_preference: bool  # True: the fastest's interval overlaps another's; the preference chose
+    by_preference: bool  # True: the fastest does not clear another; the preference chose
+    behind_fastest: dict[str, Interval]  # fastest / this, per round: its median and interval
 
 
-def rank_by_speed(rates: dict[str, Interval], preference: Callable[[str], tuple]) -> SpeedRanking:
-    """The fastest by median wins only when its interval clears every other's; otherwise every candidate
-    whose interval overlaps the fastest's is tied with it, and the lowest `preference(key)` among them
+def ratio_interval(faster: Sequence[float], slower: Sequence[float]) -> Interval:
+    """The median of faster[r] / slower[r] over the rounds r both ran, with its interval. Rounds are
+    interleaved, so a burst of load that slows one round slows both sides of its ratio: the ratio's interval
+    is narrower than either candidate's own, and it is what decides."""
+    return median_interval([a / b for a, b in zip(faster, slower) if b > 0])
+
+
+def rank_by_speed(rates: dict[str, Sequence[float]], preference: Callable[[str], tuple]) -> SpeedRanking:
+    """rates: items/s per round, rounds aligned (time_interleaved). The fastest by median round wins only
+    when it clears every other: the interval of its per-round speed ratio over each lies above 1. Otherwise
+    every candidate it does not clear is tied with it, and the lowest `preference(key)` among those tied
     (e.g. (precision exactness, backend simplicity)) is chosen."""
     if not rates:
         raise ValueError("nothing to rank")
-    ordered = sorted(rates, key=lambda key: -rates[key].value)
+    ordered = sorted(rates, key=lambda key: -median_interval(rates[key]).value)
     fastest = ordered[0]
-    tied = tuple(key for key in ordered if rates[key].overlaps(rates[fastest]))
+    behind = {key: ratio_interval(rates[fastest], rates[key]) for key in ordered}
+    tied = tuple(key for key in ordered if key == fastest or behind[key].low <= 1.0)
     chosen = min(tied, key=preference) if len(tied) > 1 else fastest
-    return SpeedRanking(chosen=chosen, fastest=fastest, tied=tied, by_preference=len(tied) > 1)
+    return SpeedRanking(chosen=chosen, fastest=fastest, tied=tied, by_preference=len(tied) > 1,
+                        behind_fastest=behind)
 
 
-def leaders_separated(rates: dict[str, Interval]) -> bool:
-    """True when the fastest's interval overlaps no other's: more rounds cannot change the choice."""
+def leaders_separated(rates: dict[str, Sequence[float]]) -> bool:
+    """True when the fastest clears every other: more rounds cannot change the choice."""
     return len(rank_by_speed(rates, lambda key: ()).tied) == 1
 
 

@@ -3,8 +3,9 @@
 A candidate is a spec (what to build it from, backend, precision); the caller says how one is built (a
 fresh build, or a reuse it has checked), this module builds each in turn, records the ones a numerical
 check rejects, then scores every built candidate on the same texts and times them together in interleaved
-rounds (measurement.py), and `choose` applies the rule: within the accuracy budget, the fastest whose
-interval clears the others', else the tie goes to the more exact precision and the simpler backend.
+rounds (measurement.py), and `choose` applies the rule: within the accuracy budget, the fastest when it
+clears every other (the interval of its per-round speed ratio over each lies above 1), else the tie goes to
+the more exact precision and the simpler backend.
 A distilled student is one more spec, built from its own export.
 """
 
@@ -62,6 +63,7 @@ class Candidate:
     measurement: "Measurement | None" = None
     comparison: PairedComparison | None = None  # against the reference, when the texts are labelled
     agreement_with_reference: float | None = None
+    behind_fastest: Interval | None = None  # the fastest eligible candidate's speed over this one's, per round
     verdict: str = ""
 
 
@@ -152,7 +154,7 @@ def measure_candidates(candidates: list[Candidate], texts: Dataset, plan: Timing
              f"{len(texts)} texts (at least {plan.min_rounds} rounds, at most {plan.max_seconds:g} s)")
         throughput = time_interleaved(
             {name: _passes(engine, texts) for name, engine in engines.items()}, plan,
-            until_separated=lambda timings: leaders_separated({name: t.rate for name, t in timings.items()}))
+            until_separated=lambda timings: leaders_separated({name: t.rates for name, t in timings.items()}))
     finally:
         for engine in engines.values():
             engine.close()
@@ -203,7 +205,8 @@ def choose(candidates: list[Candidate], gold, gate: AccuracyGate | None,
            not_eligible: Callable[[Candidate], str | None] = lambda candidate: None) -> Choice:
     """Compare every measured candidate with the reference (the first measured: fp32), give each its verdict
     and return the choice: among those within the budget (`gate`; None: accuracy not checked) that may be
-    chosen, the fastest whose throughput interval clears every other's, else, tied within noise, the most
+    chosen, the fastest when it clears every other round by round (measurement.rank_by_speed), else, tied
+    within noise, the most
     exact precision and simplest backend among those tied. NumericalCheckError when none may be chosen."""
     measured = [candidate for candidate in candidates if candidate.measurement is not None]
     if not measured:
@@ -225,8 +228,10 @@ def choose(candidates: list[Candidate], gold, gate: AccuracyGate | None,
         raise NumericalCheckError(f"no candidate that may be chosen is within the {gate.budget_points:g}-point "
                                   f"accuracy budget{detail}", "raise --accuracy-budget, or use --precision auto")
     by_name = {c.spec.name: c for c in eligible}
-    ranking = rank_by_speed({name: c.measurement.texts_per_second for name, c in by_name.items()},
+    ranking = rank_by_speed({name: c.measurement.throughput_rounds["rates"] for name, c in by_name.items()},
                             lambda name: by_name[name].spec.preference())
+    for name, candidate in by_name.items():
+        candidate.behind_fastest = ranking.behind_fastest[name]
     chosen = by_name[ranking.chosen]
     tied = tuple(by_name[name] for name in ranking.tied) if ranking.by_preference else ()
     for candidate in candidates:
@@ -243,8 +248,8 @@ def _verdict(candidate: Candidate, chosen: Candidate, tied: tuple, within: list,
         if tied:
             others = ", ".join(c.spec.name for c in tied if c is not chosen)
             return f"chosen: tied within noise with {others}; the more exact precision or simpler backend"
-        return ("chosen: fastest within the budget, clear of the others' intervals" if gate is not None
-                else "chosen: fastest, clear of the others' intervals (accuracy not checked)")
+        return ("chosen: fastest within the budget, clear of every other round by round" if gate is not None
+                else "chosen: fastest, clear of every other round by round (accuracy not checked)")
     if candidate not in within:
         return f"rejected: {gate.why_not(candidate.comparison)}"
     reason = not_eligible(candidate)
@@ -252,4 +257,6 @@ def _verdict(candidate: Candidate, chosen: Candidate, tied: tuple, within: list,
         return f"not chosen: {reason}"
     if candidate in tied:
         return f"tied within noise with {chosen.spec.name}, which is preferred"
-    return "slower: its interval does not reach the fastest's"
+    behind = candidate.behind_fastest
+    return (f"slower: the fastest is {behind.value:.2f}x ({behind.low:.2f}-{behind.high:.2f}) as fast, round by "
+            "round")

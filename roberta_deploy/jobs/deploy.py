@@ -404,6 +404,8 @@ def _with_verdict(record: dict, candidate: Candidate) -> dict:
     record = {**record, "verdict": candidate.verdict}
     if candidate.agreement_with_reference is not None:
         record["agreement_with_fp32"] = candidate.agreement_with_reference
+    if candidate.behind_fastest is not None:
+        record["fastest_vs_this"] = candidate.behind_fastest.to_dict()
     if candidate.comparison is not None:
         record["points_vs_fp32"] = candidate.comparison.points_vs_reference
         record["paired_vs_fp32"] = candidate.comparison.to_dict()
@@ -425,11 +427,11 @@ def _choice_record(plan: Plan, choice: Choice) -> dict:
     rounds = chosen.measurement.throughput_rounds["rounds"]
     if choice.tied_within_noise:
         speed = (f"tied within noise with {', '.join(c.spec.name for c in choice.tied if c is not chosen)} "
-                 f"(throughput intervals overlap after {rounds} rounds), so the more exact precision and simpler "
-                 f"backend: {rate.value:,.0f} texts/s ({rate.low:,.0f}-{rate.high:,.0f})")
+                 f"(after {rounds} interleaved rounds the fastest does not clear them round by round), so the more "
+                 f"exact precision and simpler backend: {rate.value:,.0f} texts/s ({rate.low:,.0f}-{rate.high:,.0f})")
     else:
-        speed = (f"the fastest, its interval clear of every other's after {rounds} rounds: {rate.value:,.0f} "
-                 f"texts/s ({rate.low:,.0f}-{rate.high:,.0f}), {choice.speedup_vs_reference:.2f}x "
+        speed = (f"the fastest, clear of every other round by round after {rounds} interleaved rounds: "
+                 f"{rate.value:,.0f} texts/s ({rate.low:,.0f}-{rate.high:,.0f}), {choice.speedup_vs_reference:.2f}x "
                  f"{reference.spec.name}")
     return {"backend": chosen.spec.backend, "precision": chosen.spec.precision, "bundle": f"{BUNDLES_DIR}/"
             f"{chosen.spec.folder_name}", "texts_per_second": rate.value,
