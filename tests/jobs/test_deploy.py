@@ -7,6 +7,7 @@ written."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import sys
@@ -46,21 +47,31 @@ def installed_backends() -> list[str]:
     return names
 
 
+def lower_ratio(faster: list[float], slower: list[float]) -> float:
+    """The lower end of the 95% order-statistic interval of the median per-round ratio faster / slower (the whole
+    range when fewer than 6 rounds cannot reach 95%)."""
+    ratios = sorted(a / b for a, b in zip(faster, slower))
+    n, k = len(ratios), 1
+    while k + 1 <= (n + 1) // 2 and 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n >= 0.95:
+        k += 1
+    return ratios[k - 1]
+
+
 def expected_choice(candidates: list[dict], budget: float, scored_texts: int) -> dict:
     """The rule, recomputed from the recorded figures: within the budget (scored_texts held-back texts cannot
     resolve a budget under 6 x 100 / scored_texts points, so by disagreements with fp32), the fastest median
-    wins when its interval overlaps no other's; else, among those it overlaps, the most exact precision,
-    then the simpler backend."""
+    round wins when its per-round speed ratio over every other stays above 1 (interval); else, among those it
+    does not clear, the most exact precision, then the simpler backend."""
     measured = [row for row in candidates if "measured" in row]
-    if scored_texts >= 600 / budget if budget > 0 else False:
+    if budget > 0 and scored_texts >= 600 / budget:
         within = [row for row in measured if -row["points_vs_fp32"] <= budget + 1e-9]
     else:
         within = [row for row in measured
                   if row["paired_vs_fp32"]["disagreements"] * 100 / scored_texts <= budget + 1e-9]
-    fastest = max(within, key=lambda row: row["measured"]["texts_per_second"])
-    top = fastest["measured"]["texts_per_second_interval"]
-    tied = [row for row in within if row["measured"]["texts_per_second_interval"]["high"] >= top["low"]
-            and row["measured"]["texts_per_second_interval"]["low"] <= top["high"]]
+    rates = {row["bundle"]: row["measured"]["throughput_rounds"]["rates"] for row in within}
+    fastest = max(within, key=lambda row: float(np.median(rates[row["bundle"]])))
+    tied = [row for row in within if row is fastest
+            or lower_ratio(rates[fastest["bundle"]], rates[row["bundle"]]) <= 1.0]
     return min(tied, key=lambda row: (PRECISION_ORDER.index(row["precision"]), BACKEND_ORDER.index(row["backend"])))
 
 
