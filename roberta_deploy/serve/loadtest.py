@@ -324,14 +324,18 @@ def run_loadtest(options: LoadtestOptions, on_level=lambda result: None) -> list
 
 
 def markdown_table(results: Sequence[LevelResult]) -> str:
-    lines = ["| load | requests/s | texts/s | p50 ms | p90 ms | p99 ms | max ms | answered | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| load | requests/s (median round, interval) | texts/s | p50 ms | p90 ms | p99 ms | max ms | answered | "
+             "errors | others' CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         latency = result.latency_ms
-        cells = [describe_level(result), f"{result.requests_per_second:.1f}", f"{result.texts_per_second:.1f}"]
+        interval = result.requests_per_second_interval
+        rate = (f"{result.requests_per_second:,.1f} ({interval['low']:,.1f}-{interval['high']:,.1f})" if interval
+                else f"{result.requests_per_second:,.1f}")
+        cells = [describe_level(result), rate, f"{result.texts_per_second:,.1f}"]
         cells += [f"{latency[name]:.1f}" if latency else "-" for name in ("p50", "p90", "p99", "max")]
         errors = ", ".join(f"{count} x {status}" for status, count in sorted(result.errors_by_status.items()))
-        cells += [str(result.requests), errors or "0"]
+        shares = result.others_cpu_share
+        cells += [str(result.requests), errors or "0", f"{min(shares):.0%}-{max(shares):.0%}" if shares else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
