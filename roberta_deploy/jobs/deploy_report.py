@@ -14,9 +14,11 @@ def interval_text(interval: dict | None, template: str) -> str:
 
 def timing_text(settings: dict) -> str:
     return (f"each candidate timed in interleaved rounds (at least {settings['timing_rounds']}, more while the "
-            f"leaders' intervals overlap, at most {settings['timing_cap']:g} s in all) of {settings['perf_seconds']:g} s "
-            "passes over the texts (throughput hint, tokenizing included), then the same for batch-1 calls (latency "
-            "hint); the median round with a distribution-free confidence interval for the median (docs/deploy.md)")
+            f"fastest does not clear the others round by round, at most {settings['timing_cap']:g} s in all) of "
+            f"{settings['perf_seconds']:g} s passes over the texts (throughput hint, tokenizing included), then the "
+            "same for batch-1 calls (latency hint); the median round with a distribution-free confidence interval for "
+            "the median; the fastest wins when the interval of its per-round speed ratio over each other lies above 1, "
+            "else the tie goes to the more exact precision and simpler backend (docs/deploy.md)")
 
 
 def deployment_markdown(report: dict) -> str:
