@@ -17,7 +17,7 @@ from ..backends import get_backend
 from ..backends.base import CPU, LATENCY, PERFORMANCE_HINTS, THROUGHPUT, RuntimeSettings, canonical_device
 from ..defaults import DEFAULT_BACKEND
 from ..errors import BundleError, InputDataError, NumericalCheckError, ShapeError, UsageError
-from ..flags import available_cores
+from ..machine import available_cores
 from ..machine import cpu_mismatch_warning
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..shapes import ShapeProfile
