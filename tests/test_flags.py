@@ -13,7 +13,8 @@ from roberta_deploy import flags
 from roberta_deploy.cli import app
 from roberta_deploy.cli.exits import reports_errors
 from roberta_deploy.errors import UsageError
-from roberta_deploy.flags import available_cores, check_flags
+from roberta_deploy.flags import check_flags
+from roberta_deploy.machine import available_cores
 
 # Numeric options that are not counts or durations, and why.
 NOT_COUNTS = {

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .. import flags
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR
+from ..jobs.deploy_report import interval_text
 from .app import BATCHING, INPUT, LIMITS, MODEL, OUTPUT, command, examples
 from .common import BACKEND_HELP, DEVICE_HELP, PRECISION_HELP, TEXT_PAIR_HELP, parse_int_list, stdin_for
 from .console import console, step_printer
@@ -99,6 +100,10 @@ def build(
     accuracy_budget: Annotated[float, typer.Option(help="With --precision auto: accuracy points below fp32 allowed "
                                                         "on --calibration-data labels.",
                                                    rich_help_panel=MODEL), flags.NON_NEGATIVE] = 0.5,
+    timing_cap: Annotated[float, typer.Option(help="With --precision auto: the precisions are timed in interleaved "
+                                                   "rounds, more while the fastest ones' intervals overlap, up to this "
+                                                   "many seconds; then they are reported tied within noise.",
+                                              rich_help_panel=BATCHING), flags.POSITIVE] = 60.0,
     allow_tolerance_failure: Annotated[bool, typer.Option(help="Keep a bundle that drifts past its precision's "
                                                                "tolerance (recorded as failed).",
                                                           rich_help_panel=OUTPUT)] = False,
@@ -106,7 +111,7 @@ def build(
 ) -> None:
     """Build an engine bundle for one backend and precision, verified against the fp32 reference."""
     from ..build.bundle import BuildOptions, build_engine
-    from ..precision import AUTO, canonical_precision  # numpy
+    from ..precision import AUTO  # numpy
     from ..tasks import agreement_text
     options = BuildOptions(
         export_dir=export, output=output, backend=backend, precision=precision, device=device,
@@ -116,10 +121,12 @@ def build(
         calibration_data=calibration_data, calibration_samples=calibration_samples,
         verification_samples=verification_samples, allow_tolerance_failure=allow_tolerance_failure,
         overwrite=overwrite, text_pair_column=text_pair_column)
-    if canonical_precision(precision, allow_auto=True) == AUTO:
+    if options.precision == AUTO:
         from ..build.autoselect import build_fastest_within_budget
+        from ..measurement import TimingPlan
 
-        result = build_fastest_within_budget(options, accuracy_budget, on_step=step_printer())
+        result = build_fastest_within_budget(options, accuracy_budget, on_step=step_printer(),
+                                             timing=TimingPlan(max_seconds=timing_cap))
     else:
         result = build_engine(options, on_step=step_printer())
     manifest = result.manifest
@@ -128,9 +135,14 @@ def build(
     selection = manifest.get("precision_selection")
     if selection:
         for candidate in selection["candidates"]:
-            measured = (f"accuracy {candidate['accuracy']:.4f} ({candidate['points_vs_fp32']:+.2f} points vs fp32), "
-                        f"{candidate['texts_per_second']:.0f} texts/s " if "accuracy" in candidate else "")
+            measured = (f"accuracy {interval_text(candidate['accuracy_interval'], '{:.4f}')} "
+                        f"({candidate['points_vs_fp32']:+.2f} points vs fp32, "
+                        f"{candidate['paired_vs_fp32']['disagreements']} disagreements), "
+                        f"{interval_text(candidate['texts_per_second_interval'], '{:,.0f}')} texts/s "
+                        if "accuracy" in candidate else "")
             console.print(f"  {candidate['precision']}: {measured}-> {candidate['verdict']}")
+        if selection["accuracy_gate"]["note"]:
+            console.print(selection["accuracy_gate"]["note"])
     console.print(f"built {manifest['backend']} {manifest['precision']} bundle at {output} "
                   f"({describe_shapes(manifest)}); vs fp32: max |diff| {check['max_abs_logit_diff']:.3g} "
                   f"(tolerance {check['tolerance']:.3g}), {agreement_text(check)} "

@@ -29,6 +29,7 @@ from ..backends import DEFAULT_BACKEND
 from ..defaults import DEFAULT_MAX_SEQ_LENGTH
 from ..errors import InputDataError, NotReadyError, UsageError
 from ..manifest import KIND_BUNDLE, KIND_EXPORT, MANIFEST_FILE
+from ..runtime.batcher import Batcher
 from ..runtime.engine import LATENCY, Engine
 from ..runtime.results import Predictions
 from ..runtime.tokenization import TOKENIZER_DIR, TOKENIZER_FILE
@@ -190,14 +191,16 @@ class BundleModel:
 
 
 class TextClassificationPipeline:
-    """Callable like `transformers.TextClassificationPipeline`; calls run on the engine's long-lived Batcher
-    (`_predict`, the one place the pipeline uses the engine), so calls from several threads share batches.
+    """Callable like `transformers.TextClassificationPipeline`; calls run on the pipeline's own long-lived
+    Batcher (started here, every context warmed up; `_predict` is the one place it is used), so calls from
+    several threads share its batches.
     Close it (or use `with`) to stop the batcher and remove any temporary build folder; a call after that
     raises NotReadyError."""
 
     def __init__(self, engine: Engine, *, task: str = TASKS[0], options: CallOptions = CallOptions(),
                  owned_dir: Path | None = None):
         self.engine = engine
+        self.batcher = Batcher(engine).start()
         self.task = task
         self.label_names: tuple[str, ...] = engine.label_names
         self.model = BundleModel(engine)
@@ -319,7 +322,7 @@ class TextClassificationPipeline:
     def _predict(self, chunks: Iterable[list], batch_size: int | None) -> Iterator[Predictions]:
         """The one place the pipeline runs the engine: each chunk's Predictions, in order, the next chunk
         queued while the caller takes the last one's."""
-        return self.engine.batcher.run_chunks(chunks, batch_size=batch_size)
+        return self.batcher.run_chunks(chunks, batch_size=batch_size)
 
     def _check_truncation(self, truncated: np.ndarray, options: CallOptions, limit: int) -> None:
         count = int(truncated.sum())
@@ -380,8 +383,10 @@ class TextClassificationPipeline:
             raise NotReadyError("this pipeline was closed", "create a new one with roberta_deploy.pipeline(...)")
 
     def close(self) -> None:
-        """Stop the engine's batcher; remove the temporary build folder if this pipeline made one."""
+        """Stop the batcher (after what it accepted) and the engine; remove the temporary build folder if this
+        pipeline made one."""
         self._closed = True
+        self.batcher.close(drain=True)
         self.engine.close()
         if self._cleanup is not None:
             self._cleanup()
