@@ -16,6 +16,7 @@ from ..backends import require_precision
 from ..backends.base import CPU, canonical_device
 from ..data import Dataset, read_dataset
 from ..defaults import DEFAULT_BACKEND, DEMO_SAMPLES_PATH
+from ..flags import COUNT
 from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionError, UsageError
 from ..machine import this_cpu
 from ..runtime.tokenization import TOKENIZER_DIR, pad_to_shape
@@ -83,8 +84,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
     backend = require_precision(options.backend, precision, device)
     checkpoint = source_checkpoint(export) if backend.builds_from_checkpoint else None
     max_seq_length = options.max_seq_length if options.max_seq_length is not None else export.manifest["max_seq_length"]
-    if max_seq_length < 1:
-        raise UsageError(f"--max-seq-length {max_seq_length} must be a positive integer", "pass e.g. --max-seq-length 128")
+    COUNT.require(max_seq_length, "--max-seq-length")
     if max_seq_length > export.manifest["max_seq_length"]:
         raise UsageError(f"--max-seq-length {max_seq_length} exceeds the export's {export.manifest['max_seq_length']}",
                          f"re-export with --max-seq-length {max_seq_length}")
@@ -93,9 +93,8 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
                                   max_batch=options.max_batch, min_seq=options.min_seq, max_seq=options.max_seq,
                                   static_seq_lengths=options.seq_buckets)
     check_fits_in_memory(profile, export.manifest)
-    if options.calibration_samples < 1 or options.verification_samples < 1:
-        raise UsageError("--calibration-samples and --verification-samples must be at least 1",
-                         "pass positive sample counts")
+    COUNT.require(options.calibration_samples, "--calibration-samples")
+    COUNT.require(options.verification_samples, "--verification-samples")
     dataset = calibration_dataset(options, export.manifest["labels"], task)
     calibration, held_back = split_calibration(dataset, options.calibration_samples, options.verification_samples)
     encoder = export.text_encoder(profile.max_seq)

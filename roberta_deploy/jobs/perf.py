@@ -17,6 +17,7 @@ import numpy as np
 
 from ..runtime.batching import plan_batches
 from ..data import read_dataset
+from ..flags import COUNT, COUNT_OR_ZERO, SECONDS
 from ..errors import UsageError
 from ..machine import this_cpu
 from ..manifest import library_versions
@@ -98,12 +99,11 @@ def host_description() -> dict:
 
 
 def check_options(options: PerfOptions) -> None:
-    if (options.threads is not None and options.threads < 1) or options.batch_size < 1:
-        raise UsageError("--threads and --batch-size must be at least 1", "pass positive values")
-    if not (math.isfinite(options.duration) and math.isfinite(options.warmup)):
-        raise UsageError("--duration and --warmup must be finite numbers of seconds", "pass e.g. --duration 10")
-    if options.iterations < 0 or options.duration < 0 or options.warmup < 0:
-        raise UsageError("--iterations, --duration and --warmup cannot be negative", "pass zero or more")
+    COUNT.require(options.threads, "--threads")
+    COUNT.require(options.batch_size, "--batch-size")
+    SECONDS.require(options.duration, "--duration")
+    SECONDS.require(options.warmup, "--warmup")
+    COUNT_OR_ZERO.require(options.iterations, "--iterations")
     if options.iterations == 0 and options.duration == 0:
         raise UsageError("neither --iterations nor --duration is set", "pass --iterations N or --duration S")
 

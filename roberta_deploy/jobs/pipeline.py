@@ -34,7 +34,7 @@ from ..runtime.engine import LATENCY, Engine
 from ..runtime.results import Predictions
 from ..runtime.tokenization import TOKENIZER_DIR, TOKENIZER_FILE
 from ..tasks import apply_function
-from .pipeline_inputs import (LIST, SINGLE_PAIR, SINGLE_TEXT, STREAM, TASKS, UNSET, CallOptions, TopK,
+from .pipeline_inputs import (SINGLE_PAIR, SINGLE_TEXT, STREAM, TASKS, UNSET, CallOptions, TopK,
                               as_engine_input, checked, input_kind, pipeline_device, refuses_long_texts)
 
 EXPORT_SUBDIR = "export"

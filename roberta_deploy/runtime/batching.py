@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..flags import COUNT
 from ..errors import UsageError
 
 # Pad each batch only to its longest text: the odd lengths and extra shapes cost less than rounding up
@@ -66,8 +67,7 @@ def plan_batches(
     come longest first.
     Otherwise: input order, every batch padded to max_seq_length (what vendor samples do).
     """
-    if max_batch_size < 1:
-        raise UsageError(f"batch size {max_batch_size} must be at least 1", "pass a positive --batch-size")
+    COUNT.require(max_batch_size, "--batch-size")
     budget = max_batch_tokens if max_batch_tokens is not None else max_batch_size * max_seq_length
     if budget < max_seq_length:
         raise UsageError(f"token budget {budget} is below max_seq_length {max_seq_length}",
@@ -108,8 +108,7 @@ def offline_batch_settings(profile, max_seq_length: int, batch_size: int, max_ba
                            bucketing: bool, contexts: int) -> tuple[int, int | None]:
     """(batch size, token budget) of an offline run on an engine of `profile` (shapes.ShapeProfile); UsageError
     for a batch size the bundle cannot take. A static engine computes its full batch anyway."""
-    if batch_size < 1:
-        raise UsageError(f"batch size {batch_size} must be at least 1", "pass a positive --batch-size")
+    COUNT.require(batch_size, "--batch-size")
     if batch_size > profile.max_batch:
         raise UsageError(f"batch size {batch_size} exceeds the bundle's maximum batch {profile.max_batch}",
                          f"pass --batch-size {profile.max_batch} or less, or rebuild with a larger --max-batch")

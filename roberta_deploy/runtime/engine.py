@@ -16,6 +16,7 @@ import numpy as np
 from ..backends import get_backend
 from ..backends.base import CPU, LATENCY, PERFORMANCE_HINTS, THROUGHPUT, RuntimeSettings, canonical_device
 from ..defaults import DEFAULT_BACKEND
+from ..flags import COUNT
 from ..errors import BundleError, InputDataError, NumericalCheckError, ShapeError, UsageError
 from ..machine import available_cores
 from ..machine import cpu_mismatch_warning
@@ -85,8 +86,8 @@ class Engine:
         bundle_dir = Path(bundle)
         manifest = read_manifest(bundle_dir, KIND_BUNDLE)
         cores = available_cores()
-        if (contexts is not None and contexts < 1) or (cpu_threads is not None and cpu_threads < 1):
-            raise UsageError("contexts and CPU threads must be at least 1", "pass positive --threads/--cpu-threads")
+        COUNT.require(contexts, "--threads")
+        COUNT.require(cpu_threads, "--cpu-threads")
         if cpu_threads is not None and cpu_threads > cores:
             raise UsageError(f"{cpu_threads} CPU threads is more than the {cores} cores this process may use",
                              f"pass --cpu-threads {cores} or less")

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..atomic import atomic_directory
+from ..flags import COUNT, POSITIVE
 from ..errors import InputDataError, UsageError
 from ..measurement import CpuLoad, machine_load, median_interval
 
@@ -51,12 +52,11 @@ class LoadtestOptions:
         if self.duration <= 0 or self.warmup < 0 or self.timeout <= 0:
             raise UsageError("--duration and --timeout must be positive, --warmup zero or more",
                              "pass e.g. --duration 10 --warmup 1")
-        if self.texts_per_request < 1:
-            raise UsageError("--texts-per-request must be at least 1", "pass --texts-per-request 1")
+        COUNT.require(self.texts_per_request, "--texts-per-request")
         if not self.concurrency and not self.request_rates:
             raise UsageError("no load level to run", "pass --concurrency 1,8 and/or --request-rate 10,50")
-        if any(rate <= 0 for rate in self.request_rates):
-            raise UsageError("--request-rate needs positive rates", "pass e.g. --request-rate 10,50")
+        for rate in self.request_rates:
+            POSITIVE.require(rate, "--request-rate")
         parts = urlsplit(self.url)
         if parts.scheme != "http" or not parts.hostname:
             raise UsageError(f"{self.url!r} is not an http:// URL", "pass e.g. http://127.0.0.1:8080")

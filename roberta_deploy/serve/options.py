@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..flags import COUNT, NON_NEGATIVE
 from ..errors import UsageError
 
 API_KEY_ENV = "ROBERTA_DEPLOY_API_KEY"
@@ -58,11 +59,8 @@ class ServeOptions:
                             ("--max-client-batch-size", self.limits.max_client_batch_size),
                             ("--payload-limit", self.limits.payload_limit),
                             ("--max-input-chars", self.limits.max_input_chars)):
-            if value < 1:
-                raise UsageError(f"{flag} must be at least 1, got {value}", f"pass a positive {flag}")
-        if self.batching.max_wait_ms < 0:
-            raise UsageError(f"--max-wait-ms must be 0 or more, got {self.batching.max_wait_ms:g}",
-                             "pass --max-wait-ms 0 to run each batch as soon as a context is free")
+            COUNT.require(value, flag)
+        NON_NEGATIVE.require(self.batching.max_wait_ms, "--max-wait-ms")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port {self.port} is not a TCP port", "pass a port from 1 to 65535 (0: any free port)")
 

@@ -14,6 +14,7 @@ from ..atomic import atomic_directory
 from ..build.checkpoint import check_tokenizer_on_texts, load_fast_tokenizer, quiet_transformers, resolve_checkpoint
 from ..manifest import file_sha256
 from ..data import LABEL_SEPARATOR, Dataset, read_dataset
+from ..flags import COUNT
 from ..errors import InputDataError, ModelLoadError, UsageError
 from ..metrics import multilabel_metrics, regression_metrics
 from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, TASKS
@@ -160,8 +161,8 @@ def _check_options(options: FinetuneOptions) -> None:
     if options.model is not None and options.vocab is not None:
         raise UsageError("--vocab only applies with --config",
                          "drop --vocab: a checkpoint's embeddings only fit its own tokenizer")
-    if options.epochs < 1 or options.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1", "pass positive numbers")
+    COUNT.require(options.epochs, "--epochs")
+    COUNT.require(options.batch_size, "--batch-size")
     if options.lr is not None and not options.lr > 0:
         raise UsageError(f"--lr must be positive, got {options.lr}", "try 5e-5 for a checkpoint, 1e-3 from scratch")
     if not 0 <= options.warmup_ratio < 1:
@@ -169,8 +170,7 @@ def _check_options(options: FinetuneOptions) -> None:
     if not 8 <= options.max_seq_length <= MAX_POSITIONS:
         raise UsageError(f"--max-seq-length must be between 8 and {MAX_POSITIONS}, got {options.max_seq_length}",
                          "128 keeps 70% of ChnSentiCorp reviews whole")
-    if options.num_threads is not None and options.num_threads < 1:
-        raise UsageError("the thread count must be at least 1", "leave it unset to use torch's default")
+    COUNT.require(options.num_threads, "--threads")
     if options.task not in TASKS:
         raise UsageError(f"unknown task {options.task!r}", f"use one of {', '.join(TASKS)}")
 

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 
-import click
 import pytest
 import typer
 from rich.console import Console
@@ -57,7 +56,7 @@ def test_every_command_has_short_help_examples_and_panels(command):
     assert short.exit_code == 0 and short.output == help_of(command)
     text = help_of(command)
     examples = text[text.index("Examples:"):]
-    assert f"$ roberta-deploy" in examples and command in examples
+    assert "$ roberta-deploy" in examples and command in examples
     panels = re.findall(r"╭─ (.+?) ─", text)
     assert "Options" not in panels, f"{command}: options outside the named panels"
     assert set(panels) - {"Arguments"} <= set(PANELS), panels
