@@ -19,8 +19,8 @@ from ..errors import EXIT_CODES
 from .console import console, error_console, set_quiet
 
 # The help panels options sit in, in the order a reader needs them.
-INPUT, MODEL, SERVER, BATCHING, LIMITS, OUTPUT, RAY, GLOBAL = ("Input", "Model", "Server", "Batching", "Limits", "Output", "Ray",
-                                                       "Global options")
+INPUT, MODEL, SERVER, BATCHING, LIMITS, OUTPUT, RAY, GLOBAL = (
+    "Input", "Model", "Server", "Batching", "Limits", "Output", "Ray", "Global options")
 PANELS = (INPUT, MODEL, SERVER, BATCHING, LIMITS, OUTPUT, RAY, GLOBAL)
 EXAMPLES_HEADING = "Examples:"
 

@@ -38,17 +38,21 @@ def deploy_command(
              "Without it accuracy is not checked and fp32 is kept (unless --precision says otherwise); - reads stdin.",
         rich_help_panel=INPUT)] = None,
     accuracy_budget: Annotated[float, typer.Option(
-        help="Accuracy points below fp32 that a faster candidate may lose on the held-back texts of --data.", rich_help_panel=MODEL), flags.NON_NEGATIVE] = 0.5,
+        help="Accuracy points below fp32 that a faster candidate may lose on the held-back texts of --data.",
+        rich_help_panel=MODEL), flags.NON_NEGATIVE] = 0.5,
     backend: Annotated[str, typer.Option(
         help=f"{AUTO_BACKEND}: every CPU engine installed ({', '.join(AUTO_BACKENDS)}), each at every precision "
              "it offers on this CPU; or one backend.", rich_help_panel=MODEL)] = AUTO_BACKEND,
     precision: Annotated[Optional[str], typer.Option(
         help="auto (the default with --data): the fastest within --accuracy-budget; or one precision to deploy "
-             "(still checked against the budget when --data is given). Default without --data: fp32.", rich_help_panel=MODEL)] = None,
+             "(still checked against the budget when --data is given). Default without --data: fp32.",
+        rich_help_panel=MODEL)] = None,
     output: Annotated[Optional[Path], typer.Option(
         help="Folder for the export, every candidate's bundle and the reports (default: deployments/<model "
-             "name>). A second deploy into it reuses what was made with the same model and settings.", rich_help_panel=OUTPUT)] = None,
-    max_seq_length: Annotated[int, typer.Option(help="Longest input in tokens; longer texts are truncated.", rich_help_panel=MODEL), flags.COUNT]
+             "name>). A second deploy into it reuses what was made with the same model and settings.",
+        rich_help_panel=OUTPUT)] = None,
+    max_seq_length: Annotated[int, typer.Option(help="Longest input in tokens; longer texts are truncated.",
+                                                rich_help_panel=MODEL), flags.COUNT]
         = DEFAULT_MAX_SEQ_LENGTH,
     calibration_samples: Annotated[int, typer.Option(
         help="Texts of --data that calibrate int8; the rest score every candidate.", rich_help_panel=INPUT),

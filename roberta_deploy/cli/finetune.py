@@ -39,36 +39,46 @@ def finetune_command(
     dev: Annotated[Path, typer.Option(help="Labelled dev file. Picks the epoch that is saved, so it must not "
                                            "be the test set you report.", rich_help_panel=INPUT)],
     output: Annotated[Path, typer.Option(help="Checkpoint folder to write. It appears whole or not at all; an "
-                                              "existing non-empty folder is refused unless --overwrite.", rich_help_panel=OUTPUT)],
+                                              "existing non-empty folder is refused unless --overwrite.",
+                                         rich_help_panel=OUTPUT)],
     model: Annotated[Optional[str], typer.Option(help="Checkpoint folder or hub id to fine-tune (its tokenizer "
-                                                      "is used). Exclusive with --config.", rich_help_panel=MODEL)] = None,
+                                                      "is used). Exclusive with --config.",
+                                                 rich_help_panel=MODEL)] = None,
     config: Annotated[Optional[ConfigSize], typer.Option(help="Train a BERT from random weights instead: "
                                                               "'small' (2 layers x 128, ~13 MB, trains in minutes "
                                                               "on a laptop) or 'base' (BERT-base shape, needs far "
                                                               "more data and time).", rich_help_panel=MODEL)] = None,
     vocab: Annotated[Optional[Path], typer.Option(help="vocab.txt for --config; it fixes the embedding size. "
-                                                       "Default: the built-in Chinese vocab (21,839 tokens).", rich_help_panel=MODEL)] = None,
+                                                       "Default: the built-in Chinese vocab (21,839 tokens).",
+                                                  rich_help_panel=MODEL)] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training file; the epoch with the best dev "
                                              "accuracy is kept. The learning rate decays to 0 over all epochs, "
-                                             "so this also shapes every epoch.", rich_help_panel=BATCHING), flags.COUNT] = 3,
+                                             "so this also shapes every epoch.",
+                                        rich_help_panel=BATCHING), flags.COUNT] = 3,
     batch_size: Annotated[int, typer.Option(help="Texts per optimizer step. Larger batches use the CPU's matmul "
-                                                 "units better but take fewer steps per epoch.", rich_help_panel=BATCHING), flags.COUNT] = 32,
+                                                 "units better but take fewer steps per epoch.",
+                                            rich_help_panel=BATCHING), flags.COUNT] = 32,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (linear warm-up over 10% of the steps, "
                                                      "then linear decay). Default: 5e-5 with --model, 1e-3 with "
-                                                     "--config small, 1e-4 with --config base.", rich_help_panel=BATCHING), flags.POSITIVE] = None,
+                                                     "--config small, 1e-4 with --config base.",
+                                                rich_help_panel=BATCHING), flags.POSITIVE] = None,
     max_seq_length: Annotated[int, typer.Option(help="Tokens per text incl. [CLS]/[SEP]; longer texts are "
-                                                     "truncated. Cost grows about linearly with it.", rich_help_panel=MODEL), flags.COUNT] = 128,
+                                                     "truncated. Cost grows about linearly with it.",
+                                                rich_help_panel=MODEL), flags.COUNT] = 128,
     seed: Annotated[int, typer.Option(help="Seeds initialisation, dropout and shuffling: the same seed, data "
                                            "and thread count give the same weights.", rich_help_panel=BATCHING)] = 42,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --output folder (only "
-                                                                "after training succeeded).", rich_help_panel=OUTPUT)] = False,
+                                                                "after training succeeded).",
+                                            rich_help_panel=OUTPUT)] = False,
     text_column: Annotated[Optional[str], typer.Option(help="Text column. Default: the first of text_a, text, "
-                                                            "sentence, review, content.", rich_help_panel=INPUT)] = None,
+                                                            "sentence, review, content.",
+                                                       rich_help_panel=INPUT)] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column. Default: the first of label, "
                                                              "labels, gold.", rich_help_panel=INPUT)] = None,
     label_names: Annotated[Optional[str], typer.Option(help="Comma-separated names of label ids 0..k-1, written "
                                                             "to config.json (the data may then use the names). "
-                                                            "Default for 2 classes: negative,positive.", rich_help_panel=MODEL)] = None,
+                                                            "Default for 2 classes: negative,positive.",
+                                                       rich_help_panel=MODEL)] = None,
     task: Annotated[TaskName, typer.Option(help="What the model learns: one label per text, several (a sigmoid per "
                                                 "label; labels as a JSON list or --label-separator-joined), or a "
                                                 "score (regression, e.g. STS-B similarity). Recorded in config.json "
@@ -82,7 +92,8 @@ def finetune_command(
                                                       "labels.", rich_help_panel=INPUT)] = ",",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for training. The weights depend on it "
                                                         "(float sums), so keep it fixed to reproduce a run. "
-                                                        "Default: torch's choice (one per core).", rich_help_panel=BATCHING), flags.THREADS] = None,
+                                                        "Default: torch's choice (one per core).",
+                                                   rich_help_panel=BATCHING), flags.THREADS] = None,
 ) -> None:
     """Fine-tune a checkpoint, or train a small BERT from scratch, on CPU; save the best epoch on dev."""
     from ..train.finetune import DEV_MEASURES, FinetuneOptions, finetune

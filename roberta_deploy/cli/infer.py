@@ -25,7 +25,8 @@ from .tables import per_class_table, per_label_table
     "roberta-deploy infer --bundle topics --data dev.jsonl --threshold 0.4 --output out"))
 @reports_errors
 def infer(
-    bundle: Annotated[Path, typer.Option(help="Bundle folder written by `roberta-deploy build`.", rich_help_panel=MODEL)],
+    bundle: Annotated[Path, typer.Option(help="Bundle folder written by `roberta-deploy build`.",
+                                         rich_help_panel=MODEL)],
     data: Annotated[Path, typer.Option(help="TSV (label<TAB>text_a with header), CSV or JSONL; labels optional; "
                                             "- reads stdin.", rich_help_panel=INPUT)],
     output: Annotated[Path, typer.Option(help="Folder for predictions and metrics.json; - writes the predictions "

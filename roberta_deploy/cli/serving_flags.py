@@ -22,34 +22,43 @@ _DEFAULT_LIMITS = Limits()
 # ServeOptions from them (ServeFlags.options), so the two commands can never disagree on a flag.
 SERVE_FLAGS = (
     ("host", Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 keeps the server private to this "
-                                              "machine; 0.0.0.0 exposes it (set --api-key then).", rich_help_panel=SERVER)], "127.0.0.1"),
-    ("port", Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed at start).", rich_help_panel=SERVER)], 8080),
+                                              "machine; 0.0.0.0 exposes it (set --api-key then).",
+                                         rich_help_panel=SERVER)], "127.0.0.1"),
+    ("port", Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed at start).",
+                                         rich_help_panel=SERVER)], 8080),
     ("name", Annotated[Optional[str], typer.Option(help="Model name for a single bundle (default: the bundle "
-                                                        "folder's name); used in /v2/models/NAME.", rich_help_panel=MODEL)], None),
+                                                        "folder's name); used in /v2/models/NAME.",
+                                                   rich_help_panel=MODEL)], None),
     ("max_batch_tokens", Annotated[Optional[int], typer.Option(
         help="Padded tokens (rows x padded length) per engine batch. Bounds memory and the latency of one "
              "batch; too small and concurrent requests cannot share a batch (default: one full-length batch "
              "split across the contexts).", rich_help_panel=BATCHING), flags.COUNT], None),
     ("max_wait_ms", Annotated[float, typer.Option(
         help="How long a partial batch waits for more requests. Higher merges more requests into a batch "
-             "(throughput) at the cost of latency when the server is quiet.", rich_help_panel=BATCHING), flags.NON_NEGATIVE], 2.0),
+             "(throughput) at the cost of latency when the server is quiet.",
+        rich_help_panel=BATCHING), flags.NON_NEGATIVE], 2.0),
     ("max_concurrent_requests", Annotated[int, typer.Option(
         help="Requests in flight at once; past it the server answers 429 with Retry-After at once instead of "
              "queueing without bound.", rich_help_panel=LIMITS), flags.COUNT], _DEFAULT_LIMITS.max_concurrent_requests),
-    ("max_client_batch_size", Annotated[int, typer.Option(help="Texts in one request; more is answered 422.", rich_help_panel=LIMITS), flags.COUNT],
+    ("max_client_batch_size", Annotated[int, typer.Option(help="Texts in one request; more is answered 422.",
+                                                          rich_help_panel=LIMITS), flags.COUNT],
      _DEFAULT_LIMITS.max_client_batch_size),
-    ("payload_limit", Annotated[int, typer.Option(help="Bytes in one request body; more is answered 413.", rich_help_panel=LIMITS), flags.COUNT],
+    ("payload_limit", Annotated[int, typer.Option(help="Bytes in one request body; more is answered 413.",
+                                                  rich_help_panel=LIMITS), flags.COUNT],
      _DEFAULT_LIMITS.payload_limit),
     ("max_input_chars", Annotated[int, typer.Option(
-        help="Characters in one text, checked before tokenizing; more is answered 422.", rich_help_panel=LIMITS), flags.COUNT],
+        help="Characters in one text, checked before tokenizing; more is answered 422.",
+        rich_help_panel=LIMITS), flags.COUNT],
      _DEFAULT_LIMITS.max_input_chars),
     ("auto_truncate", Annotated[bool, typer.Option(
         "--auto-truncate/--no-auto-truncate",
         help="Cut texts past the bundle's max_seq_length (as infer does) unless a /predict request sends "
-             "\"truncate\": false; with --no-auto-truncate such texts are answered 422.", rich_help_panel=LIMITS)], True),
+             "\"truncate\": false; with --no-auto-truncate such texts are answered 422.",
+        rich_help_panel=LIMITS)], True),
     ("api_key", Annotated[Optional[str], typer.Option(
         help=f"Require 'Authorization: Bearer KEY' on every route but /v2/health/live (401 otherwise). Default: "
-             f"the {API_KEY_ENV} environment variable, which keeps the key out of the process list.", rich_help_panel=SERVER)], None),
+             f"the {API_KEY_ENV} environment variable, which keeps the key out of the process list.",
+        rich_help_panel=SERVER)], None),
     ("contexts", Annotated[Optional[int], typer.Option(
         help="Engine contexts computing batches at once (default: one per core below 8 cores; with --ray, in "
              "each replica, one per --replica-cpus).", rich_help_panel=BATCHING), flags.COUNT], None),
@@ -113,20 +122,24 @@ RAY_FLAGS = (
     ("address", Annotated[Optional[str], typer.Option(
         help="With --ray: the cluster to join, 'auto' on a cluster node or ray://HEAD:10001 from elsewhere "
              "(default: start a local Ray instance, dashboard and usage reporting off).", rich_help_panel=RAY)], None),
-    ("replicas", Annotated[Optional[int], typer.Option(help="With --ray: a fixed number of replicas (default 1).", rich_help_panel=RAY), flags.COUNT],
+    ("replicas", Annotated[Optional[int], typer.Option(help="With --ray: a fixed number of replicas (default 1).",
+                                                       rich_help_panel=RAY), flags.COUNT],
      None),
     ("autoscale", Annotated[Optional[str], typer.Option(
         help="With --ray: MIN:MAX replicas, added and removed as the requests in flight per replica move "
              "around --target-ongoing-requests.", rich_help_panel=RAY)], None),
     ("replica_cpus", Annotated[Optional[float], typer.Option(
         help="With --ray: CPUs Ray reserves for each replica; its engine computes on that many threads. "
-             "Fewer, wider replicas cost less CPU per text than many 1-CPU ones (docs/scaling.md).", rich_help_panel=RAY), flags.POSITIVE], None),
+             "Fewer, wider replicas cost less CPU per text than many 1-CPU ones (docs/scaling.md).",
+        rich_help_panel=RAY), flags.POSITIVE], None),
     ("target_ongoing_requests", Annotated[Optional[float], typer.Option(
         help="With --autoscale: requests in flight per replica the autoscaler aims at. Enough to fill a "
-             "replica's batches; lower scales out sooner and keeps latency down.", rich_help_panel=RAY), flags.POSITIVE], None),
+             "replica's batches; lower scales out sooner and keeps latency down.",
+        rich_help_panel=RAY), flags.POSITIVE], None),
     ("bundle_cache", Annotated[Optional[Path], typer.Option(
         help="With --ray: the folder on each node where replicas unpack the bundles shipped through Ray's "
-             "object store (default: $ROBERTA_DEPLOY_CACHE or ~/.cache/roberta-deploy/bundles).", rich_help_panel=RAY)], None),
+             "object store (default: $ROBERTA_DEPLOY_CACHE or ~/.cache/roberta-deploy/bundles).",
+        rich_help_panel=RAY)], None),
 )
 
 
