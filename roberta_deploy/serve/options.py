@@ -31,6 +31,19 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """Time and count limits on connections, so that a client that sends slowly or not at all holds no more
+    than a socket for a bounded time (serve/connections.py enforces them; docs/serving.md says which part does)."""
+
+    header_timeout_s: float = 30.0  # from a connection's first byte (or accept) to its request's last header, as hyper's
+    body_timeout_s: float = 60.0  # from the last header to the body's last byte (a whole-body deadline: a drip of
+    #                               one byte a second never resets it), as nginx's client_body_timeout
+    keep_alive_timeout_s: float = 5.0  # idle time between requests on a kept-alive connection (uvicorn's default)
+    max_connections: int = 1024  # open connections; past it a new one is answered 503 and closed at once
+    drain_timeout_s: float = 30.0  # after SIGTERM, how long accepted requests may take before they are cut off
+
+
+@dataclass(frozen=True)
 class BatchingOptions:
     max_batch_tokens: int | None = None  # padded tokens per batch (rows x padded length); None: the batcher's default
     max_wait_ms: float = 2.0  # how long a partial batch waits for more requests
@@ -45,6 +58,8 @@ class ServeOptions:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     batching: BatchingOptions = field(default_factory=BatchingOptions)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    cpu_workers: int | None = None  # threads that parse, tokenize and encode off the event loop; None: one per core
 
     def __post_init__(self):
         if not self.bundles:
@@ -60,6 +75,18 @@ class ServeOptions:
                             ("--max-input-chars", self.limits.max_input_chars)):
             if value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}", f"pass a positive {flag}")
+        if self.connections.max_connections < 1:
+            raise UsageError(f"--max-connections must be at least 1, got {self.connections.max_connections}",
+                             "pass a positive --max-connections")
+        if self.cpu_workers is not None and self.cpu_workers < 1:
+            raise UsageError(f"--cpu-workers must be at least 1, got {self.cpu_workers}", "pass a positive --cpu-workers")
+        for flag, seconds in (("--header-timeout", self.connections.header_timeout_s),
+                              ("--body-timeout", self.connections.body_timeout_s),
+                              ("--keep-alive-timeout", self.connections.keep_alive_timeout_s),
+                              ("--drain-timeout", self.connections.drain_timeout_s)):
+            if not 0 < seconds < float("inf"):
+                raise UsageError(f"{flag} must be a positive number of seconds, got {seconds:g}",
+                                 f"pass e.g. {flag} 30")
         if self.batching.max_wait_ms < 0:
             raise UsageError(f"--max-wait-ms must be 0 or more, got {self.batching.max_wait_ms:g}",
                              "pass --max-wait-ms 0 to run each batch as soon as a context is free")
