@@ -164,6 +164,7 @@ class Server:
         metrics = self.state.metrics
         self.guard = ConnectionGuard(replace(limits, max_connections=max_connections),
                                      on_cut=lambda reason: metrics.connections_cut.labels(reason).inc())
+        metrics.open_connections.set_function(lambda: self.guard.open_connections)
         # httptools' protocol with the header and body deadlines and the connection cap (serve/connections.py);
         # uvicorn itself times idle keep-alive connections and the drain.
         config = uvicorn.Config(create_app(self.state, executor=self._executor), log_config=None, access_log=False,
