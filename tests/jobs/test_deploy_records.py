@@ -16,7 +16,7 @@ from roberta_deploy.atomic import MARKER_FILE, remove_abandoned_staging
 from roberta_deploy.errors import OutputExistsError
 from roberta_deploy.jobs.deploy import _previous_deployment
 
-QUICK = ("--backend", "onnxruntime", "--no-serve", "--perf-seconds", 0.1, "--timing-passes", 2,
+QUICK = ("--backend", "onnxruntime", "--no-serve", "--perf-seconds", 0.05, "--timing-rounds", 3, "--timing-cap", 1,
          "--max-seq-length", 64)
 GOOD = {"kind": "deployment", "schema_version": 1, "model_sha256": "ab" * 32, "candidates": []}
 DAMAGED = {
