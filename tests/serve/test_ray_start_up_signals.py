@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,23 +48,33 @@ def test_a_stop_signal_during_ray_start_up_leaves_nothing_running(bundle_factory
     package_root = str(Path(roberta_deploy.__file__).resolve().parents[1])
     process = subprocess.Popen(
         [sys.executable, "-m", "roberta_deploy", "serve", "--ray", "--bundle", str(bundle_factory("openvino", "fp32")),
-         "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # Ray's processes join this session: what is left of it after the exit is a leak
         env={**os.environ, "PYTHONPATH": package_root, "PYTHONFAULTHANDLER": "1"})
-    try:
-        deadline = time.monotonic() + START_S
+    lines: list[str] = []
+    reached = threading.Event()
+
+    def read() -> None:  # on a thread: a command that prints nothing must not block the test
         for line in process.stdout:
-            if moment in line or time.monotonic() > deadline:
-                break
+            lines.append(line)
+            if moment in line:
+                reached.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert reached.wait(START_S), "".join(lines)
         process.send_signal(sent)
-        _, stderr = process.communicate(timeout=120)
+        process.wait(120)
+        reader.join(30)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
-    assert process.returncode == code, stderr
-    assert "Traceback" not in stderr and "terminate called" not in stderr and "Fatal Python error" not in stderr
-    assert ("interrupted" if code == 130 else "terminated") + "; no partial output was left" in stderr
+    output = "".join(lines)
+    assert process.returncode == code, output
+    assert "Traceback" not in output and "terminate called" not in output and "Fatal Python error" not in output
+    assert ("interrupted" if code == 130 else "terminated") + "; no partial output was left" in output
     deadline = time.monotonic() + 30  # Ray's processes end on their own once their driver stopped them
     while session_processes(process.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
