@@ -246,6 +246,41 @@ def foreign_entries(folder: Path) -> list[str]:
     return entries
 
 
+def holds_our_marker(folder: Path) -> bool:
+    """`folder` holds roberta-deploy's marker: its entries are this tool's to replace."""
+    with contextlib.suppress(OSError, ValueError):
+        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+        return isinstance(marker, dict) and marker.get("tool") == "roberta-deploy"
+    return False
+
+
+def remove_abandoned_staging(folder: Path) -> list[str]:
+    """Remove the staging folders and files (`.NAME.partial-*`) in `folder` whose writer is gone: nobody holds
+    `.NAME.lock` (a process killed outright leaves both behind; a live writer keeps its lock). Returns the
+    names removed. The caller holds the lock of `folder` itself, so no new writer starts in it meanwhile."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        names = sorted(os.listdir(folder))
+    for name in (names if folder.is_dir() else []):
+        if not (name.startswith(".") and ".partial-" in name):
+            continue
+        lock_path = folder / f"{name[:name.index('.partial-')]}.lock"
+        descriptor = None
+        try:
+            if lock_path.exists():
+                descriptor = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path = folder / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(name)
+        except (BlockingIOError, FileNotFoundError):
+            continue  # a live writer's, or already gone
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
+    return removed
+
+
 def _leftover_of(name: str, written: set[str]) -> bool:
     """A lock file or staging folder of one of our entries (`.NAME.lock`, `.NAME.partial-*`): a process killed
     outright (SIGKILL, out of memory) leaves them behind, and they are ours as much as NAME is."""

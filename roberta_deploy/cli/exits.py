@@ -51,15 +51,19 @@ def reports_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except RobertaDeployError as error:
             error_console.print(Text.assemble(("error:", "red"), " ", error.one_line()))
-            raise typer.Exit(error.exit_code) from None
+            code = error.exit_code
         except KeyboardInterrupt:
             error_console.print("interrupted; no partial output was left")
-            end_within(EXIT_GRACE_S, EXIT_INTERRUPTED)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            code = EXIT_INTERRUPTED
         except Terminated:
             error_console.print("terminated; no partial output was left")
-            end_within(EXIT_GRACE_S, EXIT_TERMINATED)
-            raise typer.Exit(EXIT_TERMINATED) from None
+            code = EXIT_TERMINATED
+        # Raised here, not inside the except blocks, where the Exit would carry the error as its __context__, and
+        # with it the frames that hold the command's engines, into the interpreter's exit: engines are freed
+        # while their libraries still run, not during finalization (where OpenVINO's can abort the process).
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+            end_within(EXIT_GRACE_S, code)
+        raise typer.Exit(code)
 
     return wrapper
 

@@ -12,10 +12,12 @@ import typer
 
 from .. import flags
 from ..errors import UsageError
+from ..serve.options import (API_KEY_ENV, BatchingOptions, ConnectionLimits, Limits, ServeOptions, api_key_from,
+                             parse_bundle_specs)
 from .app import BATCHING, LIMITS, MODEL, RAY, SERVER
-from ..serve.options import API_KEY_ENV, BatchingOptions, Limits, ServeOptions, api_key_from, parse_bundle_specs
 
 _DEFAULT_LIMITS = Limits()
+_DEFAULT_CONNECTIONS = ConnectionLimits()
 
 
 # Serve's flags, defined once: `serve` and `deploy` both take them (with_serve_flags) and build their
@@ -59,6 +61,25 @@ SERVE_FLAGS = (
         help=f"Require 'Authorization: Bearer KEY' on every route but /v2/health/live (401 otherwise). Default: "
              f"the {API_KEY_ENV} environment variable, which keeps the key out of the process list.",
         rich_help_panel=SERVER)], None),
+    ("header_timeout", Annotated[float, typer.Option(
+        help="Seconds a connection may take to send a request's headers, from its first byte (or its accept); "
+             "then 408 and closed, so half-sent requests cannot pile up to the open-file limit.", rich_help_panel=LIMITS), flags.POSITIVE],
+     _DEFAULT_CONNECTIONS.header_timeout_s),
+    ("body_timeout", Annotated[float, typer.Option(
+        help="Seconds a request's whole body may take to arrive; then 408 and closed. A request takes an "
+             "inference slot only once its body is read.", rich_help_panel=LIMITS), flags.POSITIVE], _DEFAULT_CONNECTIONS.body_timeout_s),
+    ("keep_alive_timeout", Annotated[float, typer.Option(
+        help="Seconds an idle kept-alive connection stays open between requests.", rich_help_panel=LIMITS), flags.POSITIVE],
+     _DEFAULT_CONNECTIONS.keep_alive_timeout_s),
+    ("max_connections", Annotated[int, typer.Option(
+        help="Open connections at once; past it a new one is answered 503 and closed. Kept below the open-file "
+             "limit, which the server raises to fit where it may.", rich_help_panel=LIMITS), flags.COUNT], _DEFAULT_CONNECTIONS.max_connections),
+    ("drain_timeout", Annotated[float, typer.Option(
+        help="After SIGTERM or Ctrl-C: seconds accepted requests may take to be answered before the rest are "
+             "cut off and the server exits (0).", rich_help_panel=SERVER), flags.POSITIVE], _DEFAULT_CONNECTIONS.drain_timeout_s),
+    ("cpu_workers", Annotated[Optional[int], typer.Option(
+        help="Threads that parse requests, tokenize texts and encode answers, off the event loop, so one large "
+             "request does not stall the others (default: one per core).", rich_help_panel=BATCHING), flags.COUNT], None),
     ("contexts", Annotated[Optional[int], typer.Option(
         help="Engine contexts computing batches at once (default: one per core below 8 cores; with --ray, in "
              "each replica, one per --replica-cpus).", rich_help_panel=BATCHING), flags.COUNT], None),
@@ -81,7 +102,12 @@ class ServeFlags:
                           max_client_batch_size=flags["max_client_batch_size"], payload_limit=flags["payload_limit"],
                           max_input_chars=flags["max_input_chars"], auto_truncate=flags["auto_truncate"]),
             batching=BatchingOptions(max_batch_tokens=flags["max_batch_tokens"], max_wait_ms=flags["max_wait_ms"],
-                                     contexts=flags["contexts"]))
+                                     contexts=flags["contexts"]),
+            connections=ConnectionLimits(header_timeout_s=flags["header_timeout"], body_timeout_s=flags["body_timeout"],
+                                         keep_alive_timeout_s=flags["keep_alive_timeout"],
+                                         max_connections=flags["max_connections"],
+                                         drain_timeout_s=flags["drain_timeout"]),
+            cpu_workers=flags["cpu_workers"])
 
 
 def with_flags(flags: tuple, parameter: str, collect: Callable[[dict], object]) -> Callable[[Callable], Callable]:

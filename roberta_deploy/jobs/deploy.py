@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import MARKER_FILE, OutputFolder, atomic_write_json, atomic_write_text
+from ..atomic import (MARKER_FILE, OutputFolder, atomic_write_json, atomic_write_text, holds_our_marker,
+                      remove_abandoned_staging)
 from ..backends import get_backend, offered_precisions
 from ..build.bundle import BuildOptions, build_engine, held_out_of_calibration
 from ..build.candidates import Candidate, CandidateSpec, Choice, Measurement, build_candidates, choose, measure_candidates
@@ -75,6 +76,7 @@ class Plan:
     candidates: tuple[CandidateSpec, ...]  # the first is the fp32 reference
     previous: dict | None  # deployment.json of an earlier deploy into the output
     output: OutputFolder
+    stale_record: str | None = None  # why the folder's deployment.json was not used (damaged, wrong types)
 
 
 def plan_deployment(options: DeployOptions) -> Plan:
@@ -109,7 +111,7 @@ def plan_deployment(options: DeployOptions) -> Plan:
         dataset, scoring = None, replace(read_dataset(DEMO_SAMPLES_PATH), labels=None)
     output = OutputFolder(options.output, overwrite=True, inputs=(options.model, checkpoint, options.data))
     model_sha256 = checkpoint_hash(checkpoint)
-    previous = _previous_deployment(Path(options.output))
+    previous, stale_record = _previous_deployment(Path(options.output))
     if previous is not None and previous.get("model_sha256") != model_sha256 and not options.overwrite:
         raise OutputExistsError(f"{options.output} holds the deployment of another model ({previous.get('model')}, "
                                 f"sha256 {str(previous.get('model_sha256'))[:12]}), not of {options.model} "
@@ -117,7 +119,7 @@ def plan_deployment(options: DeployOptions) -> Plan:
                                 "choose another --output, or pass --overwrite to replace that deployment")
     return Plan(options=options, precision=precision, checkpoint=checkpoint, model_sha256=model_sha256,
                 dataset=dataset, data_sha256=file_sha256(options.data) if options.data else None, scoring=scoring,
-                candidates=candidates, previous=previous, output=output)
+                candidates=candidates, previous=previous, output=output, stale_record=stale_record)
 
 
 def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[CandidateSpec, ...]:
@@ -171,19 +173,60 @@ def _task_of(checkpoint: Path) -> Task | None:
         return None
 
 
-def _previous_deployment(folder: Path) -> dict | None:
-    """deployment.json of an earlier deploy into `folder`; None for a missing or empty folder. A folder
-    with other content is refused: deploy updates its folder in place and must not mix into another's."""
+def _previous_deployment(folder: Path) -> tuple[dict | None, str | None]:
+    """(deployment.json of an earlier deploy into `folder`, None); (None, None) for a missing or empty folder.
+    A record that cannot be read or has the wrong shape, in a folder holding this tool's marker, is stale:
+    (None, why), and every candidate is built and measured again. Any other folder is refused: deploy updates
+    its folder in place and must not mix into another's."""
     if not folder.is_dir() or not any(folder.iterdir()):
-        return None
+        return None, None
     try:
-        previous = json.loads((folder / DEPLOYMENT_JSON).read_text(encoding="utf-8"))
-        if isinstance(previous, dict) and previous.get("kind") == KIND:
-            return previous
-    except (OSError, ValueError):
-        pass
-    raise OutputExistsError(f"output folder {folder} is not a deployment (it has no readable {DEPLOYMENT_JSON})",
+        record = json.loads((folder / DEPLOYMENT_JSON).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem = "is missing"
+    except (OSError, ValueError) as error:
+        problem = f"cannot be read ({type(error).__name__})"
+    else:
+        problem = _record_problem(record)
+    if problem is None:
+        return record, None
+    if holds_our_marker(folder):
+        return None, f"{DEPLOYMENT_JSON} {problem}"
+    raise OutputExistsError(f"output folder {folder} is not a deployment (its {DEPLOYMENT_JSON} {problem})",
                             "choose another --output folder for deploy")
+
+
+def _record_problem(record) -> str | None:
+    """What makes a deployment.json unusable as a record (wrong kind, schema or field types), or None. Only the
+    fields a later deploy reads are checked; a wrong one anywhere means the record cannot be trusted."""
+    if not isinstance(record, dict) or record.get("kind") != KIND:
+        return "is not a deployment record"
+    version = record.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
+        return f"has schema_version {version!r}, not one this roberta-deploy reads (up to {SCHEMA_VERSION})"
+    if not isinstance(record.get("model_sha256"), str):
+        return "has no model_sha256"
+    for key in ("candidates", "other_candidates"):
+        rows = record.get(key, [])
+        if not isinstance(rows, list):
+            return f"has {key} that is not a list"
+        for row in rows:
+            if not isinstance(row, dict) or not all(isinstance(row.get(name), str) for name in ("backend", "precision")):
+                return f"has a {key} entry that is not a record of a backend and precision"
+            for name, expected in (("build_settings", dict), ("measurement_settings", dict), ("measured", dict),
+                                   ("rejected", str), ("bundle_manifest_sha256", str)):
+                if name in row and not isinstance(row[name], expected):
+                    return f"has a {key} entry whose {name} is {type(row[name]).__name__}"
+    return None
+
+
+def _clean_up_after_killed_runs(folder: Path, step) -> None:
+    """Staging folders that killed runs left in the deployment folder and its bundles folder (an export or a
+    build stopped by SIGKILL or the out-of-memory killer), removed once this run holds the folder's lock."""
+    removed = remove_abandoned_staging(folder) + [f"{BUNDLES_DIR}/{name}" for name in
+                                                  remove_abandoned_staging(folder / BUNDLES_DIR)]
+    if removed:
+        step(f"removed what interrupted runs left: {', '.join(removed)}")
 
 
 def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None) -> dict:
@@ -193,6 +236,9 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
     options = plan.options
     folder = Path(options.output)
     with plan.output:  # locked against a second writer until the reports are written
+        _clean_up_after_killed_runs(folder, step)
+        if plan.stale_record is not None:
+            step(f"{plan.stale_record}: treating it as stale; every candidate is built and measured again")
         if plan.previous is not None and plan.previous.get("model_sha256") != plan.model_sha256:
             step(f"replacing the deployment of {plan.previous.get('model')} in {folder} (--overwrite)")
             for name in OWN_ENTRIES:

@@ -108,6 +108,19 @@ def check_options(options: PerfOptions) -> None:
         raise UsageError("neither --iterations nor --duration is set", "pass --iterations N or --duration S")
 
 
+def _join_despite_signals(threads: list[threading.Thread]) -> None:
+    """Wait until every thread is gone, even if another Ctrl-C or SIGTERM arrives meanwhile (each is one engine
+    call away). Gone means out of threading.enumerate(), not `not is_alive()`: a join that a KeyboardInterrupt
+    broke can leave is_alive() False too early (CPython 3.11), and a thread that drops the last reference to
+    an engine context after the interpreter began to exit aborts in C++ while it frees it."""
+    for thread in threads:
+        while thread in threading.enumerate():
+            try:
+                thread.join(0.05)
+            except BaseException:  # the first signal is already being handled by the caller
+                continue
+
+
 def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float], None] | None = None) -> dict:
     """Measure one bundle. on_progress(phase, elapsed seconds, planned seconds) is called from this
     thread about every 0.1 s during "warm-up" and "timing" (planned is 0 when only --iterations bound it)."""
@@ -326,6 +339,7 @@ def _drive_contexts(contexts, batches, *, seconds: float, min_calls: int,
     calls_per_thread: list[list[tuple[float, float, int, int]]] = [[] for _ in contexts]
     counters = [[0, 0] for _ in contexts]
     errors: list[BaseException] = []
+    stop = threading.Event()  # set on Ctrl-C or SIGTERM: each thread ends after its current call
     started = time.perf_counter()
     deadline = started + seconds
 
@@ -333,7 +347,7 @@ def _drive_contexts(contexts, batches, *, seconds: float, min_calls: int,
         position = number  # threads start at different batches so they do not run in lock-step
         calls = calls_per_thread[number]
         try:
-            while len(calls) < per_thread or time.perf_counter() < deadline:
+            while not stop.is_set() and (len(calls) < per_thread or time.perf_counter() < deadline):
                 batch = batches[position % len(batches)]
                 call_started = time.perf_counter()
                 contexts[number].run(*batch)
@@ -349,11 +363,18 @@ def _drive_contexts(contexts, batches, *, seconds: float, min_calls: int,
     threads = [threading.Thread(target=drive, args=(number,), daemon=True) for number in range(len(contexts))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(PROGRESS_INTERVAL_SECONDS)
-            if on_tick is not None:
-                on_tick(time.perf_counter() - started)
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(PROGRESS_INTERVAL_SECONDS)
+                if on_tick is not None:
+                    on_tick(time.perf_counter() - started)
+    except BaseException:
+        # A thread left inside an engine call when the interpreter exits ends the process in C++'s
+        # std::terminate (exit 134, "terminate called without an active exception"): let each finish its call.
+        stop.set()
+        _join_despite_signals(threads)
+        raise
     if errors:
         raise errors[0]
     return time.perf_counter() - started, calls_per_thread, counters

@@ -249,6 +249,7 @@ def _checked_input(text, index: int) -> TextInput:
     if isinstance(text, str):
         if not text.strip():
             raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
+        _check_unicode(text, f"text {index}")
         return text
     if isinstance(text, (tuple, list)):
         if len(text) != 2:
@@ -258,6 +259,7 @@ def _checked_input(text, index: int) -> TextInput:
             if not isinstance(side, str) or not side.strip():
                 raise InputDataError(f"the {name} text of pair {index} is empty or not a string",
                                      "give both texts of a pair as non-empty strings")
+            _check_unicode(side, f"the {name} text of pair {index}")
         return (text[0], text[1])
     raise InputDataError(f"text {index} is empty", "give every input a non-empty text")
 
@@ -277,3 +279,13 @@ def pad_to_shape(arrays: dict[str, np.ndarray], rows: int, columns: int, pad_tok
         padded[name] = target
     padded["attention_mask"][batch:, 0] = 1
     return padded
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """A lone surrogate ("\\ud800", which JSON and Python strings allow) makes tokenizers raise a TypeError."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InputDataError(f"{where} holds {text[error.start]!r}, a lone surrogate that is not a character",
+                                 "send valid Unicode text") from None

@@ -38,7 +38,8 @@ def parse_text_classification(body: Any, limits: Limits) -> TextClassificationRe
     else:
         inputs = request_inputs(body, EXAMPLE)
         texts = [inputs] if isinstance(inputs, str) else [_text_input(item, index) for index, item in enumerate(inputs)]
-    parameters = body.get("parameters") or {}
+    parameters = body.get("parameters")
+    parameters = {} if parameters is None else parameters  # 0, "" or [] is a wrong type, not "no parameters"
     if not isinstance(parameters, dict):
         raise InputDataError("`parameters` must be a JSON object", f"send a JSON object such as {EXAMPLE}")
     unknown = sorted(set(parameters) - {"top_k", "function_to_apply"})

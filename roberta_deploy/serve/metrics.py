@@ -43,6 +43,11 @@ class ServerMetrics:
         self.texts = Counter("roberta_deploy_texts", "Texts classified", ["model"], registry=registry)
         self.truncated = Counter("roberta_deploy_texts_truncated", "Texts cut at the bundle's max_seq_length",
                                  ["model"], registry=registry)
+        self.connections_cut = Counter("roberta_deploy_connections_cut", "Connections the server closed: a request's "
+                                       "headers or body past its deadline, or a connection past --max-connections",
+                                       ["reason"], registry=registry)
+        self.open_connections = Gauge("roberta_deploy_connections_open", "Client connections open now",
+                                      registry=registry)
         self._batchers: dict[str, object] = {}
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._model_children: dict[str, tuple] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..runtime.batcher import Batcher
@@ -39,7 +40,7 @@ class ServedModel:
         manifest = self.engine.manifest
         model_type = "reranker" if len(self.label_names) == 1 else "classifier"
         return {"model_id": self.name, "model_sha": manifest.get("source_model_sha256"),
-                "source_model": manifest.get("source_model"), "task": self.task.kind,
+                "source_model": public_source(manifest.get("source_model")), "task": self.task.kind,
                 "text_pairs": self.task.text_pairs, "model_type": {model_type: {
                     "id2label": {str(index): label for index, label in enumerate(self.label_names)},
                     "label2id": {label: index for index, label in enumerate(self.label_names)}}},
@@ -49,3 +50,11 @@ class ServedModel:
                 "max_client_batch_size": limits.max_client_batch_size, "payload_limit": limits.payload_limit,
                 "max_input_chars": limits.max_input_chars, "auto_truncate": limits.auto_truncate,
                 "version": version}
+
+
+def public_source(source: str | None) -> str | None:
+    """A hub id as it is; a local checkpoint by its folder name only: its absolute path says how the serving
+    machine is laid out, which /info should not tell anonymous clients."""
+    if source and os.path.isabs(source):
+        return os.path.basename(os.path.normpath(source))
+    return source

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..flags import COUNT, NON_NEGATIVE
+from ..flags import COUNT, NON_NEGATIVE, POSITIVE
 from ..errors import UsageError
 
 API_KEY_ENV = "ROBERTA_DEPLOY_API_KEY"
@@ -32,6 +32,19 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """Time and count limits on connections, so that a client that sends slowly or not at all holds no more
+    than a socket for a bounded time (serve/connections.py enforces them; docs/serving.md says which part does)."""
+
+    header_timeout_s: float = 30.0  # from a connection's first byte (or accept) to its request's last header, as hyper's
+    body_timeout_s: float = 60.0  # from the last header to the body's last byte (a whole-body deadline: a drip of
+    #                               one byte a second never resets it), as nginx's client_body_timeout
+    keep_alive_timeout_s: float = 5.0  # idle time between requests on a kept-alive connection (uvicorn's default)
+    max_connections: int = 1024  # open connections; past it a new one is answered 503 and closed at once
+    drain_timeout_s: float = 30.0  # after SIGTERM, how long accepted requests may take before they are cut off
+
+
+@dataclass(frozen=True)
 class BatchingOptions:
     max_batch_tokens: int | None = None  # padded tokens per batch (rows x padded length); None: the batcher's default
     max_wait_ms: float = 2.0  # how long a partial batch waits for more requests
@@ -46,6 +59,8 @@ class ServeOptions:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     batching: BatchingOptions = field(default_factory=BatchingOptions)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    cpu_workers: int | None = None  # threads that parse, tokenize and encode off the event loop; None: one per core
 
     def __post_init__(self):
         if not self.bundles:
@@ -60,6 +75,14 @@ class ServeOptions:
                             ("--payload-limit", self.limits.payload_limit),
                             ("--max-input-chars", self.limits.max_input_chars)):
             COUNT.require(value, flag)
+        COUNT.require(self.connections.max_connections, "--max-connections")
+        if self.cpu_workers is not None:
+            COUNT.require(self.cpu_workers, "--cpu-workers")
+        for flag, seconds in (("--header-timeout", self.connections.header_timeout_s),
+                              ("--body-timeout", self.connections.body_timeout_s),
+                              ("--keep-alive-timeout", self.connections.keep_alive_timeout_s),
+                              ("--drain-timeout", self.connections.drain_timeout_s)):
+            POSITIVE.require(seconds, flag)
         NON_NEGATIVE.require(self.batching.max_wait_ms, "--max-wait-ms")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port {self.port} is not a TCP port", "pass a port from 1 to 65535 (0: any free port)")

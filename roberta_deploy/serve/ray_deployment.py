@@ -128,37 +128,120 @@ class RayEndpoint:
 def deploy(options: ServeOptions, ray_options: RayOptions,
            on_event: Callable[[str], None] = lambda message: None) -> RayEndpoint:
     """Serve `options.bundles` on Ray: connect (or start a local instance), ship the bundles, run the
-    deployment and return once every replica is warm and routed to."""
+    deployment and return once every replica is warm and routed to.
+
+    SIGTERM or SIGINT at any moment of this start-up undoes it (the application deleted, a Ray this process
+    started stopped) and is then raised again to the handler that was in place (the CLI's: exit 143 or 130)."""
     ray, serve = import_ray()
     check_bundles(options)
     packed_bundles = [pack_bundle(spec.path) for spec in options.bundles]  # a corrupt bundle fails before Ray starts
-    started_ray = _connect(ray, ray_options)
+    with _StartUpSignals() as stop:
+        started_ray = ray_options.address is None  # until _connect says otherwise: stop what ray.init started
+        try:
+            started_ray = _connect(ray, ray_options)
+            stop.install()  # ray.init puts its own SIGTERM handler (sys.exit, a C++ abort mid-call) in place
+            stop.check()
+            return _ship_and_run(ray, serve, options, ray_options, packed_bundles, started_ray, on_event, stop)
+        except BaseException:
+            _leave_nothing_running(ray, ray_options.app_name, started_ray)
+            raise
+
+
+class _Stopped(Exception):
+    """A stop signal came during start-up; _StartUpSignals raises it again once the start-up was undone."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+class _StartUpSignals:
+    """SIGTERM and SIGINT only noted while Ray starts (an exception raised inside Ray's C++ callbacks comes out as
+    a SystemError, or Ray's own handler ends the process mid-call); `check()` raises _Stopped between steps.
+    On leaving, the previous handlers come back and a noted signal is raised to them."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StartUpSignals":
+        self._previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        self.install()
+        return self
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._note)
+
+    def _note(self, signal_number: int, frame) -> None:
+        if self.received is None:
+            self.received = signal_number
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise _Stopped(self.received)
+
+    def __exit__(self, error_type, error, traceback) -> bool:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if self.received is not None:
+            signal.raise_signal(self.received)  # the previous handler raises (the CLI's) or ends the process
+        return isinstance(error, _Stopped)  # not reached when the handler raised
+
+
+def _leave_nothing_running(ray, app_name: str, started_ray: bool) -> None:
+    """Undo a start-up that failed or was stopped: delete the application, and stop a Ray this process started."""
+    try:
+        if ray.is_initialized():
+            RayEndpoint(url="", app_name=app_name, bundles=(), started_ray=started_ray).close()
+        elif started_ray:  # stopped inside ray.init: whatever it started of a local instance
+            ray.shutdown()
+    except Exception:  # best effort: the error that brought us here is the one to report
+        pass
+
+
+def _ship_and_run(ray, serve, options: ServeOptions, ray_options: RayOptions, packed_bundles: list,
+                  started_ray: bool, on_event: Callable[[str], None], stop: _StartUpSignals) -> RayEndpoint:
     on_event(("started a local Ray instance" if started_ray else f"connected to Ray at {ray_options.address}")
              + f" ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
     shipped = []
     for spec, packed in zip(options.bundles, packed_bundles):
         shipped.append(ShippedBundle(name=spec.name, digest=packed.digest, ref=ray.put(packed)))
         on_event(f"shipped {spec.name} ({packed.size / 1e6:.1f} MB, {len(packed.files)} files) into the object store")
+        stop.check()
     del packed_bundles  # the object store holds them now
     serve.start(proxy_location=ray_options.proxy_location,
                 http_options={"host": options.host, "port": options.port})
+    stop.check()
     deployment = serve.deployment(serve.ingress()(ReplicaServer), name=DEPLOYMENT_NAME,
                                   **deployment_settings(options, ray_options))
     scale = (f"autoscaled {ray_options.autoscale[0]}..{ray_options.autoscale[1]}" if ray_options.autoscale
              else f"{ray_options.replicas}")
     on_event(f"deploying {scale} replica(s) of {ray_options.replica_cpus:g} CPU(s) each")
-    try:
-        serve.run(deployment.bind(tuple(shipped), options, ray_options), name=ray_options.app_name,
-                  route_prefix="/")
-    except RuntimeError as error:  # the replicas did not start: say why in one line, and leave nothing running
-        reason = _replica_failure(serve, ray_options.app_name) or str(error).splitlines()[0]
-        RayEndpoint(url="", app_name=ray_options.app_name, bundles=(), started_ray=started_ray).close()
-        raise BackendError(f"the replicas failed to start: {reason}",
-                           "fix that and run again; every replica's log is under Ray's session folder "
-                           "(/tmp/ray/session_latest/logs on each node)") from None
+    # Not blocking: the wait below looks at the stop signals between its polls.
+    serve._run(deployment.bind(tuple(shipped), options, ray_options), _blocking=False, name=ray_options.app_name,
+               route_prefix="/")
+    _wait_until_running(serve, ray_options.app_name, stop)
     host = options.host
     url = f"http://{f'[{host}]' if ':' in host else host}:{options.port}"
     return RayEndpoint(url=url, app_name=ray_options.app_name, bundles=tuple(shipped), started_ray=started_ray)
+
+
+def _wait_until_running(serve, app_name: str, stop: _StartUpSignals, poll_s: float = 0.2) -> None:
+    """Until every replica of the application is warm and routed to; BackendError naming why if they failed."""
+    pause = threading.Event()
+    while True:
+        stop.check()
+        application = serve.status().applications.get(app_name)
+        status = str(getattr(application, "status", "")).rsplit(".", 1)[-1]
+        if status == "RUNNING":
+            return
+        if status == "DEPLOY_FAILED":
+            reason = _replica_failure(serve, app_name) or (application.message or "").strip().splitlines()[-1:]
+            raise BackendError(f"the replicas failed to start: {reason if isinstance(reason, str) else ''.join(reason)}",
+                               "fix that and run again; every replica's log is under Ray's session folder "
+                               "(/tmp/ray/session_latest/logs on each node)")
+        pause.wait(poll_s)
 
 
 def serve_until_stopped(options: ServeOptions, ray_options: RayOptions,

@@ -1,5 +1,6 @@
 """The server's life: bind, listen at once (not ready), load and warm up every bundle in the background,
-ready; on SIGTERM or SIGINT stop accepting, answer every accepted request, close the batchers, exit 0.
+ready; on SIGTERM or SIGINT stop accepting, answer every accepted request for at most --drain-timeout (then
+cut the rest), close the batchers, exit 0.
 
 This module owns the process while serving: it installs handlers for SIGTERM and SIGINT and puts the
 previous ones back when the server stops (uvicorn does the same, but re-raises the signal afterwards,
@@ -9,18 +10,23 @@ which would end the process with a signal instead of exit code 0).
 from __future__ import annotations
 
 import contextlib
+import resource
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable
 
 import uvicorn
 
 from ..errors import UsageError
+from ..flags import available_cores
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..runtime.batcher import Batcher
 from ..runtime.engine import THROUGHPUT, Engine
 from .app import ServerState, create_app
+from .connections import ConnectionGuard, guarded_protocol
 from .models import ServedModel
 from .options import BundleSpec, ServeOptions
 
@@ -55,10 +61,29 @@ def served_model(name: str, engine, options: ServeOptions) -> ServedModel:
 
 
 def check_bundles(options: ServeOptions) -> None:
-    """Fail before binding a port if a bundle is missing or is not a bundle (Engine.load, in the warm-up,
-    checks every file against its manifest hash; hashing twice would only delay the start)."""
+    """Fail before binding a port if a bundle is missing, is not a bundle, or a file differs from its manifest
+    hash (a truncated weights file). Engine.load hashes again in the warm-up: that costs a fraction of a second
+    per 100 MB, and a bundle refused after "listening on" would leave a deployment half started."""
     for spec in options.bundles:
-        read_manifest(spec.path, KIND_BUNDLE, verify_files=False)
+        read_manifest(spec.path, KIND_BUNDLE)
+
+
+FILES_PER_PROCESS = 64  # descriptors the process holds besides client sockets: engines, logs, the listener
+
+
+def usable_connections(wanted: int) -> int:
+    """--max-connections, raising this process's open-file limit to fit it where the hard limit allows;
+    otherwise the most the limit allows, so that a flood gets 503s instead of failed accepts."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + FILES_PER_PROCESS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - FILES_PER_PROCESS))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -82,6 +107,7 @@ class _GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_stop: Callable[[int], None]):
         super().__init__(config)
         self._on_stop = on_stop
+        self.cut_requests = 0
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -94,6 +120,11 @@ class _GracefulServer(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    async def shutdown(self, sockets=None) -> None:
+        """uvicorn's drain (timeout_graceful_shutdown: --drain-timeout), noting how many requests it cut off."""
+        await super().shutdown(sockets)
+        self.cut_requests = sum(1 for task in self.server_state.tasks if task.cancelling())
 
     def _handle_stop(self, sig: int, frame) -> None:
         if self.should_exit and sig == signal.SIGINT:
@@ -116,14 +147,30 @@ class Server:
         self._uvicorn: _GracefulServer | None = None
         self._failure: BaseException | None = None
         self._models: list[ServedModel] = []
+        self._executor = ThreadPoolExecutor(max_workers=options.cpu_workers or available_cores(),
+                                            thread_name_prefix="serve-cpu")
+        self.guard: ConnectionGuard | None = None
 
     def run(self, sock: socket.socket | None = None) -> None:
         sock = sock or bind(self.options.host, self.options.port)
         self.port = sock.getsockname()[1]
         self.state = ServerState(names=tuple(spec.name for spec in self.options.bundles), limits=self.options.limits,
                                  api_key=self.options.api_key)
-        config = uvicorn.Config(create_app(self.state), log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=None, server_header=False)
+        limits = self.options.connections
+        max_connections = usable_connections(limits.max_connections)
+        if max_connections < limits.max_connections:
+            self.on_event(f"the open-file limit allows {max_connections} connections, not --max-connections "
+                          f"{limits.max_connections} (raise `ulimit -n`)")
+        metrics = self.state.metrics
+        self.guard = ConnectionGuard(replace(limits, max_connections=max_connections),
+                                     on_cut=lambda reason: metrics.connections_cut.labels(reason).inc())
+        metrics.open_connections.set_function(lambda: self.guard.open_connections)
+        # httptools' protocol with the header and body deadlines and the connection cap (serve/connections.py);
+        # uvicorn itself times idle keep-alive connections and the drain.
+        config = uvicorn.Config(create_app(self.state, executor=self._executor), log_config=None, access_log=False,
+                                lifespan="off", http=guarded_protocol(self.guard),
+                                timeout_keep_alive=limits.keep_alive_timeout_s,
+                                timeout_graceful_shutdown=limits.drain_timeout_s, server_header=False)
         self._uvicorn = _GracefulServer(config, on_stop=self._begin_drain)
         loader = threading.Thread(target=self._load_and_warm_up, name="warm-up", daemon=True)
         self.on_event(f"listening on {self.url} (not ready until every bundle is warmed up)")
@@ -133,10 +180,13 @@ class Server:
         finally:
             loader.join()
             self._close_batchers()
+            self._executor.shutdown(wait=False, cancel_futures=True)
             sock.close()
         if self._failure is not None:
             raise self._failure
-        self.on_event("stopped: every accepted request was answered")
+        cut = self._uvicorn.cut_requests
+        self.on_event("stopped: every accepted request was answered" if not cut else
+                      f"stopped: {cut} requests were cut off after --drain-timeout {limits.drain_timeout_s:g} s")
 
     @property
     def url(self) -> str:

@@ -25,6 +25,8 @@ INPUT_NAME = "text"
 PAIR_INPUT_NAME = "text_pair"  # the second text of each pair: a second BYTES tensor of the same shape
 OUTPUTS = ("logits", "probabilities", "label")
 HEADER_LENGTH = "inference-header-content-length"
+MAX_RANK = 2  # [n] or [n, 1]
+MODEL_VERSION = "1"  # every served model has this one version
 EXAMPLE = '{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["酒店很干净"]}]}'
 
 
@@ -41,7 +43,7 @@ def model_metadata(name: str, label_names: tuple[str, ...], platform: str, text_
     inputs = [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
     if text_pairs:
         inputs.append({"name": PAIR_INPUT_NAME, "datatype": "BYTES", "shape": [-1]})
-    return {"name": name, "versions": ["1"], "platform": platform, "inputs": inputs,
+    return {"name": name, "versions": [MODEL_VERSION], "platform": platform, "inputs": inputs,
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, labels]},
                         {"name": "probabilities", "datatype": "FP32", "shape": [-1, labels]},
                         {"name": "label", "datatype": "BYTES", "shape": [-1]}]}
@@ -76,27 +78,53 @@ def parse_infer(body: bytes, header_length: str | None, limits: Limits) -> Infer
     if PAIR_INPUT_NAME in columns and len(columns[PAIR_INPUT_NAME]) != len(columns[INPUT_NAME]):
         raise InputDataError(f"{PAIR_INPUT_NAME!r} has {len(columns[PAIR_INPUT_NAME])} elements but {INPUT_NAME!r} "
                              f"{len(columns[INPUT_NAME])}", "send one text_pair per text")
-    texts = columns[INPUT_NAME] if PAIR_INPUT_NAME not in columns else list(zip(columns[INPUT_NAME],
-                                                                                 columns[PAIR_INPUT_NAME]))
-    texts = check_texts(texts, limits, INPUT_NAME)
-    request_parameters = header.get("parameters") or {}
-    all_binary = bool(isinstance(request_parameters, dict) and request_parameters.get("binary_data_output"))
-    requested = header.get("outputs")
-    if requested is None:
-        outputs = tuple((name, all_binary) for name in OUTPUTS)
-    else:
-        if not isinstance(requested, list):
-            raise InputDataError("`outputs` must be a list", f"ask for any of {', '.join(OUTPUTS)}")
-        outputs = []
-        for item in requested:
-            name = item.get("name") if isinstance(item, dict) else None
-            if name not in OUTPUTS:
-                raise InputDataError(f"unknown output {name!r}", f"ask for any of {', '.join(OUTPUTS)}")
-            binary_flag = (item.get("parameters") or {}).get("binary_data", all_binary)
-            outputs.append((name, bool(binary_flag)))
-        outputs = tuple(outputs)
+    texts = check_texts(columns[INPUT_NAME], limits, INPUT_NAME)
+    if PAIR_INPUT_NAME in columns:  # each column's elements checked under its own name, then pairs' lengths
+        check_texts(columns[PAIR_INPUT_NAME], limits, PAIR_INPUT_NAME)
+        texts = check_texts(list(zip(texts, columns[PAIR_INPUT_NAME])), limits, f"{INPUT_NAME} + {PAIR_INPUT_NAME}")
+    all_binary = _flag(_parameters(header, "the request"), "binary_data_output", False, "the request")
     request_id = header.get("id")
-    return InferRequest(texts=texts, request_id=str(request_id) if request_id is not None else None, outputs=outputs)
+    return InferRequest(texts=texts, request_id=str(request_id) if request_id is not None else None,
+                        outputs=_requested_outputs(header.get("outputs"), all_binary))
+
+
+def _requested_outputs(requested: Any, all_binary: bool) -> tuple[tuple[str, bool], ...]:
+    """(name, binary) per output asked for; each output at most once, so the answer's size is bounded by the
+    texts the request may hold (a name listed 60,000 times would multiply it)."""
+    if requested is None:
+        return tuple((name, all_binary) for name in OUTPUTS)
+    if not isinstance(requested, list):
+        raise InputDataError("`outputs` must be a list", f"ask for any of {', '.join(OUTPUTS)}")
+    outputs = []
+    for item in requested:
+        name = item.get("name") if isinstance(item, dict) else None
+        if name not in OUTPUTS:
+            raise InputDataError(f"unknown output {json.dumps(name, ensure_ascii=False)}",
+                                 f"ask for any of {', '.join(OUTPUTS)}")
+        if any(name == seen for seen, _ in outputs):
+            raise InputDataError(f"output {name!r} is asked for twice", "list each output at most once")
+        where = f"output {name!r}"
+        outputs.append((name, _flag(_parameters(item, where), "binary_data", all_binary, where)))
+    return tuple(outputs)
+
+
+def _parameters(container: dict, where: str) -> dict:
+    """The `parameters` object of a request, input or output ({} when absent or null)."""
+    parameters = container.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise InputDataError(f"`parameters` of {where} is {type(parameters).__name__}, not an object",
+                             'send "parameters": {"binary_data": true} or leave it out')
+    return parameters
+
+
+def _flag(parameters: dict, key: str, default: bool, where: str) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise InputDataError(f"`{key}` of {where} is {json.dumps(value, ensure_ascii=False)}, not true or false",
+                             f'send "{key}": true or false')
+    return value
 
 
 def _read_tensor(tensor: dict, binary: bytes, offset: int) -> tuple[list, int]:
@@ -107,7 +135,7 @@ def _read_tensor(tensor: dict, binary: bytes, offset: int) -> tuple[list, int]:
         raise InputDataError(f"input {name!r} has datatype {tensor.get('datatype')!r}, not BYTES",
                              "send texts as a BYTES tensor")
     count = _element_count(tensor.get("shape"), name)
-    parameters = tensor.get("parameters") or {}
+    parameters = _parameters(tensor, f"input {name!r}")
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
@@ -117,7 +145,7 @@ def _read_tensor(tensor: dict, binary: bytes, offset: int) -> tuple[list, int]:
         elements = _decode_bytes_tensor(binary[offset:offset + size], name)
         offset += size
     elif "data" in tensor:
-        elements = _flatten(tensor["data"])
+        elements = _flatten(tensor["data"], name, MAX_RANK)
     else:
         raise InputDataError(f"input {name!r} has neither `data` nor binary data", f"send {EXAMPLE}")
     if len(elements) != count:
@@ -127,20 +155,29 @@ def _read_tensor(tensor: dict, binary: bytes, offset: int) -> tuple[list, int]:
 
 
 def _element_count(shape: Any, name: str = INPUT_NAME) -> int:
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                           for d in shape):
         raise InputDataError(f"input {name!r} has shape {shape!r}", "send shape [n] or [n, 1] for n texts")
-    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+    if len(shape) > MAX_RANK or (len(shape) == 2 and shape[1] != 1):
         raise InputDataError(f"input {name!r} has shape {shape}, one text per row is expected",
                              "send shape [n] or [n, 1] for n texts")
     return shape[0]
 
 
-def _flatten(data: Any) -> list:
+def _flatten(data: Any, name: str, depth: int) -> list:
+    """The elements of `data`, a list nested at most `depth` deep (the shape's rank): a row-major [n, 1] tensor may
+    come as [[a], [b]], as Triton's clients send it."""
     if not isinstance(data, list):
-        raise InputDataError(f"input {INPUT_NAME!r} data must be a list of strings", f"send {EXAMPLE}")
+        raise InputDataError(f"input {name!r} data must be a list of strings", f"send {EXAMPLE}")
     flat = []
     for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+        if isinstance(item, list):
+            if depth <= 1:
+                raise InputDataError(f"input {name!r} data is nested deeper than its shape",
+                                     "send a flat list of strings, or one list per row for shape [n, 1]")
+            flat.extend(_flatten(item, name, depth - 1))
+        else:
+            flat.append(item)
     return flat
 
 
@@ -187,7 +224,7 @@ def format_infer(request: InferRequest, model_name: str, logits: np.ndarray,
             tensor["parameters"] = {"binary_data_size": len(raw)}
             binary_parts.append(raw)
         outputs.append(tensor)
-    response = {"model_name": model_name, "model_version": "1", "outputs": outputs}
+    response = {"model_name": model_name, "model_version": MODEL_VERSION, "outputs": outputs}
     if request.request_id is not None:
         response["id"] = request.request_id
     header = dump_json(response)
