@@ -51,6 +51,10 @@ SERVE_FLAGS = (
     ("contexts", Annotated[Optional[int], typer.Option(
         help="Engine contexts computing batches at once (default: one per core below 8 cores; with --ray, in "
              "each replica, one per --replica-cpus).")], None),
+    ("grpc_port", Annotated[Optional[int], typer.Option(
+        help="Also serve the Open Inference Protocol v2 over gRPC (Triton's and KServe's gRPC clients) on this "
+             "port, with the same models, limits and key (0 picks a free one). Off by default; not with --ray.")],
+     None),
 )
 
 
@@ -70,7 +74,8 @@ class ServeFlags:
                           max_client_batch_size=flags["max_client_batch_size"], payload_limit=flags["payload_limit"],
                           max_input_chars=flags["max_input_chars"], auto_truncate=flags["auto_truncate"]),
             batching=BatchingOptions(max_batch_tokens=flags["max_batch_tokens"], max_wait_ms=flags["max_wait_ms"],
-                                     contexts=flags["contexts"]))
+                                     contexts=flags["contexts"]),
+            grpc_port=flags["grpc_port"])
 
 
 def with_flags(flags: tuple, parameter: str, collect: Callable[[dict], object]) -> Callable[[Callable], Callable]:
@@ -154,6 +159,9 @@ class RayFlags:
         flags = self.values
         if flags["replicas"] is not None and flags["autoscale"] is not None:
             raise UsageError("--replicas and --autoscale both set the replica count", "pass one of them")
+        if serve_options.grpc_port is not None:
+            raise UsageError("--grpc-port is not served on Ray (Ray Serve proxies HTTP to the replicas)",
+                             "leave --grpc-port off with --ray, or serve gRPC without --ray")
         if serve_options.port == 0:
             raise UsageError("--port 0 cannot be used with --ray: every node's proxy listens on the same port",
                              "pass a port, e.g. --port 8000")

@@ -8,6 +8,7 @@ while its texts wait is cancelled in the batcher (dropped before compute) and co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 from dataclasses import dataclass, field
@@ -16,11 +17,11 @@ from typing import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from ..errors import (NotReadyError, OverloadedError, RequestTooLargeError, UnauthorizedError, UnknownModelError)
-from . import hf, tei, v2
+from . import hf, kserve, openapi, tei, triton, v2
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .models import ServedModel
 from .options import Limits
@@ -60,6 +61,25 @@ class ServerState:
     def accepting(self) -> bool:
         return self.ready and not self.draining
 
+    @contextlib.contextmanager
+    def admission(self):
+        """Readiness, then the concurrency limit; inside the block the request counts as in flight (HTTP and gRPC)."""
+        if not self.accepting:
+            raise NotReadyError("the server is shutting down" if self.draining else "the model is still warming up",
+                                "retry in a moment" if not self.draining else "send the request to another replica")
+        if self.in_flight >= self.limits.max_concurrent_requests:
+            raise OverloadedError(f"{self.in_flight} requests are in flight, the limit is "
+                                  f"{self.limits.max_concurrent_requests}",
+                                  "retry after the Retry-After seconds, or start the server with a larger "
+                                  "--max-concurrent-requests")
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+
     def model(self, name: str | None) -> ServedModel:
         name = name or self.names[0]
         if name not in self.names:
@@ -68,6 +88,16 @@ class ServerState:
         if name not in self.models:
             raise NotReadyError(f"model {name!r} is still warming up", "retry when /health answers 200")
         return self.models[name]
+
+
+def check_api_key(api_key: str | None, authorization: str) -> None:
+    """The `authorization` header (HTTP) or metadata (gRPC) against the server's key, in constant time."""
+    if api_key is None:
+        return
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise UnauthorizedError("missing or wrong API key",
+                                "send the header 'Authorization: Bearer KEY' with the server's --api-key")
 
 
 class ClientGone(Exception):
@@ -101,12 +131,7 @@ def create_app(state: ServerState) -> Starlette:
         return run
 
     def authorize(request: Request) -> None:
-        if state.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
-            raise UnauthorizedError("missing or wrong API key",
-                                    "send the header 'Authorization: Bearer KEY' with the server's --api-key")
+        check_api_key(state.api_key, request.headers.get("authorization", ""))
 
     async def classify(request: Request, model: ServedModel, texts: list[str], truncate: bool | None,
                        truncation_direction: str = "right"):
@@ -131,21 +156,8 @@ def create_app(state: ServerState) -> Starlette:
 
     async def admitted(request: Request, run: Callable[[bytes], Awaitable[Response]]) -> Response:
         """Readiness, then the concurrency limit, then the body under the payload limit."""
-        if not state.accepting:
-            raise NotReadyError("the server is shutting down" if state.draining else "the model is still warming up",
-                                "retry in a moment" if not state.draining else "send the request to another replica")
-        if state.in_flight >= limits.max_concurrent_requests:
-            raise OverloadedError(f"{state.in_flight} requests are in flight, the limit is "
-                                  f"{limits.max_concurrent_requests}",
-                                  "retry after the Retry-After seconds, or start the server with a larger "
-                                  "--max-concurrent-requests")
-        state.in_flight += 1
-        state.metrics.in_flight.inc()
-        try:
+        with state.admission():
             return await run(await read_body(request))
-        finally:
-            state.in_flight -= 1
-            state.metrics.in_flight.dec()
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -225,8 +237,7 @@ def create_app(state: ServerState) -> Starlette:
                         media_type=JSON)
 
     async def v2_server(request: Request) -> Response:
-        return Response(dump_json({"name": "roberta-deploy", "version": version,
-                                   "extensions": ["binary_tensor_data"]}), media_type=JSON)
+        return Response(dump_json(triton.server_metadata(version)), media_type=JSON)
 
     async def v2_model(request: Request) -> Response:
         model = state.model(request.path_params["name"])
@@ -255,7 +266,36 @@ def create_app(state: ServerState) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
+    # KServe v1 (serve/kserve.py)
+    async def v1_predict(request: Request) -> Response:
+        model = state.model(request.path_params["name"])
+
+        async def run(body: bytes) -> Response:
+            parsed = kserve.parse_predict(parse_json(body, kserve.EXAMPLE), limits)
+            result, _ = await classify(request, model, parsed.texts, None)
+            return Response(dump_json(kserve.format_predict(parsed, result.logits, model.task)), media_type=JSON)
+
+        return await admitted(request, run)
+
+    async def v1_model(request: Request) -> Response:
+        model = state.model(request.path_params["name"])
+        ready = state.accepting and model.ready
+        return Response(dump_json(kserve.model_status(model.name, ready)), status_code=200 if ready else 503,
+                        media_type=JSON)
+
+    async def v1_models(request: Request) -> Response:
+        return Response(dump_json({"models": list(state.names)}), media_type=JSON)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(dump_json(openapi.openapi_schema(app.routes, version)), media_type=JSON)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(openapi.docs_page(app.routes, version))
+
     routes = [
+        # Triton's extensions first: /v2/models/{name} would take "stats" for a model name.
+        *(Route(path, endpoint(label, V2, handler, counted=False), methods=[method])
+          for path, label, handler, method in triton.http_handlers(state)),
         Route("/predict", endpoint("/predict", TEI, predict), methods=["POST"]),
         Route("/models/{name}/predict", endpoint("/predict", TEI, predict), methods=["POST"]),
         Route("/rerank", endpoint("/rerank", TEI, rerank), methods=["POST"]),
@@ -279,6 +319,12 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v2/models/{name}/infer", endpoint("/v2/infer", V2, v2_infer), methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", endpoint("/v2/infer", V2, v2_infer), methods=["POST"]),
         Route("/metrics", endpoint("/metrics", TEI, metrics, counted=False), methods=["GET"]),
+        Route("/v1/models/{name}:predict", endpoint("/v1/predict", V2, v1_predict), methods=["POST"]),
+        Route("/v1/models/{name}", endpoint("/v1/models", V2, v1_model, counted=False), methods=["GET"]),
+        Route("/v1/models", endpoint("/v1/models", V2, v1_models, counted=False), methods=["GET"]),
+        Route("/openapi.json", endpoint("/openapi.json", TEI, openapi_json, needs_key=False, counted=False),
+              methods=["GET"]),
+        Route("/docs", endpoint("/docs", TEI, docs, needs_key=False, counted=False), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _method_not_allowed})
     return app

@@ -21,6 +21,7 @@ from ..manifest import KIND_BUNDLE, read_manifest
 from ..runtime.batcher import Batcher
 from ..runtime.engine import THROUGHPUT, Engine
 from .app import ServerState, create_app
+from .grpc_server import grpc_serving
 from .models import ServedModel
 from .options import BundleSpec, ServeOptions
 
@@ -79,9 +80,16 @@ def bind(host: str, port: int) -> socket.socket:
 class _GracefulServer(uvicorn.Server):
     """uvicorn's server with our stop signals: mark draining, then let uvicorn finish open connections."""
 
-    def __init__(self, config: uvicorn.Config, on_stop: Callable[[int], None]):
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[int], None], companions=()):
         super().__init__(config)
         self._on_stop = on_stop
+        self._companions = companions  # async context managers served on the same loop (gRPC)
+
+    async def serve(self, sockets=None) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for companion in self._companions:
+                await stack.enter_async_context(companion)
+            await super().serve(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -116,6 +124,7 @@ class Server:
         self._uvicorn: _GracefulServer | None = None
         self._failure: BaseException | None = None
         self._models: list[ServedModel] = []
+        self.grpc_port: int | None = None  # bound gRPC port, once listening (--grpc-port)
 
     def run(self, sock: socket.socket | None = None) -> None:
         sock = sock or bind(self.options.host, self.options.port)
@@ -124,7 +133,9 @@ class Server:
                                  api_key=self.options.api_key)
         config = uvicorn.Config(create_app(self.state), log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=None, server_header=False)
-        self._uvicorn = _GracefulServer(config, on_stop=self._begin_drain)
+        companions = [] if self.options.grpc_port is None else [
+            grpc_serving(self.state, self.options.host, self.options.grpc_port, self._grpc_bound)]
+        self._uvicorn = _GracefulServer(config, on_stop=self._begin_drain, companions=companions)
         loader = threading.Thread(target=self._load_and_warm_up, name="warm-up", daemon=True)
         self.on_event(f"listening on {self.url} (not ready until every bundle is warmed up)")
         loader.start()
@@ -142,6 +153,10 @@ class Server:
     def url(self) -> str:
         host = self.options.host
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    def _grpc_bound(self, port: int) -> None:
+        self.grpc_port = port
+        self.on_event(f"gRPC (Open Inference Protocol v2) listening on {self.options.host}:{port}")
 
     def stop(self) -> None:
         """Drain and stop, as SIGTERM does (for callers that run the server in a thread)."""

@@ -1,0 +1,72 @@
+"""KServe's v1 protocol, as its Hugging Face runtime answers a sequence-classification model.
+
+POST /v1/models/NAME:predict {"instances": ["text", ...]} (or "inputs") -> {"predictions": [label index, ...]},
+the argmax of each row as the runtime sends it by default. The runtime's --return_probabilities and
+--return_raw_logits are server flags there; here a request asks with "return_probabilities": true
+({"0": p0, "1": p1, ...} per row, rounded to 4 decimals, as the runtime rounds them) or "return_raw_logits": true.
+A sentence pair is an instance ["text", "text_pair"] or {"text", "text_pair"} (the runtime takes texts only).
+GET /v1/models/NAME -> {"name", "ready"}; GET /v1/models -> {"models": [names]}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError
+from ..runtime.tokenization import text_input_from_dict
+from ..tasks import Task
+from .options import Limits
+from .payload import check_texts, optional_bool
+
+EXAMPLE = '{"instances": ["酒店很干净", "房间太小了"]}'
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    texts: list  # a text, or a (text, text_pair) tuple, per instance
+    return_probabilities: bool
+    return_raw_logits: bool
+
+
+def parse_predict(body: Any, limits: Limits) -> PredictRequest:
+    if not isinstance(body, dict) or not ("instances" in body or "inputs" in body):
+        raise InputDataError("the request has no `instances`", f"send a JSON object such as {EXAMPLE}")
+    field = "instances" if "instances" in body else "inputs"
+    instances = body[field]
+    if not isinstance(instances, list):
+        raise InputDataError(f"`{field}` is {type(instances).__name__}, not a list of texts", f"send {EXAMPLE}")
+    probabilities = bool(optional_bool(body.get("return_probabilities"), "return_probabilities"))
+    raw_logits = bool(optional_bool(body.get("return_raw_logits"), "return_raw_logits"))
+    if probabilities and raw_logits:
+        raise InputDataError("`return_probabilities` and `return_raw_logits` are both true",
+                             "ask for one of them (or neither, for the label index)")
+    texts = check_texts([_instance(item, index) for index, item in enumerate(instances)], limits, field)
+    return PredictRequest(texts=texts, return_probabilities=probabilities, return_raw_logits=raw_logits)
+
+
+def _instance(item: Any, index: int) -> Any:
+    if isinstance(item, dict):
+        return text_input_from_dict(item)
+    if isinstance(item, list):
+        if len(item) == 2:
+            return (item[0], item[1])
+        raise InputDataError(f"instance {index} is a list of {len(item)} items",
+                             'send a text, or a pair as ["text", "text_pair"]')
+    return item
+
+
+def format_predict(request: PredictRequest, logits: np.ndarray, task: Task) -> dict:
+    if request.return_raw_logits:
+        rows = [{str(index): float(value) for index, value in enumerate(row)} for row in logits]
+    elif request.return_probabilities:
+        rows = [{str(index): round(float(value), 4) for index, value in enumerate(row)} for row in task.scores(logits)]
+    else:
+        rows = [int(index) for index in logits.argmax(axis=1)]
+    return {"predictions": rows}
+
+
+def model_status(name: str, ready: bool) -> dict:
+    return {"name": name, "ready": ready}
