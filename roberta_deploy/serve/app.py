@@ -283,6 +283,9 @@ def create_app(state: ServerState) -> Starlette:
         return Response(dump_json(kserve.model_status(model.name, ready)), status_code=200 if ready else 503,
                         media_type=JSON)
 
+    async def v1_live(request: Request) -> Response:
+        return Response(dump_json({"status": "alive"}), media_type=JSON)
+
     async def v1_models(request: Request) -> Response:
         return Response(dump_json({"models": list(state.names)}), media_type=JSON)
 
@@ -322,6 +325,7 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/models/{name}:predict", endpoint("/v1/predict", V2, v1_predict), methods=["POST"]),
         Route("/v1/models/{name}", endpoint("/v1/models", V2, v1_model, counted=False), methods=["GET"]),
         Route("/v1/models", endpoint("/v1/models", V2, v1_models, counted=False), methods=["GET"]),
+        Route("/", endpoint("/", V2, v1_live, needs_key=False, counted=False), methods=["GET"]),
         Route("/openapi.json", endpoint("/openapi.json", TEI, openapi_json, needs_key=False, counted=False),
               methods=["GET"]),
         Route("/docs", endpoint("/docs", TEI, docs, needs_key=False, counted=False), methods=["GET"]),

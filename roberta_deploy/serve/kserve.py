@@ -5,7 +5,8 @@ the argmax of each row as the runtime sends it by default. The runtime's --retur
 --return_raw_logits are server flags there; here a request asks with "return_probabilities": true
 ({"0": p0, "1": p1, ...} per row, rounded to 4 decimals, as the runtime rounds them) or "return_raw_logits": true.
 A sentence pair is an instance ["text", "text_pair"] or {"text", "text_pair"} (the runtime takes texts only).
-GET /v1/models/NAME -> {"name", "ready"}; GET /v1/models -> {"models": [names]}.
+GET /v1/models/NAME -> {"name", "ready"}; GET /v1/models -> {"models": [names]}; GET / -> {"status": "alive"}
+(KServe's liveness, which its v1 client reads).
 """
 
 from __future__ import annotations

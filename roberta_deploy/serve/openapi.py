@@ -140,6 +140,8 @@ ROUTE_DOCS: dict[tuple[str, str], RouteDoc] = {
                                                             "answers: label indices, or scores on request",
                                                     KSERVE_PREDICT, KSERVE_ANSWER, kserve.EXAMPLE),
     ("GET", "/v1/models/{name}"): RouteDoc(KSERVE, "KServe v1 model readiness", None, READY),
+    ("GET", "/"): RouteDoc(KSERVE, "KServe v1 liveness (no API key needed)", None,
+                           _object(("status",), status={"const": "alive"})),
     ("GET", "/v1/models"): RouteDoc(KSERVE, "KServe v1 model list", None, _object(("models",), models=_array(_STR))),
     ("GET", "/metrics"): RouteDoc(SERVER, "Prometheus metrics: requests, batches, stages, process",
                                   media_type="text/plain"),

@@ -6,16 +6,12 @@ cancelled or runs past its deadline while it waits in the batcher, without timin
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 
 import numpy as np
 import pytest
 from fake_engine import expected_logits
+from kserve_client import run_kserve_client
 from serve_client import Background, metric, post_json, wait_until
 
 from roberta_deploy.serve.options import Limits
@@ -178,38 +174,6 @@ def test_triton_config_statistics_and_index_over_grpc_and_http(server, client):
     assert status == 200 and http_stats[0]["state"] == "READY"
 
 
-def run_kserve_client(port: int, script: str) -> dict:
-    overlay = os.environ.get("ROBERTA_DEPLOY_KSERVE")
-    if not overlay:
-        pytest.skip('KServe\'s client is not installed: eval "$(scripts/kserve_overlay.sh)" (CI does)')
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([overlay, os.environ.get("PYTHONPATH", "")])}
-    program = textwrap.dedent('''
-        import asyncio, json, sys
-        import grpc
-        from kserve import InferenceGRPCClient, InferRequest, InferInput
-        URL, KEY = sys.argv[1], sys.argv[2]
-        def request(rows, model="fake"):
-            columns = [rows] if isinstance(rows[0], str) else [[a for a, _ in rows], [b for _, b in rows]]
-            inputs = []
-            for name, column in zip(("text", "text_pair"), columns):
-                tensor = InferInput(name=name, shape=[len(column)], datatype="BYTES")
-                tensor.set_data_from_numpy(__import__("numpy").array(column, dtype=object))
-                inputs.append(tensor)
-            return InferRequest(model_name=model, infer_inputs=inputs)
-        def outputs(response):
-            return {o.name: o.as_numpy().tolist() for o in response.outputs}
-        async def code_of(call):
-            try:
-                await call
-            except grpc.RpcError as error:
-                return error.code().name
-    ''') + textwrap.dedent(script)
-    completed = subprocess.run([sys.executable, "-c", program, f"127.0.0.1:{port}", KEY], env=env,
-                               capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
 def test_kserve_grpc_client_classifies_texts_and_pairs_and_gets_errors(server):
     answers = run_kserve_client(server.server.grpc_port, '''
         async def main():
@@ -223,7 +187,7 @@ def test_kserve_grpc_client_classifies_texts_and_pairs_and_gets_errors(server):
                           "unknown": await code_of(client.infer(request(["x"], "nope"), headers=headers))}
             print(json.dumps(result, default=lambda value: value.decode()))
         asyncio.run(main())
-    ''' % (TEXTS, PAIRS))
+    ''' % (TEXTS, PAIRS), KEY)
     assert answers["ready"] and answers["model_ready"]
     for rows, key in ((TEXTS, "texts"), (PAIRS, "pairs")):
         http = http_v2(server, rows)
@@ -249,7 +213,7 @@ def test_kserve_grpc_client_deadline_drops_the_texts(server):
                     print(json.dumps({"late": await code_of(client.infer(request(["late"]), timeout=0.5,
                                                                          headers=headers))}))
             asyncio.run(main())
-        ''')
+        ''', KEY)
         assert answers["late"] == "DEADLINE_EXCEEDED"
     finally:
         gate.set()
@@ -257,3 +221,34 @@ def test_kserve_grpc_client_deadline_drops_the_texts(server):
     wait_until(lambda: metric(server.port, "roberta_deploy_batcher_dropped_total", headers=HTTP_AUTH,
                               model="fake") == dropped + 1, "the batcher drops the late request")
     assert len([row for call_ in engine.calls[calls:] for row in call_["rows"]]) == 1
+
+
+def test_grpc_overload_and_drain_answer_unavailable_and_finish_what_was_accepted():
+    gate = threading.Event()
+    gate.set()
+    running = RunningServer(contexts=1, gate=gate, grpc_port=0, limits=Limits(max_concurrent_requests=1))
+    try:
+        running.wait_ready()
+        wait_until(lambda: running.server.grpc_port is not None, "gRPC listens")
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{running.server.grpc_port}") as triton:
+            gate.clear()
+            answers = []
+            triton.async_infer("fake", text_inputs(["held"]), lambda result, error: answers.append((result, error)))
+            wait_until(lambda: len(running.engine.calls) == 2, "the held request is inside the engine")
+            error = grpc_error(lambda: triton.infer("fake", text_inputs(["more"]), client_timeout=30))
+            assert error.status() == "StatusCode.UNAVAILABLE" and "--max-concurrent-requests" in error.message()
+            stopping = Background(running.server.stop)
+            wait_until(lambda: running.server.state.draining, "the server drains")
+            error = grpc_error(lambda: triton.infer("fake", text_inputs(["late"]), client_timeout=30))
+            assert error.status() == "StatusCode.UNAVAILABLE"
+            assert not answers  # the accepted RPC is still waiting for the engine
+            gate.set()
+            wait_until(lambda: answers, "the accepted RPC is answered")
+            result, failure = answers[0]
+            assert failure is None
+            np.testing.assert_allclose(result.as_numpy("logits"), expected_logits(["held"]), rtol=1e-6)
+            stopping.result()
+        running.thread.join(30)
+        assert not running.thread.is_alive(), "the server did not stop"
+    finally:
+        running.stop()

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from kserve_client import run_kserve_client
 from serve_client import call, post_json, wait_until
 from test_serve import AUTH, KEY, ServerProcess
 
@@ -119,6 +120,28 @@ def test_kserve_v1_predict_is_shaped_as_the_huggingface_runtime(server, texts, r
     assert status == 404
     assert json.loads(call(server.port, "GET", "/v1/models/tiny", headers=AUTH)[2]) == {"name": "tiny", "ready": True}
     assert json.loads(call(server.port, "GET", "/v1/models", headers=AUTH)[2]) == {"models": ["tiny"]}
+
+
+def test_kserve_rest_client_speaks_v1_to_serve(server, texts, reference):
+    answers = run_kserve_client(server.port, '''
+        async def main():
+            headers = {"authorization": "Bearer " + KEY}
+            client = InferenceRESTClient(RESTConfig(protocol="v1"))
+            base = "http://" + URL
+            result = {"live": await client.is_server_live(base),
+                      "ready": await client.is_model_ready(base, "tiny", headers=headers),
+                      "predict": await client.infer(base, {"instances": %r}, model_name="tiny", headers=headers)}
+            try:
+                await client.infer(base, {"instances": %r}, model_name="tiny")
+            except Exception as error:
+                result["no_key"] = error.response.status_code
+            await client.close()
+            print(json.dumps(result))
+        asyncio.run(main())
+    ''' % (texts, texts[:1]), KEY)
+    assert answers["live"] and answers["ready"]
+    assert answers["predict"] == {"predictions": reference.labels.tolist()}
+    assert answers["no_key"] == 401
 
 
 def test_metrics_have_process_figures(server):
