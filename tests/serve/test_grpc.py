@@ -18,7 +18,7 @@ from roberta_deploy.serve.options import Limits
 
 pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install -e '.[serve]'")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (the test extra)")
-from fake_server import KEY, RunningServer, softmax  # noqa: E402  (after the skip: it imports the serve extra)
+from fake_server import KEY, RunningServer, ServedFakeEngine, softmax  # noqa: E402  (after the skip: it imports the serve extra)
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -252,3 +252,33 @@ def test_grpc_overload_and_drain_answer_unavailable_and_finish_what_was_accepted
         assert not running.thread.is_alive(), "the server did not stop"
     finally:
         running.stop()
+
+
+def test_grpc_port_flags_are_checked_before_anything_starts():
+    import socket
+
+    from roberta_deploy.cli.serving_flags import RayFlags
+    from roberta_deploy.errors import UsageError
+    from roberta_deploy.serve.options import BundleSpec, ServeOptions
+    from roberta_deploy.serve.server import Server, bind, served_model
+
+    spec = (BundleSpec("fake", path=None),)
+    with pytest.raises(UsageError, match="--grpc-port 8080 is also --port"):
+        ServeOptions(bundles=spec, port=8080, grpc_port=8080)
+    with pytest.raises(UsageError, match="--grpc-port 70000 is not a TCP port"):
+        ServeOptions(bundles=spec, grpc_port=70000)
+    flags = dict.fromkeys(("address", "replicas", "autoscale", "replica_cpus", "target_ongoing_requests",
+                           "bundle_cache"))
+    with pytest.raises(UsageError, match="--grpc-port is not served on Ray"):
+        RayFlags({**flags, "on_ray": True}).options(ServeOptions(bundles=spec, port=8000, grpc_port=8001))
+    # A gRPC port another program holds: a one-line error naming the flag, raised by Server.run.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        engine = ServedFakeEngine()
+        server = Server(ServeOptions(bundles=spec, grpc_port=taken.getsockname()[1]),
+                        open_model=lambda bundle, options: served_model(bundle.name, engine, options))
+        running = Background(server.run, bind("127.0.0.1", 0))
+        with pytest.raises(UsageError, match="cannot listen for gRPC on 127.0.0.1") as caught:
+            running.result()
+        assert "pass another --grpc-port" in caught.value.one_line()
