@@ -226,11 +226,15 @@ def test_kserve_grpc_client_deadline_drops_the_texts(server):
 def test_grpc_overload_and_drain_answer_unavailable_and_finish_what_was_accepted():
     gate = threading.Event()
     gate.set()
-    running = RunningServer(contexts=1, gate=gate, grpc_port=0, limits=Limits(max_concurrent_requests=1))
+    running = RunningServer(contexts=1, gate=gate, grpc_port=0,
+                            limits=Limits(max_concurrent_requests=1, payload_limit=2000))
     try:
         running.wait_ready()
         wait_until(lambda: running.server.grpc_port is not None, "gRPC listens")
         with grpcclient.InferenceServerClient(f"127.0.0.1:{running.server.grpc_port}") as triton:
+            # --payload-limit is gRPC's message limit: refused before any handler runs.
+            error = grpc_error(lambda: triton.infer("fake", text_inputs(["x" * 3000]), client_timeout=30))
+            assert error.status() == "StatusCode.RESOURCE_EXHAUSTED"
             gate.clear()
             answers = []
             triton.async_infer("fake", text_inputs(["held"]), lambda result, error: answers.append((result, error)))
