@@ -9,7 +9,7 @@ formatter, so both protocols check and answer alike: BYTES inputs `text` (and `t
 the batcher drops its texts before compute, as for a disconnected HTTP client. The request size limit is
 gRPC's own message limit (--payload-limit; RESOURCE_EXHAUSTED past it).
 
-grpcio and Triton's generated modules (tritonclient[grpc], in the serve extra) are imported only when a
+grpcio and Triton's generated modules (tritonclient.grpc; the serve extra) are imported only when a
 --grpc-port is given.
 """
 
@@ -39,7 +39,7 @@ def import_grpc():
         from google.protobuf import json_format
         from tritonclient.grpc import service_pb2
     except ImportError as error:
-        raise UsageError(f"--grpc-port needs grpcio and tritonclient[grpc] ({error})",
+        raise UsageError(f"--grpc-port needs grpcio, protobuf and tritonclient ({error})",
                          "pip install 'roberta-deploy[serve]', or leave --grpc-port off") from None
     return grpc, json_format, service_pb2
 
