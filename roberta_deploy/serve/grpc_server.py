@@ -77,7 +77,8 @@ class GrpcService:
         }
         handlers = {name: grpc.unary_unary_rpc_method_handler(
             self._rpc(name, handler, needs_key=needs_key, counted=counted),
-            request_deserializer=request_type.FromString, response_serializer=lambda message: message.SerializeToString())
+            request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString())
             for name, (handler, request_type, needs_key, counted) in methods.items()}
         # so_reuseport off: a second server on the same port must fail to bind, not share it silently.
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.state.limits.payload_limit),

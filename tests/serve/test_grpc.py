@@ -17,8 +17,10 @@ from serve_client import Background, metric, post_json, wait_until
 from roberta_deploy.serve.options import Limits
 
 pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install -e '.[serve]'")
-grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient.grpc needs grpcio: pip install -e '.[serve]'")
-from fake_server import KEY, RunningServer, ServedFakeEngine, softmax  # noqa: E402  (after the skip: it imports the serve extra)
+grpcclient = pytest.importorskip("tritonclient.grpc",
+                                 reason="tritonclient.grpc needs grpcio: pip install -e '.[serve]'")
+# After the skip: fake_server imports the serve extra.
+from fake_server import KEY, RunningServer, ServedFakeEngine, softmax  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 AUTH = {"authorization": f"Bearer {KEY}"}

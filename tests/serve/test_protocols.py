@@ -17,7 +17,8 @@ from test_serve import AUTH, KEY, ServerProcess
 from roberta_deploy.data import read_dataset
 from roberta_deploy.runtime.engine import Engine
 
-grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient.grpc needs grpcio: pip install -e '.[serve]'")
+grpcclient = pytest.importorskip("tritonclient.grpc",
+                                 reason="tritonclient.grpc needs grpcio: pip install -e '.[serve]'")
 import tritonclient.http as httpclient  # noqa: E402
 
 GRPC_LISTENING = re.compile(r"gRPC .* listening on 127\.0\.0\.1:(\d+)")
