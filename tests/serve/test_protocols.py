@@ -79,6 +79,30 @@ def test_grpc_answers_as_http_and_the_engine(server, texts, reference):
         assert client.is_model_ready("tiny", headers=GRPC_AUTH)
 
 
+def test_kserve_grpc_client_answers_as_http(server, texts):
+    pairs = [[texts[0], texts[1]], [texts[2], texts[3]]]
+    answers = run_kserve_client(server.grpc_port, '''
+        async def main():
+            headers = (("authorization", "Bearer " + KEY),)
+            async with InferenceGRPCClient(URL, timeout=60) as client:
+                result = {"texts": outputs(await client.infer(request(%r, "tiny"), headers=headers)),
+                          "pairs": outputs(await client.infer(request(%r, "tiny"), headers=headers))}
+            print(json.dumps(result, default=lambda value: value.decode()))
+        asyncio.run(main())
+    ''' % (texts, [tuple(pair) for pair in pairs]), KEY)
+    for rows, key in ((texts, "texts"), (pairs, "pairs")):
+        columns = [rows] if key == "texts" else [[a for a, _ in rows], [b for _, b in rows]]
+        inputs = [{"name": name, "shape": [len(column)], "datatype": "BYTES", "data": column}
+                  for name, column in zip(("text", "text_pair"), columns)]
+        status, _, body = post_json(server.port, "/v2/models/tiny/infer", {"inputs": inputs}, AUTH)
+        assert status == 200
+        http = {output["name"]: output["data"] for output in body["outputs"]}
+        got = answers[key]
+        assert np.ravel(got["logits"]).tolist() == http["logits"]
+        assert np.ravel(got["probabilities"]).tolist() == http["probabilities"]
+        assert got["label"] == http["label"]
+
+
 def test_tritonclient_http_config_statistics_and_index(server, texts):
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=30.0)
     config = client.get_model_config("tiny", headers=AUTH)
