@@ -29,13 +29,15 @@ def softmax(logits):
 
 
 class RunningServer:
-    def __init__(self, names=("fake",), *, contexts=2, gate=None, api_key=None, limits=Limits(), max_wait_ms=2.0):
+    def __init__(self, names=("fake",), *, contexts=2, gate=None, api_key=None, limits=Limits(), max_wait_ms=2.0,
+                 grpc_port=None):
         self.engines = {name: ServedFakeEngine(contexts=contexts) for name in names}
         for engine in self.engines.values():
             engine.gate = gate
         self.gate = gate
         options = ServeOptions(bundles=tuple(BundleSpec(name, path=None) for name in names), api_key=api_key,
-                               limits=limits, batching=BatchingOptions(max_wait_ms=max_wait_ms))
+                               limits=limits, batching=BatchingOptions(max_wait_ms=max_wait_ms),
+                               grpc_port=grpc_port)
         self.events: list[str] = []
         self.server = Server(options, on_event=self.events.append,
                              open_model=lambda spec, opts: served_model(spec.name, self.engines[spec.name], opts))

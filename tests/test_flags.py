@@ -19,6 +19,7 @@ from roberta_deploy.machine import available_cores
 # Numeric options that are not counts or durations, and why.
 NOT_COUNTS = {
     "--port": "0 picks a free port; the server checks the range when it binds",
+    "--grpc-port": "0 picks a free port; ServeOptions checks the range and that it is not --port",
     "--seed": "any integer seeds the generators",
     "--threshold": "a probability between 0 and 1, checked by jobs/infer.check_threshold",
     "--verbose": "a count of -v flags, never a value",

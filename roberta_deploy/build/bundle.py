@@ -17,7 +17,7 @@ from ..backends.base import CPU, canonical_device
 from ..data import Dataset, read_dataset
 from ..defaults import DEFAULT_BACKEND, DEMO_SAMPLES_PATH
 from ..flags import COUNT
-from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionError, UsageError
+from ..errors import ModelLoadError, NumericalCheckError, UsageError
 from ..machine import this_cpu
 from ..runtime.tokenization import TOKENIZER_DIR, pad_to_shape
 from .checkpoint import checkpoint_hash, resolve_checkpoint

@@ -83,6 +83,10 @@ SERVE_FLAGS = (
     ("contexts", Annotated[Optional[int], typer.Option(
         help="Engine contexts computing batches at once (default: one per core below 8 cores; with --ray, in "
              "each replica, one per --replica-cpus).", rich_help_panel=BATCHING), flags.COUNT], None),
+    ("grpc_port", Annotated[Optional[int], typer.Option(
+        help="Also serve the Open Inference Protocol v2 over gRPC (Triton's and KServe's gRPC clients) on this "
+             "port, with the same models, limits and key (0 picks a free one). Off by default; not with --ray.",
+        rich_help_panel=SERVER)], None),
 )
 
 
@@ -107,7 +111,7 @@ class ServeFlags:
                                          keep_alive_timeout_s=flags["keep_alive_timeout"],
                                          max_connections=flags["max_connections"],
                                          drain_timeout_s=flags["drain_timeout"]),
-            cpu_workers=flags["cpu_workers"])
+            cpu_workers=flags["cpu_workers"], grpc_port=flags["grpc_port"])
 
 
 def with_flags(flags: tuple, parameter: str, collect: Callable[[dict], object]) -> Callable[[Callable], Callable]:
@@ -195,6 +199,9 @@ class RayFlags:
         flags = self.values
         if flags["replicas"] is not None and flags["autoscale"] is not None:
             raise UsageError("--replicas and --autoscale both set the replica count", "pass one of them")
+        if serve_options is not None and serve_options.grpc_port is not None:
+            raise UsageError("--grpc-port is not served on Ray (Ray Serve proxies HTTP to the replicas)",
+                             "leave --grpc-port off with --ray, or serve gRPC without --ray")
         if serve_options.port == 0:
             raise UsageError("--port 0 cannot be used with --ray: every node's proxy listens on the same port",
                              "pass a port, e.g. --port 8000")

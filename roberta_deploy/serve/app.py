@@ -11,13 +11,18 @@ from typing import Callable, Iterable
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from .kserve import kserve_routes
+from .openapi import openapi_routes
 from .routes import hf_routes, server_routes, tei_routes, v2_routes
 from .serving import ServerState, ServingApp, method_not_allowed, not_found
+from .triton import triton_routes
 
 __all__ = ["ROUTE_SETS", "ServerState", "create_app"]
 
 RouteSet = Callable[[ServingApp], Iterable[BaseRoute]]
-ROUTE_SETS: tuple[RouteSet, ...] = (tei_routes, hf_routes, v2_routes, server_routes)
+# Triton's before v2's: /v2/models/{name} would take /v2/models/stats for a model named "stats".
+ROUTE_SETS: tuple[RouteSet, ...] = (tei_routes, hf_routes, triton_routes, v2_routes, kserve_routes, server_routes,
+                                    openapi_routes)
 
 
 def create_app(state: ServerState, route_sets: Iterable[RouteSet] = ROUTE_SETS,

@@ -1,15 +1,19 @@
 """Prometheus metrics of one server, in a registry of its own (never the process-wide default one).
 
 Names follow text-embeddings-inference's (`te_request_queue_duration`, `te_batch_next_size`) under the
-`roberta_deploy_` prefix; every series carries the model name.
+`roberta_deploy_` prefix; every series carries the model name. The process's own CPU, memory and open
+file descriptors (`process_*`, prometheus-client's process collector) join them, as every exporter has them.
+Triton's per-model statistics (serve/statistics.py) are fed from the same observations.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily
+
+from .statistics import InferenceStatistics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -22,6 +26,7 @@ class ServerMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         registry = self.registry
+        ProcessCollector(registry=registry)
         self.requests = Counter("roberta_deploy_requests", "HTTP requests by route and outcome (success, validation, "
                                 "overloaded, dropped, backend_error, not_ready, unauthorized, internal_error)",
                                 ["model", "route", "outcome"], registry=registry)
@@ -51,11 +56,13 @@ class ServerMetrics:
         self._batchers: dict[str, object] = {}
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._model_children: dict[str, tuple] = {}
+        self.statistics: dict[str, InferenceStatistics] = {}  # Triton's, per watched model
         registry.register(_BatcherStatsCollector(self._batchers))
 
     def watch(self, model_name: str, batcher) -> None:
         """Export a batcher's queue size, batches and counters under `model_name`."""
         self._batchers[model_name] = batcher
+        statistics = self.statistics[model_name] = InferenceStatistics()
         self.queue_size.labels(model=model_name).set_function(lambda: batcher.queued_texts)
         size, tokens, seconds = (self.batch_size.labels(model=model_name), self.batch_tokens.labels(model=model_name),
                                  self.batch_inference.labels(model=model_name))
@@ -64,6 +71,7 @@ class ServerMetrics:
             size.observe(stats.rows)
             tokens.observe(stats.tokens)
             seconds.observe(stats.inference_s)
+            statistics.on_batch(stats)
 
         batcher.add_batch_listener(on_batch)
 
@@ -78,6 +86,8 @@ class ServerMetrics:
         cut = int(result.truncated.sum())
         if cut:
             truncated.inc(cut)
+        if model_name in self.statistics:
+            self.statistics[model_name].on_result(result, total_s)
 
     def count(self, model_name: str, route: str, outcome: str) -> None:
         key = (model_name, route, outcome)
@@ -85,6 +95,8 @@ class ServerMetrics:
         if child is None:
             child = self._request_children[key] = self.requests.labels(model=model_name, route=route, outcome=outcome)
         child.inc()
+        if outcome not in ("success", "dropped") and model_name in self.statistics:
+            self.statistics[model_name].on_failure()  # only inference routes are counted
 
     def _per_model(self, model_name: str) -> tuple:
         """The labelled children of one model, looked up once (labels() costs more than the observation)."""

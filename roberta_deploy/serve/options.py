@@ -61,6 +61,7 @@ class ServeOptions:
     batching: BatchingOptions = field(default_factory=BatchingOptions)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     cpu_workers: int | None = None  # threads that parse, tokenize and encode off the event loop; None: one per core
+    grpc_port: int | None = None  # the gRPC Open Inference Protocol's port (0: any free one); None: no gRPC
 
     def __post_init__(self):
         if not self.bundles:
@@ -86,6 +87,11 @@ class ServeOptions:
         NON_NEGATIVE.require(self.batching.max_wait_ms, "--max-wait-ms")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port {self.port} is not a TCP port", "pass a port from 1 to 65535 (0: any free port)")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise UsageError(f"--grpc-port {self.grpc_port} is not a TCP port",
+                             "pass a port from 1 to 65535 (0: any free port), or leave --grpc-port off")
+        if self.grpc_port is not None and self.grpc_port != 0 and self.grpc_port == self.port:
+            raise UsageError(f"--grpc-port {self.grpc_port} is also --port", "give gRPC a port of its own, e.g. 8081")
 
 
 def parse_bundle_specs(values: list[str], default_name: str | None = None) -> tuple[BundleSpec, ...]:

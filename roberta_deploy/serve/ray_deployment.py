@@ -99,6 +99,7 @@ class ShippedBundle:
     name: str
     digest: str  # the packed bundle's digest: a replica that has this folder cached needs nothing from the store
     ref: Any  # ray.ObjectRef of a bundle_cache.PackedBundle, owned by the driver
+    path: str | None = None  # instead of the store: a folder every node has (serve/ray_app.py, a RayService)
 
 
 @dataclass
@@ -314,7 +315,8 @@ class ReplicaServer:
         cache_root = Path(ray_options.cache_dir) if ray_options.cache_dir else default_cache_root()
         self._health = EngineHealth()
         for bundle in bundles:
-            folder = cached_bundle(bundle.digest, cache_root) or unpack_bundle(ray.get(bundle.ref), cache_root)
+            folder = Path(bundle.path) if bundle.path else (cached_bundle(bundle.digest, cache_root)
+                                                            or unpack_bundle(ray.get(bundle.ref), cache_root))
             # Unpinned: Ray reserves CPUs by count, not by core, and other replicas compute on this node too.
             engine = Engine.load(folder, contexts=options.batching.contexts, cpu_threads=ray_options.cpu_threads,
                                  hint=THROUGHPUT, pin_threads=False)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import UnknownModelError
-from . import hf, tei, v2
+from . import hf, tei, triton, v2
 from .metrics import CONTENT_TYPE
 from .payload import dump_json, parse_json
 from .serving import HF, JSON, TEI, V2, ServingApp
@@ -104,8 +104,7 @@ def v2_routes(app: ServingApp) -> list[Route]:
                         media_type=JSON)
 
     async def server_metadata(request: Request) -> Response:
-        return Response(dump_json({"name": "roberta-deploy", "version": app.version,
-                                   "extensions": ["binary_tensor_data"]}), media_type=JSON)
+        return Response(dump_json(triton.server_metadata(app.version)), media_type=JSON)
 
     async def model_metadata(request: Request) -> Response:
         model = versioned_model(request)

@@ -27,6 +27,7 @@ from ..runtime.batcher import Batcher
 from ..runtime.engine import THROUGHPUT, Engine
 from .app import ServerState, create_app
 from .connections import ConnectionGuard, guarded_protocol
+from .grpc_server import grpc_serving
 from .models import ServedModel
 from .options import BundleSpec, ServeOptions
 
@@ -104,10 +105,17 @@ def bind(host: str, port: int) -> socket.socket:
 class _GracefulServer(uvicorn.Server):
     """uvicorn's server with our stop signals: mark draining, then let uvicorn finish open connections."""
 
-    def __init__(self, config: uvicorn.Config, on_stop: Callable[[int], None]):
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[int], None], companions=()):
         super().__init__(config)
         self._on_stop = on_stop
         self.cut_requests = 0
+        self._companions = companions  # async context managers served on the same loop (gRPC)
+
+    async def serve(self, sockets=None) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for companion in self._companions:
+                await stack.enter_async_context(companion)
+            await super().serve(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -147,6 +155,7 @@ class Server:
         self._uvicorn: _GracefulServer | None = None
         self._failure: BaseException | None = None
         self._models: list[ServedModel] = []
+        self.grpc_port: int | None = None  # bound gRPC port, once listening (--grpc-port)
         self._executor = ThreadPoolExecutor(max_workers=options.cpu_workers or available_cores(),
                                             thread_name_prefix="serve-cpu")
         self.guard: ConnectionGuard | None = None
@@ -171,7 +180,10 @@ class Server:
                                 lifespan="off", http=guarded_protocol(self.guard),
                                 timeout_keep_alive=limits.keep_alive_timeout_s,
                                 timeout_graceful_shutdown=limits.drain_timeout_s, server_header=False)
-        self._uvicorn = _GracefulServer(config, on_stop=self._begin_drain)
+        companions = [] if self.options.grpc_port is None else [
+            grpc_serving(self.state, self.options.host, self.options.grpc_port, self._grpc_bound,
+                         grace_s=limits.drain_timeout_s, executor=self._executor)]
+        self._uvicorn = _GracefulServer(config, on_stop=self._begin_drain, companions=companions)
         loader = threading.Thread(target=self._load_and_warm_up, name="warm-up", daemon=True)
         self.on_event(f"listening on {self.url} (not ready until every bundle is warmed up)")
         loader.start()
@@ -192,6 +204,10 @@ class Server:
     def url(self) -> str:
         host = self.options.host
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    def _grpc_bound(self, port: int) -> None:
+        self.grpc_port = port
+        self.on_event(f"gRPC (Open Inference Protocol v2) listening on {self.options.host}:{port}")
 
     def stop(self) -> None:
         """Drain and stop, as SIGTERM does (for callers that run the server in a thread)."""

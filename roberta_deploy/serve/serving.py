@@ -11,6 +11,7 @@ and no request's CPU work stalls the event loop that every other client waits on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -77,6 +78,17 @@ class ServerState:
         return self.models[name]
 
 
+def check_api_key(api_key: str | None, authorization: bytes) -> None:
+    """An `authorization` header (HTTP) or metadata value (gRPC), as bytes, against the server's key, in
+    constant time."""
+    if api_key is None:
+        return
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), api_key.encode()):
+        raise UnauthorizedError("missing or wrong API key",
+                                "send the header 'Authorization: Bearer KEY' with the server's --api-key")
+
+
 class ClientGone(Exception):
     """The client disconnected (or its connection was cut for a deadline) before its answer was ready."""
 
@@ -127,15 +139,9 @@ class ServingApp:
         return run
 
     def authorize(self, request: Request) -> None:
-        key = self.state.api_key
-        if key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
         # Starlette decodes header bytes as Latin-1; encoding back gives the bytes the client sent, which for
         # a non-ASCII key are its UTF-8 bytes.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"), key.encode()):
-            raise UnauthorizedError("missing or wrong API key",
-                                    "send the header 'Authorization: Bearer KEY' with the server's --api-key")
+        check_api_key(self.state.api_key, request.headers.get("authorization", "").encode("latin-1"))
 
     async def off_loop(self, function: Callable, *args) -> Any:
         """Run CPU work (parsing, tokenizing, encoding) on a worker thread."""
@@ -156,6 +162,14 @@ class ServingApp:
         self.check_accepting()
         parsed = await self.off_loop(parse, await self.read_body(request))
         self.check_accepting()  # a drain may have begun while the body arrived
+        with self.slot():
+            result, total_s = await self.classify(request, model, inputs(parsed), getattr(parsed, "truncate", None),
+                                                  getattr(parsed, "truncation_direction", "right"))
+            return await self.off_loop(answer, parsed, result, total_s)
+
+    @contextlib.contextmanager
+    def slot(self):
+        """An inference slot (429 past --max-concurrent-requests) for the block; HTTP and gRPC share them."""
         state, limits = self.state, self.limits
         if state.in_flight >= limits.max_concurrent_requests:
             raise OverloadedError(f"{state.in_flight} requests are in flight, the limit is "
@@ -165,9 +179,7 @@ class ServingApp:
         state.in_flight += 1
         state.metrics.in_flight.inc()
         try:
-            result, total_s = await self.classify(request, model, inputs(parsed), getattr(parsed, "truncate", None),
-                                                  getattr(parsed, "truncation_direction", "right"))
-            return await self.off_loop(answer, parsed, result, total_s)
+            yield
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.dec()

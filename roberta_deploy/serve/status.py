@@ -37,6 +37,10 @@ INTERNAL = ErrorStatus(500, "internal_error", "Backend")
 DROPPED = "dropped"  # the client went away before its answer
 SUCCESS = "success"
 RETRY_AFTER_SECONDS = 1
+# The gRPC status (a grpc.StatusCode name) of each HTTP status above, for serve/grpc_server.py: overload and
+# not-ready are UNAVAILABLE, as Triton answers them (and KServe's client retries them).
+GRPC_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
+              422: "INVALID_ARGUMENT", 424: "INTERNAL", 429: "UNAVAILABLE", 500: "INTERNAL", 503: "UNAVAILABLE"}
 
 
 def describe_error(error: BaseException) -> tuple[ErrorStatus, str]:
