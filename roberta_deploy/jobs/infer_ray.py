@@ -197,6 +197,9 @@ def classify_on_ray(summary: BundleSummary, chunks: Iterable[Dataset], handle, o
             source = dataset.source
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # blocks come back in the input's order
+        # Every block starts on the driver's node (its chunks were put there): sent by locality, all would go to
+        # the actors on that node while the others wait.
+        context.execution_options.actor_locality_enabled = False
         context.enable_progress_bars = False  # the caller shows one bar, the same as infer's
         context.print_on_execution_start = False
         settings = ActorSettings(bundle=shipped, cache_dir=ray_options.cache_dir, cpu_threads=ray_options.cpu_threads,

@@ -166,8 +166,24 @@ def assert_same_results(ours: list[dict], reference: list[dict], ours_metrics: d
         for key in SCORE_FIELDS:
             if key in theirs:
                 np.testing.assert_allclose(mine[key], theirs[key], atol=1e-4)
-    assert {key: value for key, value in ours_metrics.items() if key not in RUN_FIELDS} == \
-           {key: value for key, value in reference_metrics.items() if key not in RUN_FIELDS}
+    assert_close({key: value for key, value in ours_metrics.items() if key not in RUN_FIELDS},
+                 {key: value for key, value in reference_metrics.items() if key not in RUN_FIELDS})
+
+
+def assert_close(ours, reference, where: str = "metrics") -> None:
+    """Equal, but floats (correlations, errors over scores that differ in the last digits) within 1e-4."""
+    if isinstance(reference, dict):
+        assert isinstance(ours, dict) and ours.keys() == reference.keys(), (where, ours, reference)
+        for key in reference:
+            assert_close(ours[key], reference[key], f"{where}.{key}")
+    elif isinstance(reference, list):
+        assert isinstance(ours, list) and len(ours) == len(reference), (where, ours, reference)
+        for index, (mine, theirs) in enumerate(zip(ours, reference)):
+            assert_close(mine, theirs, f"{where}[{index}]")
+    elif isinstance(reference, float):
+        assert ours == pytest.approx(reference, rel=1e-4, abs=1e-6), (where, ours, reference)
+    else:
+        assert ours == reference, (where, ours, reference)
 
 
 @pytest.mark.parametrize("kind", ["single", "pairs", "multilabel", "regression"])
@@ -184,14 +200,13 @@ def test_results_equal_single_machine_infer_row_for_row_on_both_nodes(ray_cluste
 
 
 def actor_processes() -> list[int]:
-    import psutil
-
+    """Pids of the pool's actors (Ray names each process after its actor class)."""
     found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
+    for entry in Path("/proc").iterdir():
         try:
-            if "ClassifyBlocks" in " ".join(process.info["cmdline"] or ()):
-                found.append(process.info["pid"])
-        except psutil.Error:
+            if entry.name.isdigit() and b"ClassifyBlocks" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
             continue
     return found
 
@@ -214,5 +229,6 @@ def test_an_actor_killed_mid_run_changes_nothing_in_the_output(ray_cluster, bund
     ours, metrics = infer_on_cluster(bundle, data, tmp_path / "ray.jsonl", on_rows_done=kill_one_actor_once,
                                      rows_per_block=64)
     assert killed and killed[0][1] < 2000, killed  # killed while rows were left
+    assert not Path(f"/proc/{killed[0][0]}").exists() or b"ClassifyBlocks" not in \
+        Path(f"/proc/{killed[0][0]}/cmdline").read_bytes()
     assert_same_results(ours, reference, metrics, reference_metrics)
-    assert metrics["ray"]["actor_processes"] >= 2
