@@ -28,7 +28,7 @@ import numpy as np
 
 from ..atomic import OutputFolder
 from ..data import Dataset
-from ..errors import RobertaDeployError
+from ..errors import BackendError, RobertaDeployError
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..runtime.engine import THROUGHPUT, Engine
 from ..runtime.results import Predictions
@@ -46,6 +46,10 @@ ROWS_PER_BLOCK = 1024  # rows an actor classifies per call: enough for the batch
 # looping.
 ACTOR_RESTARTS = 4
 BLOCK_RETRIES = 4
+# The pool's first actors (--replicas, or the MIN of --autoscale) must be up within this long: work then
+# spreads over all of them from the first block, and a cluster without the CPUs for them fails the run with
+# Ray Data's "Timed out while starting actors" instead of waiting for ever.
+ACTORS_START_S = 600
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,7 @@ def classify_on_ray(summary: BundleSummary, chunks: Iterable[Dataset], handle, o
         # Every block starts on the driver's node (its chunks were put there): sent by locality, all would go to
         # the actors on that node while the others wait.
         context.execution_options.actor_locality_enabled = False
+        context.wait_for_min_actors_s = ACTORS_START_S
         context.enable_progress_bars = False  # the caller shows one bar, the same as infer's
         context.print_on_execution_start = False
         settings = ActorSettings(bundle=shipped, cache_dir=ray_options.cache_dir, cpu_threads=ray_options.cpu_threads,
@@ -212,7 +217,10 @@ def classify_on_ray(summary: BundleSummary, chunks: Iterable[Dataset], handle, o
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             classified = ray.data.from_arrow_refs(refs).map_batches(
                 ClassifyBlocks, fn_constructor_args=(settings,), batch_size=rows_per_block, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(min_size=max(low, 1), max_size=high),
+                # Two blocks in flight per actor: one computing, one arriving. Ray Data's default of four lets
+                # the first actor up take every block of a small file while the others still load their engines.
+                compute=ray.data.ActorPoolStrategy(min_size=max(low, 1), max_size=high,
+                                                   max_tasks_in_flight_per_actor=2),
                 num_cpus=ray_options.replica_cpus, max_restarts=ACTOR_RESTARTS, max_task_retries=BLOCK_RETRIES)
         del refs  # the dataset holds them
         done: list[Predictions] = []
@@ -257,7 +265,10 @@ def classify_on_ray(summary: BundleSummary, chunks: Iterable[Dataset], handle, o
 @contextlib.contextmanager
 def unwrapped_errors():
     """An error of ours raised inside an actor (a text the tokenizer refuses, a bundle this node's CPU cannot
-    run) reaches the driver wrapped in Ray's task errors: raise the one-line error itself."""
+    run) reaches the driver wrapped in Ray's task errors: raise the one-line error itself. Any other failure on
+    the cluster (an actor that cannot start: roberta-deploy missing on a node) becomes one line naming it."""
+    from ray.exceptions import RayError
+
     try:
         yield
     except RobertaDeployError:
@@ -266,9 +277,15 @@ def unwrapped_errors():
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, RobertaDeployError):
             cause = getattr(cause, "cause", None) or cause.__cause__
-        if cause is None:
+        if cause is not None:
+            raise cause from None
+        if not isinstance(error, RayError) and type(error).__module__.split(".")[0] != "ray":
             raise
-        raise cause from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else repr(error))
+        raise BackendError(f"the classification on Ray failed: {reason[:300]}",
+                           "install the same roberta-deploy with the [ray] and backend extras on every node; each "
+                           "actor's log is under Ray's session folder (/tmp/ray/session_latest/logs)") from None
 
 
 def infer_on_ray_to_folder(summary: BundleSummary, chunks: Iterable[Dataset], output: OutputFolder,
