@@ -107,6 +107,48 @@ def test_a_bad_row_fails_infer_ray_before_ray_starts_naming_its_line(tmp_path, b
     assert "Ray" not in result.stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_leaves_no_output_and_nothing_running(tmp_path, bundle_factory, samples_tsv, sig):
+    """The command starts a local Ray instance of its own (no cluster fixture is up yet in this module)."""
+    pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+    header, *rows = samples_tsv.read_text(encoding="utf-8").splitlines()
+    data = tmp_path / "many.tsv"
+    data.write_text("\n".join([header, *rows * 300]) + "\n", encoding="utf-8")  # 60,600 rows: minutes of work
+    before = set(actor_processes())
+    process = subprocess.Popen([sys.executable, "-m", "roberta_deploy", "infer", "--ray", "--bundle",
+                                str(bundle_factory()), "--data", str(data), "--output", str(tmp_path / "out")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not set(actor_processes()) - before:  # the pool is up: work has started
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.5)
+        time.sleep(2)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    assert process.returncode == (143 if sig == signal.SIGTERM else 130), stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+    assert not [entry for entry in tmp_path.iterdir() if entry.name.startswith(".out")], list(tmp_path.iterdir())
+    deadline = time.monotonic() + 60
+    while (set(actor_processes()) - before or _group_alive(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not set(actor_processes()) - before, "an actor outlived the command"
+    assert not _group_alive(process.pid), "a process of the command's group outlived it"
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 # -- on a two-node cluster ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
