@@ -107,6 +107,7 @@ class ClassifyBlocks:
     def __call__(self, table):
         import pyarrow
 
+        cpu_started = time.process_time()  # every thread of this process: the engine's included
         texts = table.column("text").to_pylist()
         inputs = (texts if "text_pair" not in table.column_names
                   else list(zip(texts, table.column("text_pair").to_pylist())))
@@ -121,7 +122,8 @@ class ClassifyBlocks:
                 .append_column("truncated", pyarrow.array(predictions.truncated.astype(bool)))
                 .append_column("token_length", pyarrow.array(predictions.token_lengths.astype(np.int64)))
                 .append_column("node", pyarrow.array([self.node] * rows))
-                .append_column("pid", pyarrow.array([os.getpid()] * rows, type=pyarrow.int64())))
+                .append_column("pid", pyarrow.array([os.getpid()] * rows, type=pyarrow.int64()))
+                .append_column("cpu_s", pyarrow.array([(time.process_time() - cpu_started) / rows] * rows)))
 
 
 def chunk_table(dataset: Dataset, first_index: int):
@@ -226,6 +228,7 @@ def classify_on_ray(summary: BundleSummary, chunks: Iterable[Dataset], handle, o
         done: list[Predictions] = []
         gold: list | None = None
         rows_per_node: dict[str, int] = {}
+        actor_cpu_s = [0.0]
         processes: set[int] = set()
         text_pairs = False
 
@@ -242,6 +245,7 @@ def classify_on_ray(summary: BundleSummary, chunks: Iterable[Dataset], handle, o
                     for node in table.column("node").to_pylist():
                         rows_per_node[node] = rows_per_node.get(node, 0) + 1
                     processes.update(table.column("pid").unique().to_pylist())
+                    actor_cpu_s[0] += float(np.sum(table.column("cpu_s")))
                     yield from prediction_rows(predictions, dataset, table.column("index")[0].as_py())
                     if on_rows_done is not None:
                         on_rows_done(len(table))
@@ -258,7 +262,9 @@ def classify_on_ray(summary: BundleSummary, chunks: Iterable[Dataset], handle, o
                     "max_seq_length": summary.max_seq_length,
                     "ray": {"actors": f"{low}..{high}" if ray_options.autoscale else high,
                             "actor_cpus": ray_options.replica_cpus, "nodes": len(rows_per_node),
-                            "rows_per_node": rows_per_node, "actor_processes": len(processes)}})
+                            "rows_per_node": rows_per_node, "actor_processes": len(processes),
+                            # CPU the actors spent classifying (tokenizing, batching, the engine), all threads
+                            "actor_cpu_seconds": round(actor_cpu_s[0], 3)}})
     return InferenceReport(predictions, metrics)
 
 
