@@ -30,6 +30,7 @@ from ..atomic import OutputFolder
 from ..data import Dataset
 from ..errors import BackendError, RobertaDeployError
 from ..manifest import KIND_BUNDLE, read_manifest
+from ..runtime.batcher import Batcher
 from ..runtime.engine import THROUGHPUT, Engine
 from ..runtime.results import Predictions
 from ..serve.bundle_cache import cached_bundle, default_cache_root, pack_bundle, unpack_bundle
@@ -100,7 +101,9 @@ class ClassifyBlocks:
         # Unpinned: Ray reserves CPUs by count, not by core, and other actors compute on this node too.
         self.engine = Engine.load(folder, contexts=settings.contexts, cpu_threads=settings.cpu_threads,
                                   hint=THROUGHPUT, pin_threads=False)
-        self.batcher = self.engine.batcher  # the one batcher of this actor, started (warmed up) here
+        # The one batcher of this actor, created and started (every context warmed up) here; it lives as long
+        # as the actor's process, which Ray ends when the pool is done.
+        self.batcher = Batcher(self.engine).start()
         self.settings = settings
         self.node = ray.get_runtime_context().get_node_id()
 
@@ -205,7 +208,9 @@ def classify_on_ray(summary: BundleSummary, chunks: Iterable[Dataset], handle, o
         context.execution_options.preserve_order = True  # blocks come back in the input's order
         # Every block starts on the driver's node (its chunks were put there): sent by locality, all would go to
         # the actors on that node while the others wait.
-        context.execution_options.actor_locality_enabled = False
+        with warnings.catch_warnings():  # deprecated in 2.60 ("managed internally"), still read
+            warnings.simplefilter("ignore")
+            context.execution_options.actor_locality_enabled = False
         context.wait_for_min_actors_s = ACTORS_START_S
         context.enable_progress_bars = False  # the caller shows one bar, the same as infer's
         context.print_on_execution_start = False
@@ -285,6 +290,8 @@ def unwrapped_errors():
             cause = getattr(cause, "cause", None) or cause.__cause__
         if cause is not None:
             raise cause from None
+        if "KeyboardInterrupt" in str(error):  # Ctrl-C that landed inside Ray's own wait, re-raised as its error
+            raise KeyboardInterrupt from None
         if not isinstance(error, RayError) and type(error).__module__.split(".")[0] != "ray":
             raise
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
