@@ -6,7 +6,7 @@ import csv
 import json
 import math
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -19,7 +19,8 @@ TEXT_PAIR_COLUMN_CANDIDATES = (("text_a", "text_b"), ("sentence1", "sentence2"),
                                ("query", "passage"))
 LABEL_SEPARATOR = ","  # between the labels of a multi-label row in TSV/CSV ("1,3" or "sports,politics")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "gold")
-FORMATS = ("tsv", "csv", "jsonl")
+FORMATS = ("tsv", "csv", "jsonl", "parquet")
+PARQUET_SUFFIX = ".parquet"
 CHUNK_ROWS = 8192  # rows per Dataset from read_dataset_chunks: a few seconds of work, a few MB of text
 
 
@@ -55,8 +56,10 @@ def detect_format(path: Path, explicit: str | None = None) -> str:
         return "csv"
     if suffix in ("jsonl", "json", "ndjson"):
         return "jsonl"
+    if suffix == "parquet" or path.is_dir():
+        return "parquet"
     raise InputDataError(f"cannot tell the format of {path} from its extension",
-                         "name it .tsv, .csv or .jsonl, or pass --format")
+                         "name it .tsv, .csv, .jsonl or .parquet, or pass --data-format")
 
 
 def read_dataset(
@@ -115,17 +118,30 @@ def read_dataset_chunks(
     each is raised when the reading reaches it, so a caller that must not start on a bad file reads it
     through once first (infer does)."""
     path = Path(path)
+    options = dict(text_column=text_column, label_column=label_column, label_names=label_names,
+                   require_labels=require_labels, data_format=data_format, text_pair_column=text_pair_column,
+                   text_pairs=text_pairs, task=task, label_separator=label_separator, ignore_labels=ignore_labels,
+                   chunk_rows=chunk_rows)
     try:
-        exists = path.is_file()
+        exists, folder = path.is_file(), path.is_dir()
     except OSError as error:  # a folder on the way that this user may not search
         raise InputDataError(f"cannot read data file {path}: {error.strerror}", "check its permissions") from None
+    if folder:  # a folder of Parquet files (as Spark, pandas and Ray Data write them), one file after the other
+        for part in parquet_parts(path):
+            for chunk in read_dataset_chunks(part, **options):
+                yield replace(chunk, source=str(path))
+        return
     if not exists:
         raise InputDataError(f"data file {path} does not exist", "check the path given for this file")
-    if not any(line.strip() for _, line in _lines(path)):  # stops at the first line with text
-        raise InputDataError(f"data file {path} is empty", "give a file with a header line and at least one row")
     fmt = detect_format(path, data_format)
-    columns = _jsonl_columns(path) if fmt == "jsonl" else _delimited_header(path, fmt)
-    rows = _read_jsonl(path, _lines(path)) if fmt == "jsonl" else _read_delimited(path, _lines(path), fmt)
+    if fmt != "parquet" and not any(line.strip() for _, line in _lines(path)):  # stops at the first line with text
+        raise InputDataError(f"data file {path} is empty", "give a file with a header line and at least one row")
+    if fmt == "parquet":
+        columns, rows = _parquet_columns(path), _read_parquet(path)
+    elif fmt == "jsonl":
+        columns, rows = _jsonl_columns(path), _read_jsonl(path, _lines(path))
+    else:
+        columns, rows = _delimited_header(path, fmt), _read_delimited(path, _lines(path), fmt)
     text_key, pair_key = pick_text_columns(path, columns, text_column, text_pair_column, text_pairs)
     label_key = label_column
     if ignore_labels:
@@ -396,3 +412,38 @@ def _read_jsonl(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[
         if not isinstance(row, dict):
             raise InputDataError(f"{path}:{index}: each line must be a JSON object", f"fix line {index}")
         yield index, row
+
+
+def parquet_parts(folder: Path) -> list[Path]:
+    """The .parquet files of a folder, in name order (the order their writers numbered them in)."""
+    parts = sorted(part for part in folder.iterdir() if part.suffix == PARQUET_SUFFIX and part.is_file())
+    if not parts:
+        raise InputDataError(f"data folder {folder} holds no {PARQUET_SUFFIX} files",
+                             "give a data file, or a folder of Parquet files")
+    return parts
+
+
+def _parquet_file(path: Path):
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise InputDataError(f"reading {path} needs pyarrow, which is not installed",
+                             "pip install 'roberta-deploy[ray]' (or pip install pyarrow)") from None
+    try:
+        return parquet.ParquetFile(path)
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError...: all mean the same to the user
+        raise InputDataError(f"{path} is not a readable Parquet file ({str(error).splitlines()[0][:120]})",
+                             "check that the file is Parquet and whole") from None
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    return list(_parquet_file(path).schema_arrow.names)
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
+    """(1-based row number, row) of each row: Parquet has no lines, so errors name the row."""
+    number = 0
+    for batch in _parquet_file(path).iter_batches(batch_size=CHUNK_ROWS):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row

@@ -54,6 +54,9 @@ def test_missing_file_and_unknown_extension(tmp_path):
     with pytest.raises(InputDataError, match="does not exist"):
         read_dataset(tmp_path / "nope.tsv")
     with pytest.raises(InputDataError, match="cannot tell the format"):
+        read_dataset(write(tmp_path, "a.xlsx", "x"))
+    pytest.importorskip("pyarrow")
+    with pytest.raises(InputDataError, match="a.parquet is not a readable Parquet file"):
         read_dataset(write(tmp_path, "a.parquet", "x"))
 
 

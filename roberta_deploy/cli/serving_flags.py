@@ -141,14 +141,15 @@ def with_flags(flags: tuple, parameter: str, collect: Callable[[dict], object]) 
 with_serve_flags = with_flags(SERVE_FLAGS, "serve_flags", ServeFlags)
 
 
-# Ray's flags, defined once, as serve's: `serve` and `deploy` both take them (with_ray_flags) and both check them
-# and make their RayOptions in RayFlags.options. Every one but --ray defaults to None: "not given", so that a Ray
-# flag without --ray is refused instead of ignored.
-RAY_FLAGS = (
+# Ray's flags, defined once, as serve's: `serve`, `deploy` and `infer` take them (with_ray_flags, or for infer
+# with_shared_ray_flags: those that mean something for a batch job) and check them and make their RayOptions in
+# RayFlags.options. Every one but --ray defaults to None: "not given", so that a Ray flag without --ray is
+# refused instead of ignored. For infer, a replica is one actor of the pool that classifies the data.
+SHARED_RAY_FLAGS = (
     ("on_ray", Annotated[bool, typer.Option(
-        "--ray", help="Serve on Ray Serve: the same routes as replicas across a Ray cluster, each with its own "
-                      "engine and batcher, replaced when they fail (pip install 'roberta-deploy[ray]'; "
-                      "docs/scaling.md).", rich_help_panel=RAY)], False),
+        "--ray", help="Run on Ray (pip install 'roberta-deploy[ray]'; docs/scaling.md): serve and deploy as Ray "
+                      "Serve replicas across a cluster; infer as a pool of Ray Data actors; each replica or actor "
+                      "with its own engine and batcher, replaced when it fails.", rich_help_panel=RAY)], False),
     ("address", Annotated[Optional[str], typer.Option(
         help="With --ray: the cluster to join, 'auto' on a cluster node or ray://HEAD:10001 from elsewhere "
              "(default: start a local Ray instance, dashboard and usage reporting off).", rich_help_panel=RAY)], None),
@@ -162,14 +163,16 @@ RAY_FLAGS = (
         help="With --ray: CPUs Ray reserves for each replica; its engine computes on that many threads. "
              "Fewer, wider replicas cost less CPU per text than many 1-CPU ones (docs/scaling.md).",
         rich_help_panel=RAY), flags.POSITIVE], None),
-    ("target_ongoing_requests", Annotated[Optional[float], typer.Option(
-        help="With --autoscale: requests in flight per replica the autoscaler aims at. Enough to fill a "
-             "replica's batches; lower scales out sooner and keeps latency down.",
-        rich_help_panel=RAY), flags.POSITIVE], None),
     ("bundle_cache", Annotated[Optional[Path], typer.Option(
         help="With --ray: the folder on each node where replicas unpack the bundles shipped through Ray's "
              "object store (default: $ROBERTA_DEPLOY_CACHE or ~/.cache/roberta-deploy/bundles).",
         rich_help_panel=RAY)], None),
+)
+RAY_FLAGS = SHARED_RAY_FLAGS + (
+    ("target_ongoing_requests", Annotated[Optional[float], typer.Option(
+        help="With --autoscale: requests in flight per replica the autoscaler aims at. Enough to fill a "
+             "replica's batches; lower scales out sooner and keeps latency down.",
+        rich_help_panel=RAY), flags.POSITIVE], None),
 )
 
 
@@ -184,10 +187,10 @@ class RayFlags:
     def on_ray(self) -> bool:
         return self.values["on_ray"]
 
-    def options(self, serve_options: ServeOptions):
+    def options(self, serve_options: ServeOptions | None = None):
         """RayOptions with --ray, None without. Raises UsageError for a Ray flag without --ray, flags that
         contradict each other or a value out of range, and, with --ray, where ray is not installed: all before
-        anything is built or started."""
+        anything is built or started. serve_options: None for a command that serves nothing (infer)."""
         given = [f"--{name.replace('_', '-')}" for name, value in self.values.items()
                  if name != "on_ray" and value is not None]
         if not self.on_ray:
@@ -202,7 +205,7 @@ class RayFlags:
         if serve_options is not None and serve_options.grpc_port is not None:
             raise UsageError("--grpc-port is not served on Ray (Ray Serve proxies HTTP to the replicas)",
                              "leave --grpc-port off with --ray, or serve gRPC without --ray")
-        if serve_options.port == 0:
+        if serve_options is not None and serve_options.port == 0:
             raise UsageError("--port 0 cannot be used with --ray: every node's proxy listens on the same port",
                              "pass a port, e.g. --port 8000")
         defaults = RayOptions()
@@ -210,8 +213,8 @@ class RayFlags:
             address=flags["address"], replicas=flags["replicas"] if flags["replicas"] is not None else defaults.replicas,
             autoscale=parse_autoscale(flags["autoscale"]) if flags["autoscale"] is not None else None,
             replica_cpus=flags["replica_cpus"] if flags["replica_cpus"] is not None else defaults.replica_cpus,
-            target_ongoing_requests=flags["target_ongoing_requests"] if flags["target_ongoing_requests"] is not None
-            else defaults.target_ongoing_requests,
+            target_ongoing_requests=flags["target_ongoing_requests"]
+            if flags.get("target_ongoing_requests") is not None else defaults.target_ongoing_requests,
             cache_dir=str(flags["bundle_cache"]) if flags["bundle_cache"] else None)
         import_ray()  # a missing ray extra is found now, not after a deploy's builds
         return options
@@ -219,3 +222,4 @@ class RayFlags:
 
 # Give a command Ray's flags; it receives them as `ray_flags: RayFlags`.
 with_ray_flags = with_flags(RAY_FLAGS, "ray_flags", RayFlags)
+with_shared_ray_flags = with_flags(SHARED_RAY_FLAGS, "ray_flags", RayFlags)

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import time
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Sequence, TextIO
 
@@ -24,7 +25,8 @@ from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION
 
 PREDICTIONS_FILE = "predictions.jsonl"  # with --format csv: predictions.csv
 METRICS_FILE = "metrics.json"
-OUTPUT_FORMATS = ("jsonl", "csv")
+OUTPUT_FORMATS = ("jsonl", "csv", "parquet")
+PARQUET_ROW_GROUP = 8192  # rows per Parquet row group: what a reader loads at once
 CSV_COLUMNS = ("index", "line", "text", "text_pair", "label", "label_name", "labels", "score", "truncated", "gold")
 
 
@@ -35,7 +37,7 @@ def predictions_file(output_format: str) -> str:
 def check_output_format(output_format: str) -> str:
     if output_format not in OUTPUT_FORMATS:
         raise UsageError(f"--format {output_format!r} is not a predictions format",
-                         "use --format jsonl or --format csv (the input's format is --data-format)")
+                         "use --format jsonl, csv or parquet (the input's format is --data-format)")
     return output_format
 
 
@@ -267,9 +269,13 @@ def prediction_rows(predictions: Predictions, dataset: Dataset, first_index: int
         yield row
 
 
-def write_predictions(handle: TextIO, rows: Iterator[dict], output_format: str, label_names: Sequence[str]) -> None:
+def write_predictions(handle, rows: Iterator[dict], output_format: str, label_names: Sequence[str]) -> None:
     """jsonl: every field; csv: the fields of CSV_COLUMNS present, then `probability_<label>` per label
-    (`score_<label>` for multi-label); lists are joined with data.LABEL_SEPARATOR."""
+    (`score_<label>` for multi-label); lists are joined with data.LABEL_SEPARATOR; parquet (`handle` opened
+    in binary): every field as jsonl has it, lists as list columns."""
+    if output_format == "parquet":
+        write_parquet_predictions(handle, rows)
+        return
     if output_format == "jsonl":
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -288,6 +294,31 @@ def write_predictions(handle: TextIO, rows: Iterator[dict], output_format: str, 
         writer.writerow(values + (per_label or []))
 
 
+def write_parquet_predictions(handle, rows: Iterator[dict]) -> None:
+    """Rows in row groups of PARQUET_ROW_GROUP, the schema taken from the first group."""
+    import itertools
+
+    import pyarrow
+    import pyarrow.parquet as parquet
+
+    writer = None
+    try:
+        while group := list(itertools.islice(rows, PARQUET_ROW_GROUP)):
+            table = pyarrow.Table.from_pylist(group, schema=writer.schema if writer is not None else None)
+            writer = writer or parquet.ParquetWriter(handle, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def open_predictions(path: Path, output_format: str):
+    """The predictions file, text for jsonl and csv, binary for parquet."""
+    if output_format == "parquet":
+        return open(path, "wb")
+    return open(path, "w", encoding="utf-8", newline="")
+
+
 def infer_to_folder(engine: Engine, chunks: Iterable[Dataset], output: OutputFolder, output_format: str = "jsonl", *,
                     batch_size: int | None = None, max_batch_tokens: int | None = None, bucketing: bool = True,
                     on_batch_done: Callable[[int], None] | None = None,
@@ -297,7 +328,7 @@ def infer_to_folder(engine: Engine, chunks: Iterable[Dataset], output: OutputFol
     on any error or signal its staging folder goes, so nothing half-written remains."""
     check_output_format(output_format)
     with output.staging() as work:
-        with open(work / predictions_file(output_format), "w", encoding="utf-8", newline="") as handle:
+        with open_predictions(work / predictions_file(output_format), output_format) as handle:
             report = classify_and_write(engine, chunks, handle, output_format, batch_size=batch_size,
                                         max_batch_tokens=max_batch_tokens, bucketing=bucketing,
                                         on_batch_done=on_batch_done, threshold=threshold)

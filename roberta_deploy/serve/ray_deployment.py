@@ -392,12 +392,32 @@ def _connect(ray, ray_options: RayOptions) -> bool:
         # "local": a new instance, even where RAY_ADDRESS or a cluster started on this machine would be found.
         ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
         return True
+    from ray.exceptions import AuthenticationError
+
     try:
         ray.init(address=ray_options.address, configure_logging=False, log_to_driver=False)
-    except (ConnectionError, RuntimeError) as error:
+    except (ConnectionError, RuntimeError, AuthenticationError) as error:
+        if _refused_token(error):
+            raise UsageError(f"cannot connect to Ray at {ray_options.address}: the cluster uses token authentication "
+                             "and refused this process's token (missing or different)",
+                             "run with RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or the file "
+                             "~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH), as on its nodes (docs/scaling.md)") from None
         raise UsageError(f"cannot connect to Ray at {ray_options.address}: {str(error).splitlines()[0]}",
                          "start a cluster with `ray start --head` and pass --address auto (on a cluster node) or "
                          "--address ray://HEAD:10001") from None
+    return False
+
+
+def _refused_token(error: BaseException) -> bool:
+    """Whether ray.init failed on authentication: Ray raises AuthenticationError when this process has token
+    mode but no token, and otherwise a ConnectionError whose causes mention the GCS's InvalidAuthToken."""
+    from ray.exceptions import AuthenticationError
+
+    while error is not None:
+        if isinstance(error, AuthenticationError) or any(word in str(error) for word in
+                                                         ("InvalidAuthToken", "Unauthenticated")):
+            return True
+        error = error.__cause__ or error.__context__
     return False
 
 
