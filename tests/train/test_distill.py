@@ -247,3 +247,15 @@ def test_the_command_line_prints_one_line_per_epoch_and_one_line_errors(toy, tmp
     refused = runner.invoke(app, arguments + ["--layers", "5"])
     assert refused.exit_code != 0 and "not below the teacher's 3 layers" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_unlabelled_texts_join_the_training_rows_with_soft_labels_only(toy, tmp_path):
+    labelled = _write_tsv(tmp_path / "labelled.tsv", "label\ttext_a",
+                          [(label, text) for label, text in zip(toy["test_labels"][:40], toy["test_texts"][:40])])
+    unlabelled = _write_tsv(tmp_path / "unlabelled.tsv", "text_a", [(text,) for text in _toy_texts(100, seed=9)])
+    reports = []
+    result = distill(_options(toy, tmp_path / "students", data=labelled, unlabelled=unlabelled, epochs=1),
+                     on_progress=reports.append)
+    assert reports[-1].total_steps == -(-(36 + 100) // 16)  # 4 of the 40 labelled rows are held back
+    manifest = json.loads((result.students[0].output / "finetune.json").read_text(encoding="utf-8"))
+    assert manifest["unlabelled"]["rows"] == 100 and manifest["data"]["held_back_rows"] == 4
