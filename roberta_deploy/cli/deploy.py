@@ -17,6 +17,7 @@ from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
 from ..errors import UsageError
 from ..serve.options import API_KEY_ENV
 from .app import app
+from .common import parse_int_list
 from .console import console, step_printer
 from .exits import reports_errors
 
@@ -59,6 +60,11 @@ def deploy_command(
     perf_seconds: Annotated[float, typer.Option(
         help="Timed seconds per candidate for its passes over the scored texts, and again for batch-1 latency. "
              "Short is quick but noisy on a busy machine.")] = 2.0,
+    distill: Annotated[Optional[str], typer.Option(
+        help="Layer counts of students to distil from the model on --data (minus the scored texts), e.g. 3,2. "
+             "Each joins the candidates at every precision and is judged by the same budget against the model's "
+             "fp32; fewer layers are faster.")] = None,
+    distill_epochs: Annotated[int, typer.Option(help="Epochs of each student's distillation.")] = 3,
     serve: Annotated[bool, typer.Option("--serve/--no-serve",
                                         help="Serve the chosen bundle when it is ready (--no-serve: stop after "
                                              "the reports).")] = True,
@@ -83,14 +89,16 @@ def deploy_command(
     plan = plan_deployment(DeployOptions(
         model=model, output=output, data=data, accuracy_budget=accuracy_budget, backend=backend,
         precision=precision, max_seq_length=max_seq_length, calibration_samples=calibration_samples,
-        timing_passes=timing_passes, perf_seconds=perf_seconds, overwrite=overwrite))
+        timing_passes=timing_passes, perf_seconds=perf_seconds, overwrite=overwrite,
+        distill=parse_int_list(distill, "--distill") if distill else (), distill_epochs=distill_epochs))
     report = prepare_deployment(plan, on_step=step_printer())
     console.print(candidates_table(report))
     choice = report["choice"]
     if not report["accuracy_checked"]:
         console.print("accuracy was not checked: no --data was given (pass labelled texts to let deploy choose a "
                       "faster precision within --accuracy-budget)")
-    console.print(f"chosen: {choice['backend']} {choice['precision']} ({output / choice['bundle']}): "
+    student = "" if choice.get("model", "teacher") == "teacher" else f"{choice['model']} "
+    console.print(f"chosen: {student}{choice['backend']} {choice['precision']} ({output / choice['bundle']}): "
                   f"{choice['reason']}")
     console.print(f"wrote {output / DEPLOYMENT_MARKDOWN}, {output / DEPLOYMENT_JSON} and {output / REPORT_HTML}")
     if serve:
@@ -127,14 +135,14 @@ def serve_chosen(bundle: Path, serve_flags: ServeFlags, ray_flags: RayFlags, exa
 
 def candidates_table(report: dict) -> Table:
     table = Table(title=f"deploy {report['model']}: {report['scored_texts']} {report['scored_on']}")
-    for column in ("backend", "precision", "artifacts", "accuracy", "vs fp32", "agreement", "texts/s",
+    for column in ("model", "backend", "precision", "artifacts", "accuracy", "vs fp32", "agreement", "texts/s",
                    "b1 p50 ms", "b1 p99 ms", "verdict"):
-        table.add_column(column, justify="left" if column in ("backend", "precision", "artifacts", "verdict")
+        table.add_column(column, justify="left" if column in ("model", "backend", "precision", "artifacts", "verdict")
                          else "right")
     for row in report["candidates"]:
         measured = row.get("measured", {})
         latency = measured.get("latency_ms_batch1", {})
-        table.add_row(row["backend"], row["precision"],
+        table.add_row(row.get("model", "teacher"), row["backend"], row["precision"],
                       row["status"],
                       *(_format(value, template) for value, template in (
                           (measured.get("accuracy"), "{:.4f}"), (row.get("points_vs_fp32"), "{:+.2f}"),

@@ -31,13 +31,15 @@ from ..machine import this_cpu
 from .perf import PerfOptions, host_description, run_benchmark
 from ..precision import AUTO, canonical_precision
 from .report import REPORT_HTML, deployment_report_html
+from .students import DEFAULT_DISTILL_EPOCHS, STUDENTS_DIR, prepare_students
 from ..tasks import SINGLE_LABEL, Task
 
 DEPLOYMENT_JSON = "deployment.json"
 DEPLOYMENT_MARKDOWN = "deployment.md"
 EXPORT_DIR = "export"
 BUNDLES_DIR = "bundles"
-OWN_ENTRIES = (EXPORT_DIR, BUNDLES_DIR, DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, REPORT_HTML)
+OWN_ENTRIES = (EXPORT_DIR, BUNDLES_DIR, STUDENTS_DIR, DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, REPORT_HTML)
+TEACHER = "teacher"  # the model of the candidates built from --model itself; students are "student-K"
 KIND = "deployment"
 SCHEMA_VERSION = 1
 VERIFICATION_SAMPLES = BuildOptions.verification_samples
@@ -59,6 +61,8 @@ class DeployOptions:
     timing_passes: int = TIMING_REPEATS  # at least this many passes over the scored texts; the fastest counts
     perf_seconds: float = 2.0  # timed seconds per candidate of passes over the scored texts, and of batch-1 latency
     overwrite: bool = False  # replace a deployment of another model in `output`
+    distill: tuple[int, ...] = ()  # layer counts of students distilled from the model that join the candidates
+    distill_epochs: int = DEFAULT_DISTILL_EPOCHS
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ def plan_deployment(options: DeployOptions) -> Plan:
                          "pass --data FILE with a label column, or --precision fp32")
     candidates = _candidates(options.backend, precision, scored=options.data is not None)
     checkpoint = resolve_checkpoint(options.model)
+    _check_distill(options, checkpoint)
     if options.data is not None:
         task = _task_of(checkpoint)
         if task is not None and task.kind != SINGLE_LABEL:
@@ -113,6 +118,25 @@ def plan_deployment(options: DeployOptions) -> Plan:
     return Plan(options=options, precision=precision, checkpoint=checkpoint, model_sha256=model_sha256,
                 dataset=dataset, data_sha256=file_sha256(options.data) if options.data else None, scoring=scoring,
                 candidates=candidates, previous=previous, output=output)
+
+
+def _check_distill(options: DeployOptions, checkpoint: Path) -> None:
+    """Students are judged on accuracy against the model, so they need labelled data, and fewer layers."""
+    if not options.distill:
+        return
+    if options.data is None:
+        raise UsageError("--distill needs labelled texts: students learn from them and are judged on accuracy",
+                         "pass --data FILE with a label column")
+    if options.distill_epochs < 1:
+        raise UsageError("--distill-epochs must be at least 1", "pass e.g. --distill-epochs 3")
+    try:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        layers = int(config.get("num_hidden_layers") or config.get("n_layers"))
+    except (OSError, ValueError, TypeError):
+        return  # the export names what is wrong with the config
+    if max(options.distill) >= layers:
+        raise UsageError(f"--distill {max(options.distill)} is not below the model's {layers} layers",
+                         "give students fewer layers than the model")
 
 
 def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[tuple[str, str], ...]:
@@ -209,18 +233,28 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
                                                             if plan.dataset is not None else
                                                             f"the bundled sample reviews ({DEMO_SAMPLES_PATH.name}), "
                                                             "texts only: accuracy not checked"))
-        earlier = {(row["backend"], row["precision"]): row for row in (previous or {}).get("candidates", [])
-                   + (previous or {}).get("other_candidates", [])}
+        earlier = {(row.get("model", TEACHER), row["backend"], row["precision"]): row
+                   for row in (previous or {}).get("candidates", []) + (previous or {}).get("other_candidates", [])}
+        # The teacher's candidates first (its fp32 is the reference), then each student's.
+        specs = [(TEACHER, export, backend, precision) for backend, precision in plan.candidates]
+        if options.distill:
+            students = prepare_students(plan.checkpoint, plan.dataset, scoring, options.distill, folder / STUDENTS_DIR,
+                                        options.max_seq_length, options.distill_epochs, step)
+            report["students"] = [student.record for student in students]
+            specs += [(student.name, student.export, backend, precision) for student in students
+                      for backend, precision in plan.candidates]
+        keys = [(model, backend, precision) for model, _, backend, precision in specs]
         # Records of candidates this run does not try (another --backend or --precision) are kept, so that
         # switching back reuses their bundles too.
-        report["other_candidates"] = [row for key, row in earlier.items() if key not in plan.candidates]
+        report["other_candidates"] = [row for key, row in earlier.items() if key not in keys]
         report["candidates"] = []
-        for number, (backend, precision) in enumerate(plan.candidates):
-            record = _candidate(plan, export, backend, precision, scoring, earlier.get((backend, precision)), step)
+        for number, (model, model_export, backend, precision) in enumerate(specs):
+            record = _candidate(plan, model_export, backend, precision, scoring, earlier.get(keys[number]), step,
+                                model)
             report["candidates"].append(record)
             # Progress, with the earlier records of the candidates still to come: an interrupted deploy
             # resumes from here and loses nothing it had.
-            to_come = [earlier[key] for key in plan.candidates[number + 1:] if key in earlier]
+            to_come = [earlier[key] for key in keys[number + 1:] if key in earlier]
             atomic_write_json(folder / DEPLOYMENT_JSON, {**report, "candidates": report["candidates"] + to_come})
         report["choice"] = _choose(plan, report["candidates"])
         report["machine"] = {**host_description(), "backend_capabilities": {
@@ -239,7 +273,8 @@ def _settings(plan: Plan) -> dict:
             "data": str(options.data) if options.data else None,
             "data_sha256": plan.data_sha256,
             "calibration_samples": options.calibration_samples, "timing_passes": options.timing_passes,
-            "perf_seconds": options.perf_seconds}
+            "perf_seconds": options.perf_seconds, "distill": list(options.distill),
+            "distill_epochs": options.distill_epochs if options.distill else None}
 
 
 def _export(plan: Plan, folder: Path, step) -> tuple[ExportArtifact, dict]:
@@ -278,10 +313,10 @@ def _export_record(export: ExportArtifact, status: str) -> dict:
 
 
 def _candidate(plan: Plan, export: ExportArtifact, backend: str, precision: str, scoring: Dataset,
-               earlier: dict | None, step) -> dict:
+               earlier: dict | None, step, model: str = TEACHER) -> dict:
     """Build (or reuse) one candidate's bundle, then measure it (or reuse the measurements)."""
     options = plan.options
-    name = f"{backend}-{precision}"
+    name = f"{backend}-{precision}" if model == TEACHER else f"{model}-{backend}-{precision}"
     bundle = Path(options.output) / BUNDLES_DIR / name
     data_sha256 = plan.data_sha256
     build_settings = {"backend": backend, "precision": precision,
@@ -289,7 +324,7 @@ def _candidate(plan: Plan, export: ExportArtifact, backend: str, precision: str,
                       "calibration_data_sha256": data_sha256,
                       "calibration_samples": options.calibration_samples,
                       "verification_samples": VERIFICATION_SAMPLES}
-    record = {"backend": backend, "precision": precision, "bundle": f"{BUNDLES_DIR}/{name}",
+    record = {"model": model, "backend": backend, "precision": precision, "bundle": f"{BUNDLES_DIR}/{name}",
               "build_settings": build_settings}
     why = _why_not_reusable(earlier, "build_settings", build_settings)
     if why is None and earlier.get("rejected"):
@@ -361,7 +396,8 @@ def _choose(plan: Plan, candidates: list[dict]) -> dict:
             rows.append({"verdict": f"rejected: {record['rejected']}"})
             continue
         measured = {key: value for key, value in record["measured"].items() if key != "predicted_labels"}
-        rows.append({"backend": record["backend"], "precision": record["precision"], **measured})
+        rows.append({"model": record.get("model", TEACHER), "backend": record["backend"],
+                     "precision": record["precision"], **measured})
     reference = next((record for record in candidates if not record.get("rejected")), None)
     if reference is None:
         raise NumericalCheckError("every candidate was rejected: " + "; ".join(
@@ -383,6 +419,9 @@ def _choose(plan: Plan, candidates: list[dict]) -> dict:
     chosen = candidates[rows.index(chosen_row)]
     speedup = chosen_row["texts_per_second"] / reference["measured"]["texts_per_second"]
     reference_name = f"{reference['backend']} {reference['precision']}"
+    chosen_name = f"{chosen['backend']} {chosen['precision']}"
+    if chosen.get("model", TEACHER) != TEACHER:
+        reference_name, chosen_name = f"the model's {reference_name}", f"{chosen['model']} {chosen_name}"
     if budget is None:
         reason = (f"accuracy was not checked (no --data), so {asked} was kept as asked; of the backends, "
                   f"the fastest on this machine")
@@ -392,9 +431,10 @@ def _choose(plan: Plan, candidates: list[dict]) -> dict:
     else:
         reason = (f"--precision {asked} was asked for, and it is within {budget:g} accuracy points of fp32 "
                   f"({chosen['points_vs_fp32']:+.2f} points)")
-    return {"backend": chosen["backend"], "precision": chosen["precision"], "bundle": chosen["bundle"],
+    return {"model": chosen.get("model", TEACHER), "backend": chosen["backend"], "precision": chosen["precision"],
+            "bundle": chosen["bundle"],
             "texts_per_second": chosen_row["texts_per_second"], "speedup_vs_reference": speedup,
-            "reference": reference_name, "reason": f"{reason}: {chosen_row['texts_per_second']:.0f} texts/s, "
+            "reference": reference_name, "reason": f"{reason}: {chosen_name}, {chosen_row['texts_per_second']:.0f} texts/s, "
                                                    f"{speedup:.2f}x {reference_name}"}
 
 
@@ -405,7 +445,15 @@ def deployment_markdown(report: dict) -> str:
              f"Model sha256 {report['model_sha256'][:12]}; data {data}; accuracy budget "
              f"{settings['accuracy_budget_points']:g} points below fp32; precision {settings['precision']}; "
              f"export {report['export']['status']}.", "",
-             f"**Chosen: {choice['backend']} {choice['precision']}** (`{choice['bundle']}`): {choice['reason']}.", ""]
+             f"**Chosen: {_model_prefix(choice)}{choice['backend']} {choice['precision']}** (`{choice['bundle']}`): "
+             f"{choice['reason']}.", ""]
+    for student in report.get("students", []):
+        lines += [f"- {student['name']}: distilled from the model (its layers "
+                  f"{', '.join(map(str, student['teacher_layers_kept']))} kept), agreement with it "
+                  f"{student['held_back_agreement_with_teacher']:.4f} on {student['held_back_rows']} texts held back "
+                  f"from distillation; `{student['checkpoint']}`"]
+    if report.get("students"):
+        lines += [""]
     if not report["accuracy_checked"]:
         lines += ["Accuracy was not checked: no `--data` was given. Pass labelled texts to let deploy choose a "
                   "faster precision within the budget.", ""]
@@ -413,13 +461,13 @@ def deployment_markdown(report: dict) -> str:
               f"over them in {settings['perf_seconds']:g} s (at least {settings['timing_passes']}; throughput hint, "
               f"tokenizing included); batch-1 latency is perf over {settings['perf_seconds']:g} s (latency hint, "
               "real text lengths).", "",
-              "| backend | precision | artifacts | accuracy | vs fp32 (points) | agreement with fp32 | texts/s | "
+              "| model | backend | precision | artifacts | accuracy | vs fp32 (points) | agreement with fp32 | texts/s | "
               "batch-1 p50 ms | batch-1 p99 ms | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["candidates"]:
         measured = row.get("measured", {})
         latency = measured.get("latency_ms_batch1", {})
-        cells = [row["backend"], row["precision"], row["status"],
+        cells = [row.get("model", TEACHER), row["backend"], row["precision"], row["status"],
                  _number(measured.get("accuracy"), "{:.4f}"), _number(row.get("points_vs_fp32"), "{:+.2f}"),
                  _number(row.get("agreement_with_fp32"), "{:.4f}"), _number(measured.get("texts_per_second"), "{:.1f}"),
                  _number(latency.get("median"), "{:.2f}"), _number(latency.get("p99"), "{:.2f}"), row["verdict"]]
@@ -430,6 +478,10 @@ def deployment_markdown(report: dict) -> str:
     for backend, capabilities in machine["backend_capabilities"].items():
         lines.append(f"- {backend} reports {', '.join(capabilities)} on this CPU")
     return "\n".join(lines) + "\n"
+
+
+def _model_prefix(choice: dict) -> str:
+    return "" if choice.get("model", TEACHER) == TEACHER else f"{choice['model']} "
 
 
 def _number(value, template: str) -> str:

@@ -114,9 +114,13 @@ def deployment_report_html(report: dict) -> str:
     """The `deploy` page: every candidate's accuracy, agreement, throughput and batch-1 latency, the choice
     and why, the machine. `report` is what deployment.json holds."""
     measured = [row for row in report["candidates"] if "measured" in row]
-    names = [f"{row['backend']} {row['precision']}" for row in measured]
+    names = [_candidate_name(row) for row in measured]
     charts = _Charts()
     if report["accuracy_checked"]:
+        charts.pareto("chart-pareto", "Accuracy against speed, every candidate (held-back texts); the line joins "
+                      "those no other candidate beats on both", names,
+                      [row["measured"]["texts_per_second"] for row in measured],
+                      [row["measured"]["accuracy"] for row in measured])
         charts.bars("chart-accuracy", "Accuracy and agreement with fp32 per candidate (held-back texts)", names,
                     {"accuracy": [row["measured"]["accuracy"] for row in measured],
                      "agreement with fp32": [row["agreement_with_fp32"] for row in measured]},
@@ -131,9 +135,9 @@ def deployment_report_html(report: dict) -> str:
         value = row.get(key, row.get("measured", {}).get(key))
         return "" if value is None else template.format(value)
 
-    table = _table(["backend", "precision", "artifacts", "accuracy", "vs fp32 (points)", "agreement with fp32",
+    table = _table(["model", "backend", "precision", "artifacts", "accuracy", "vs fp32 (points)", "agreement with fp32",
                     "texts/s", "batch-1 p50 ms", "batch-1 p99 ms", "verdict"],
-                   [[row["backend"], row["precision"],
+                   [[row.get("model", "teacher"), row["backend"], row["precision"],
                      row["status"],
                      cell(row, "accuracy", "{:.4f}"), cell(row, "points_vs_fp32", "{:+.2f}"),
                      cell(row, "agreement_with_fp32", "{:.4f}"), cell(row, "texts_per_second", "{:.1f}"),
@@ -147,7 +151,7 @@ def deployment_report_html(report: dict) -> str:
             _meta(f"{report['scored_texts']} {report['scored_on']}; accuracy budget "
                   f"{settings['accuracy_budget_points']:g} points; export {report['export']['status']}",
                   report["machine"]),
-            f"<p><strong>Chosen: {_e(choice['backend'])} {_e(choice['precision'])}</strong> "
+            f"<p><strong>Chosen: {_e(_candidate_name(choice))}</strong> "
             f"(<code>{_e(choice['bundle'])}</code>): {_e(choice['reason'])}.</p>", unchecked,
             "<h2>Candidates</h2>", table, "<h2>Charts</h2>", charts.html(), _host_section(report["machine"])]
     return _page(f"roberta-deploy deploy: {report['model']}", body)
@@ -241,6 +245,27 @@ class _Charts:
             axes.set_xlabel("gold score")
             axes.set_ylabel("predicted score")
             axes.legend(fontsize=8, frameon=False)
+            axes.grid(alpha=0.3)
+
+        self._draw(chart_id, caption, paint)
+
+    def pareto(self, chart_id: str, caption: str, names: list[str], speeds: list[float],
+               accuracies: list[float]) -> None:
+        """One labelled point per candidate, accuracy against texts/s, and the front of those not beaten
+        on both by another."""
+        def paint(axes):
+            for number, (name, speed, accuracy) in enumerate(zip(names, speeds, accuracies)):
+                axes.scatter([speed], [accuracy], s=24, color=COLORS[number % len(COLORS)], zorder=3)
+                axes.annotate(name, (speed, accuracy), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            front = sorted((speed, accuracy) for speed, accuracy in zip(speeds, accuracies)
+                           if not any(other_speed >= speed and other_accuracy >= accuracy
+                                      and (other_speed, other_accuracy) != (speed, accuracy)
+                                      for other_speed, other_accuracy in zip(speeds, accuracies)))
+            if front:
+                axes.plot([point[0] for point in front], [point[1] for point in front], color="#999",
+                          linewidth=0.8, linestyle="--")
+            axes.set_xlabel("texts / s")
+            axes.set_ylabel("accuracy")
             axes.grid(alpha=0.3)
 
         self._draw(chart_id, caption, paint)
@@ -389,3 +414,9 @@ def _page(title: str, body: list[str]) -> str:
 
 def _e(value) -> str:
     return html.escape("" if value is None else str(value))
+
+
+def _candidate_name(row: dict) -> str:
+    """A deploy candidate as the report names it: backend and precision, after the student's name."""
+    model = row.get("model", "teacher")
+    return ("" if model == "teacher" else f"{model} ") + f"{row['backend']} {row['precision']}"

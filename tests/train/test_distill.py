@@ -259,3 +259,47 @@ def test_unlabelled_texts_join_the_training_rows_with_soft_labels_only(toy, tmp_
     assert reports[-1].total_steps == -(-(36 + 100) // 16)  # 4 of the 40 labelled rows are held back
     manifest = json.loads((result.students[0].output / "finetune.json").read_text(encoding="utf-8"))
     assert manifest["unlabelled"]["rows"] == 100 and manifest["data"]["held_back_rows"] == 4
+
+
+def test_deploy_distill_adds_students_to_the_candidates_judged_by_the_same_rule(tiny_checkpoints, samples_tsv,
+                                                                                 tmp_path):
+    from roberta_deploy.backends import offered_precisions
+    from roberta_deploy.jobs.deploy import DeployOptions, plan_deployment, prepare_deployment
+
+    options = DeployOptions(model=str(tiny_checkpoints["bert"]), output=tmp_path / "deployment", data=samples_tsv,
+                            backend="openvino", distill=(1,), distill_epochs=1, perf_seconds=0.1, timing_passes=2,
+                            max_seq_length=64)
+    report = prepare_deployment(plan_deployment(options))
+    precisions = offered_precisions("openvino")
+    models = [(row["model"], row["precision"]) for row in report["candidates"]]
+    assert models[0] == ("teacher", "fp32")  # the reference every student is judged against
+    assert {("student-1", precision) for precision in precisions} <= set(models)
+    scored = [row for row in report["candidates"] if "measured" in row]
+    reference = scored[0]["measured"]["accuracy"]
+    within = [row for row in scored if (reference - row["measured"]["accuracy"]) * 100 <= options.accuracy_budget]
+    fastest = max(within, key=lambda row: row["measured"]["texts_per_second"])
+    assert (report["choice"]["model"], report["choice"]["precision"]) == (fastest["model"], fastest["precision"])
+    for row in report["candidates"]:
+        assert row["verdict"]
+        if row not in within:
+            assert row["verdict"].startswith("rejected")
+    student = report["students"][0]
+    assert student["name"] == "student-1" and student["teacher_layers_kept"] == [1]
+    markdown = (tmp_path / "deployment" / "deployment.md").read_text(encoding="utf-8")
+    assert "| student-1 | openvino | fp32 |" in markdown
+    assert 'id="chart-pareto"' in (tmp_path / "deployment" / "report.html").read_text(encoding="utf-8")
+    again = prepare_deployment(plan_deployment(options))  # the student and its bundles are reused
+    assert again["students"][0]["reused"]
+    assert all(row["build"] == "reused" for row in again["candidates"] if row["model"] == "student-1")
+
+
+def test_deploy_distill_is_refused_without_labelled_data_or_with_too_many_layers(tiny_checkpoints, samples_tsv,
+                                                                                  tmp_path):
+    from roberta_deploy.jobs.deploy import DeployOptions, plan_deployment
+
+    with pytest.raises(UsageError, match="--distill needs labelled texts"):
+        plan_deployment(DeployOptions(model=str(tiny_checkpoints["bert"]), output=tmp_path / "a", distill=(1,)))
+    with pytest.raises(UsageError, match="not below the model's 2 layers"):
+        plan_deployment(DeployOptions(model=str(tiny_checkpoints["bert"]), output=tmp_path / "b", data=samples_tsv,
+                                      distill=(2,)))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
