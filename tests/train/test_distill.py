@@ -66,9 +66,12 @@ def _teacher_logits(folder: Path, texts: list[str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> dict:
+    return make_toy(tmp_path_factory.mktemp("toy"))
+
+
+def make_toy(folder: Path) -> dict:
     """A teacher, 400 texts labelled by it (the gold labels of the toy task) and 300 fresh test texts,
     labels balanced by centring the teacher's logits on the training texts."""
-    folder = tmp_path_factory.mktemp("toy")
     teacher = _random_teacher(folder / "teacher")
     train_texts, test_texts = _toy_texts(400, seed=1), _toy_texts(300, seed=2)
     import torch
