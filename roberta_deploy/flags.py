@@ -9,10 +9,10 @@ infinity are refused, and thread counts stop at the cores this process may use. 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from .errors import UsageError
+from .machine import available_cores
 
 POSITIVE_COUNTS = {"batch_size", "max_batch_tokens", "max_seq_length", "min_batch", "max_batch", "min_seq",
                    "max_seq", "seq_len", "calibration_samples", "verification_samples", "epochs", "timing_passes",
@@ -24,32 +24,6 @@ POSITIVE_NUMBERS = {"lr", "replica_cpus", "target_ongoing_requests"}
 NON_NEGATIVE_NUMBERS = {"accuracy_budget"}
 MAX_SECONDS = 24 * 3600  # a benchmark longer than a day is a typo, not a plan
 MAX_COUNT = 2**31 - 1  # past int32 every engine and numpy index overflows somewhere
-
-
-def available_cores() -> int:
-    """Cores this process may use (respects affinity masks and containers)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def available_memory_bytes() -> int | None:
-    """Memory this process could still take: the kernel's MemAvailable, or the cgroup's room if less."""
-    candidates = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                candidates.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            candidates.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(candidates) if candidates else None
 
 
 def flag_name(parameter: str) -> str:

@@ -1,13 +1,15 @@
-"""The CPU this process runs on: its model and the instruction-set flags that decide low-precision speed.
+"""The machine this process runs on: the CPU model and the instruction-set flags that decide low-precision
+speed, the cores it may use and the memory it could still take.
 
 A bundle records the CPU it was built and verified on; loading it where some of those flags are
 missing still works (the engines fall back to slower kernels) but deserves a warning. Reads
-/proc/cpuinfo only: no heavy imports.
+/proc and /sys only: no heavy imports.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -55,3 +57,29 @@ def cpu_mismatch_warning(manifest: dict, current: dict | None = None) -> str | N
                        "slightly from the verification)")
     return (f"bundle was verified on {recorded.get('model', 'another CPU')} with {', '.join(missing)}, which this "
             f"CPU ({current['model']}) lacks: {consequence}")
+
+
+def available_cores() -> int:
+    """Cores this process may use (respects affinity masks and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process could still take: the kernel's MemAvailable, or the cgroup's room if less."""
+    candidates = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            candidates.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(candidates) if candidates else None

@@ -30,8 +30,9 @@ TRACKED_LIBRARIES = ("roberta-deploy", "torch", "transformers", "tokenizers", "o
                      "openvino", "nncf", "numpy")
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TOKENIZER_FILES = ("tokenizer/tokenizer.json", "tokenizer/tokenizer_meta.json")
-# What each backend needs from a bundle: its engine files, and the settings its loader reads. The
-# schema lives here, not in backends/, so that reading a manifest loads no engine code.
+# What each backend needs from a bundle: its engine files, and the settings its loader reads. The one place
+# these names are declared (each backend reads its own from here); here, not in backends/, so that reading
+# a manifest loads no engine code.
 BACKEND_REQUIREMENTS = {  # files: one of these sets must be listed (newest first)
     "openvino": {"files": (("openvino_model.xml", "openvino_model.bin"), ("model.xml", "model.bin")),
                  "settings": {"inference_precision": ("f32", "bf16", "f16")}},

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from roberta_deploy.errors import UsageError
-from roberta_deploy.flags import available_cores, check_flags
+from roberta_deploy.flags import check_flags
+from roberta_deploy.machine import available_cores
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -18,6 +18,7 @@ from roberta_deploy.errors import InputDataError, UsageError
 from roberta_deploy.jobs.infer import classify_dataset
 from roberta_deploy.metrics import multilabel_metrics, regression_metrics
 from roberta_deploy.precision import TOLERANCES
+from roberta_deploy.runtime.batcher import Batcher
 from roberta_deploy.runtime.engine import Engine
 from roberta_deploy.runtime.tokenization import TextEncoder
 from roberta_deploy.tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task, apply_function
@@ -155,9 +156,9 @@ def test_pairs_and_single_texts_submitted_together_get_the_logits_each_gets_alon
     inputs = [item for pair, text in zip(PAIRS[:6], SAMPLES[:6]) for item in (pair, text)]
     with Engine.load(task_bundle_factory("pairs", "bert", "onnxruntime")) as engine:
         alone = np.concatenate([engine.predict([item]).logits for item in inputs])
-        batcher = engine.batcher
-        futures = [batcher.submit([item]) for item in inputs]  # waiting requests merge into shared batches
-        merged = np.concatenate([future.result(timeout=60).logits for future in futures])
+        with Batcher(engine) as batcher:
+            futures = [batcher.submit([item]) for item in inputs]  # waiting requests merge into shared batches
+            merged = np.concatenate([future.result(timeout=60).logits for future in futures])
         lengths = engine.predict(inputs).token_lengths
     np.testing.assert_allclose(merged, alone, atol=1e-4)
     assert lengths.tolist() == [len(ids) for ids in engine.encoder.encode(inputs).token_ids]

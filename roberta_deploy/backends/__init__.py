@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..defaults import DEFAULT_BACKEND  # noqa: F401  (re-exported: the backend every command defaults to)
-from ..errors import UsageError
+from ..errors import UnsupportedPrecisionError, UsageError
 from .base import Backend
 
 BACKENDS = ("openvino", "onnxruntime", "torch")
@@ -20,6 +20,18 @@ def offered_precisions(name: str, device: str = "cpu") -> tuple[str, ...]:
 def default_precisions(name: str, device: str = "cpu") -> tuple[str, ...]:
     """What run and eval build for backend `name` when no precision is named (asks the machine)."""
     return get_backend(name).default_precisions(device)
+
+
+def require_precision(name: str, precision: str, device: str = "cpu") -> Backend:
+    """The backend `name`, when it runs `precision` (canonical) on `device` (canonical) here: the one place a
+    job asks; UnsupportedPrecisionError naming what to use instead otherwise."""
+    backend = get_backend(name)
+    backend.check_device(device)
+    reason = backend.unsupported_reason(precision, device)
+    if reason:
+        raise UnsupportedPrecisionError(f"{backend.name} cannot build {precision} "
+                                        f"{'here' if device == 'cpu' else 'on ' + device}", reason)
+    return backend
 
 
 def get_backend(name: str) -> Backend:

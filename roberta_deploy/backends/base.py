@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import UsageError
+from ..manifest import BACKEND_REQUIREMENTS
 from ..precision import PRECISIONS
 from ..shapes import ShapeProfile
 
@@ -19,6 +20,15 @@ if TYPE_CHECKING:  # the runtime loads backends; only a build hands them an expo
 
 CPU = "cpu"
 CUDA = "cuda"
+THROUGHPUT = "throughput"  # many texts: keep every core busy on its own batch
+LATENCY = "latency"  # one request at a time: all cores on that request
+PERFORMANCE_HINTS = (THROUGHPUT, LATENCY)
+
+
+def check_hint(hint: str) -> str:
+    if hint not in PERFORMANCE_HINTS:
+        raise UsageError(f"unknown performance hint {hint!r}", f"use one of {', '.join(PERFORMANCE_HINTS)}")
+    return hint
 
 
 def canonical_device(name: str) -> str:
@@ -75,10 +85,21 @@ class LoadedEngine(ABC):
 
 
 class Backend(ABC):
-    name: str
-    engine_files: tuple[str, ...]
+    name: str  # a key of manifest.BACKEND_REQUIREMENTS, where its engine file names are declared
     devices: tuple[str, ...] = (CPU,)  # device kinds this backend can run on
     builds_from_checkpoint = False  # True: build needs the export's source checkpoint (BuildRequest.checkpoint)
+
+    @property
+    def engine_files(self) -> tuple[str, ...]:
+        """The files this backend writes into a bundle (declared once, in manifest.BACKEND_REQUIREMENTS)."""
+        return BACKEND_REQUIREMENTS[self.name]["files"][0]
+
+    def contexts_for(self, cores: int, hint: str) -> int:
+        """How many contexts a performance `hint` needs on `cores` cores (OpenVINO's PERFORMANCE_HINT, made
+        explicit). One by default: a backend whose contexts share one thread pool (an ONNX Runtime session's,
+        PyTorch's process-wide one) only queues more of them, and on a GPU one context keeps it fed."""
+        check_hint(hint)
+        return 1
 
     def capabilities(self) -> tuple[str, ...]:
         """What this backend reports it computes on this CPU, e.g. ("BF16", "FP32", "INT8"); recorded in

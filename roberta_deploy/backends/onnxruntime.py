@@ -8,15 +8,15 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import BundleError
+from ..manifest import BACKEND_REQUIREMENTS
 from ..quiet import quiet_in_this_thread
 from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
-MODEL_FILE = "model.onnx"
+(MODEL_FILE,) = BACKEND_REQUIREMENTS["onnxruntime"]["files"][0]
 
 
 class ONNXRuntimeBackend(Backend):
     name = "onnxruntime"
-    engine_files = (MODEL_FILE,)
 
     def capabilities(self) -> tuple[str, ...]:
         # The CPU provider's kernels: fp32 everywhere, int8 (MLAS: AVX2, VNNI, AMX where present); fp16 only

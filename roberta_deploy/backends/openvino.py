@@ -9,14 +9,14 @@ import numpy as np
 import openvino as ov
 
 from ..errors import BundleError
+from ..manifest import BACKEND_REQUIREMENTS
 from ..precision import PRECISIONS
 from ..quiet import quiet_in_this_thread
-from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
+from .base import CPU, LATENCY, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner, check_hint
 
-# The names optimum-intel's OVModel*.from_pretrained looks for, so a bundle loads there as it is.
-MODEL_XML = "openvino_model.xml"
-MODEL_BIN = "openvino_model.bin"
-LEGACY_MODEL_XML, LEGACY_MODEL_BIN = "model.xml", "model.bin"  # bundles built before the rename
+# The names optimum-intel's OVModel*.from_pretrained looks for, so a bundle loads there as it is; then the
+# names of bundles built before the rename.
+(MODEL_XML, MODEL_BIN), (LEGACY_MODEL_XML, LEGACY_MODEL_BIN) = BACKEND_REQUIREMENTS["openvino"]["files"]
 # The pooler and classifier are a sliver of the compute, and every error there lands on the logits directly.
 KEEP_IN_HIGHER_PRECISION = (".*pooler.*", ".*classifier.*", ".*pre_classifier.*")
 
@@ -28,7 +28,14 @@ def cpu_capabilities() -> set[str]:
 
 class OpenVINOBackend(Backend):
     name = "openvino"
-    engine_files = (MODEL_XML, MODEL_BIN)
+
+    def contexts_for(self, cores: int, hint: str) -> int:
+        """latency: one context with every thread. throughput: below 8 cores one 1-thread context per core
+        (no barrier between threads inside each layer; faster than one 2-thread stream on 2 cores,
+        docs/benchmarks.md); from 8 cores one per 4 cores, so each stream's GEMMs stay wide enough to scale."""
+        if check_hint(hint) == LATENCY:
+            return 1
+        return cores if cores < 8 else cores // 4
 
     def capabilities(self) -> tuple[str, ...]:
         return tuple(sorted(cpu_capabilities()))

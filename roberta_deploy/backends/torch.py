@@ -17,12 +17,12 @@ import numpy as np
 
 from ..errors import BundleError, ModelLoadError, UnsupportedPrecisionError, UsageError
 from ..machine import this_cpu
+from ..manifest import BACKEND_REQUIREMENTS
 from ..quiet import quiet_in_this_thread
 from ..shapes import ShapeProfile
 from .base import CPU, CUDA, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner, device_kind
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE, WEIGHTS_FILE = BACKEND_REQUIREMENTS["torch"]["files"][0]
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ATTENTION = "sdpa"  # torch.nn.functional.scaled_dot_product_attention: fused kernels on CPU and GPU
 # Dynamic shapes are rounded up to this grid on the GPU (rows to a power of two, columns to a multiple
@@ -83,7 +83,6 @@ def load_classifier(folder: Path, attention: str = ATTENTION):
 
 class TorchBackend(Backend):
     name = "torch"
-    engine_files = (CONFIG_FILE, WEIGHTS_FILE)
     devices = (CPU, CUDA)
     builds_from_checkpoint = True
 

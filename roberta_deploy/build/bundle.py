@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import OutputFolder
-from ..backends import get_backend
+from ..backends import require_precision
 from ..backends.base import CPU, canonical_device
 from ..data import Dataset, read_dataset
 from ..defaults import DEFAULT_BACKEND, DEMO_SAMPLES_PATH
@@ -20,11 +20,11 @@ from ..errors import ModelLoadError, NumericalCheckError, UnsupportedPrecisionEr
 from ..machine import this_cpu
 from ..runtime.tokenization import TOKENIZER_DIR, pad_to_shape
 from .checkpoint import checkpoint_hash, resolve_checkpoint
-from ..flags import available_memory_bytes
+from ..machine import available_memory_bytes
 from .export import ExportArtifact, onnx_reference_logits
 from .loader_files import write_loader_files
 from ..manifest import KIND_BUNDLE, write_manifest
-from ..precision import canonical_precision
+from ..precision import AUTO, canonical_precision
 from ..shapes import ShapeProfile
 from ..tasks import SINGLE_LABEL, Task, agreement_text, compare_with_reference
 
@@ -57,6 +57,11 @@ class BuildOptions:
     label_column: str | None = None
     text_pair_column: str | None = None  # the second text of pair data; None: the usual names (data.py)
 
+    def __post_init__(self):
+        # The one place a build's precision name is canonicalized (aliases, case); "auto" is build
+        # --precision auto's, which build_fastest_within_budget handles.
+        object.__setattr__(self, "precision", canonical_precision(self.precision, allow_auto=True))
+
 
 @dataclass(frozen=True)
 class BuildResult:
@@ -71,14 +76,11 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
                           inputs=(options.export_dir, options.calibration_data))
     export = ExportArtifact.load(options.export_dir)
     task = Task.from_manifest(export.manifest)
-    precision = canonical_precision(options.precision)
-    backend = get_backend(options.backend)
+    precision = options.precision
+    if precision == AUTO:
+        raise UsageError("build_engine builds one precision, not auto", "call build_fastest_within_budget")
     device = canonical_device(options.device)
-    backend.check_device(device)
-    reason = backend.unsupported_reason(precision, device)
-    if reason:
-        raise UnsupportedPrecisionError(f"{backend.name} cannot build {precision} "
-                                        f"{'here' if device == CPU else 'on ' + device}", reason)
+    backend = require_precision(options.backend, precision, device)
     checkpoint = source_checkpoint(export) if backend.builds_from_checkpoint else None
     max_seq_length = options.max_seq_length if options.max_seq_length is not None else export.manifest["max_seq_length"]
     if max_seq_length < 1:

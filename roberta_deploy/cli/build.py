@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,8 @@ import typer
 from rich.table import Table
 
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR
+from ..errors import UsageError
+from ..jobs.deploy_report import interval_text
 from .app import app
 from .common import BACKEND_HELP, DEVICE_HELP, PRECISION_HELP, TEXT_PAIR_HELP, parse_int_list
 from .console import console, step_printer
@@ -63,12 +66,13 @@ def build(
     calibration_samples: int = typer.Option(128, help="Texts used to calibrate int8; more is slower to build, rarely more accurate past ~300."),
     verification_samples: int = typer.Option(64, help="Held-back texts compared against fp32 after the build."),
     accuracy_budget: float = typer.Option(0.5, help="With --precision auto: accuracy points below fp32 allowed on --calibration-data labels."),
+    timing_cap: float = typer.Option(60.0, help="With --precision auto: the precisions are timed in interleaved rounds, more while the fastest ones' intervals overlap, up to this many seconds; then they are reported tied within noise."),
     allow_tolerance_failure: bool = typer.Option(False, help="Keep a bundle that drifts past its precision's tolerance (recorded as failed)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle folder."),
 ) -> None:
     """Build an engine bundle for one backend and precision, verified against the fp32 reference."""
     from ..build.bundle import BuildOptions, build_engine
-    from ..precision import AUTO, canonical_precision
+    from ..precision import AUTO
 
     options = BuildOptions(
         export_dir=export, output=output, backend=backend, precision=precision, device=device,
@@ -78,10 +82,14 @@ def build(
         calibration_data=calibration_data, calibration_samples=calibration_samples,
         verification_samples=verification_samples, allow_tolerance_failure=allow_tolerance_failure,
         overwrite=overwrite, text_pair_column=text_pair_column)
-    if canonical_precision(precision, allow_auto=True) == AUTO:
+    if options.precision == AUTO:
         from ..build.autoselect import build_fastest_within_budget
+        from ..measurement import TimingPlan
 
-        result = build_fastest_within_budget(options, accuracy_budget, on_step=step_printer())
+        if not (math.isfinite(timing_cap) and timing_cap > 0):
+            raise UsageError(f"--timing-cap {timing_cap} must be a positive number of seconds", "pass e.g. --timing-cap 60")
+        result = build_fastest_within_budget(options, accuracy_budget, on_step=step_printer(),
+                                             timing=TimingPlan(max_seconds=timing_cap))
     else:
         result = build_engine(options, on_step=step_printer())
     manifest = result.manifest
@@ -90,9 +98,14 @@ def build(
     selection = manifest.get("precision_selection")
     if selection:
         for candidate in selection["candidates"]:
-            measured = (f"accuracy {candidate['accuracy']:.4f} ({candidate['points_vs_fp32']:+.2f} points vs fp32), "
-                        f"{candidate['texts_per_second']:.0f} texts/s " if "accuracy" in candidate else "")
+            measured = (f"accuracy {interval_text(candidate['accuracy_interval'], '{:.4f}')} "
+                        f"({candidate['points_vs_fp32']:+.2f} points vs fp32, "
+                        f"{candidate['paired_vs_fp32']['disagreements']} disagreements), "
+                        f"{interval_text(candidate['texts_per_second_interval'], '{:,.0f}')} texts/s "
+                        if "accuracy" in candidate else "")
             console.print(f"  {candidate['precision']}: {measured}-> {candidate['verdict']}")
+        if selection["accuracy_gate"]["note"]:
+            console.print(selection["accuracy_gate"]["note"])
     from ..tasks import agreement_text
 
     console.print(f"built {manifest['backend']} {manifest['precision']} bundle at {output} "

@@ -15,6 +15,7 @@ from .serve import event_printer, require_serve_extra
 from .serving_flags import RayFlags, ServeFlags, with_ray_flags, with_serve_flags
 from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
 from ..errors import UsageError
+from ..jobs.deploy_report import interval_text
 from ..serve.options import API_KEY_ENV
 from .app import app
 from .common import parse_int_list
@@ -54,12 +55,15 @@ def deploy_command(
         = DEFAULT_MAX_SEQ_LENGTH,
     calibration_samples: Annotated[int, typer.Option(
         help="Texts of --data that calibrate int8; the rest score every candidate.")] = 128,
-    timing_passes: Annotated[int, typer.Option(
-        help="At least this many timed passes over the scored texts per candidate; the fastest counts (least "
-             "disturbed).")] = 3,
+    timing_rounds: Annotated[int, typer.Option(
+        help="At least this many interleaved rounds (A B C, B C A, ...) per candidate: the median round counts, "
+             "with its confidence interval, so a burst of load on one round does not decide.")] = 5,
     perf_seconds: Annotated[float, typer.Option(
-        help="Timed seconds per candidate for its passes over the scored texts, and again for batch-1 latency. "
-             "Short is quick but noisy on a busy machine.")] = 2.0,
+        help="Each candidate's turn in a round, for passes over the scored texts and again for batch-1 latency. "
+             "Short is quick; more rounds, not longer ones, narrow the intervals.")] = 0.5,
+    timing_cap: Annotated[float, typer.Option(
+        help="Rounds continue while the fastest candidates' intervals overlap, up to this many seconds of "
+             "throughput timing; then they are reported tied within noise.")] = 60.0,
     distill: Annotated[Optional[str], typer.Option(
         help="Layer counts of students to distil from the model on --data (minus the scored texts), e.g. 3,2. "
              "Each joins the candidates at every precision and is judged by the same budget against the model's "
@@ -89,15 +93,18 @@ def deploy_command(
     plan = plan_deployment(DeployOptions(
         model=model, output=output, data=data, accuracy_budget=accuracy_budget, backend=backend,
         precision=precision, max_seq_length=max_seq_length, calibration_samples=calibration_samples,
-        timing_passes=timing_passes, perf_seconds=perf_seconds, overwrite=overwrite,
+        timing_rounds=timing_rounds, perf_seconds=perf_seconds, timing_cap=timing_cap, overwrite=overwrite,
         distill=parse_int_list(distill, "--distill") if distill else (), distill_epochs=distill_epochs))
     report = prepare_deployment(plan, on_step=step_printer())
     console.print(candidates_table(report))
     choice = report["choice"]
+    gate = choice.get("accuracy_gate") or {}
+    if gate.get("note"):
+        console.print(gate["note"])
     if not report["accuracy_checked"]:
         console.print("accuracy was not checked: no --data was given (pass labelled texts to let deploy choose a "
                       "faster precision within --accuracy-budget)")
-    student = "" if choice.get("model", "teacher") == "teacher" else f"{choice['model']} "
+    student = f"{choice['label']} " if choice.get("label") else ""
     console.print(f"chosen: {student}{choice['backend']} {choice['precision']} ({output / choice['bundle']}): "
                   f"{choice['reason']}")
     console.print(f"wrote {output / DEPLOYMENT_MARKDOWN}, {output / DEPLOYMENT_JSON} and {output / REPORT_HTML}")
@@ -134,21 +141,21 @@ def serve_chosen(bundle: Path, serve_flags: ServeFlags, ray_flags: RayFlags, exa
 
 
 def candidates_table(report: dict) -> Table:
+    """Every candidate's figures with their intervals (deployment.json's records)."""
     table = Table(title=f"deploy {report['model']}: {report['scored_texts']} {report['scored_on']}")
-    for column in ("model", "backend", "precision", "artifacts", "accuracy", "vs fp32", "agreement", "texts/s",
-                   "b1 p50 ms", "b1 p99 ms", "verdict"):
+    for column in ("model", "backend", "precision", "artifacts", "accuracy (interval)", "vs fp32", "disagree", "texts/s "
+                   "(interval)", "b1 p50 ms (interval)", "verdict"):
         table.add_column(column, justify="left" if column in ("model", "backend", "precision", "artifacts", "verdict")
                          else "right")
     for row in report["candidates"]:
-        measured = row.get("measured", {})
-        latency = measured.get("latency_ms_batch1", {})
-        table.add_row(row.get("model", "teacher"), row["backend"], row["precision"],
-                      row["status"],
-                      *(_format(value, template) for value, template in (
-                          (measured.get("accuracy"), "{:.4f}"), (row.get("points_vs_fp32"), "{:+.2f}"),
-                          (row.get("agreement_with_fp32"), "{:.4f}"), (measured.get("texts_per_second"), "{:.1f}"),
-                          (latency.get("median"), "{:.2f}"), (latency.get("p99"), "{:.2f}"))),
-                      row["verdict"])
+        measured = row.get("measured") or {}
+        paired = row.get("paired_vs_fp32")
+        table.add_row(row.get("label") or "model", row["backend"], row["precision"], row["status"],
+                      interval_text(measured.get("accuracy_interval"), "{:.4f}"),
+                      _format(row.get("points_vs_fp32"), "{:+.2f}"),
+                      f"{paired['disagreements']}/{paired['texts']}" if paired else "",
+                      interval_text(measured.get("texts_per_second_interval"), "{:,.0f}"),
+                      interval_text(measured.get("latency_p50_ms_interval"), "{:.2f}"), row["verdict"])
     return table
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
+from ..jobs.deploy_report import interval_text
 from .app import app
 from .common import BACKEND_HELP, DEVICE_HELP, TEXT_PAIR_HELP, parse_int_list
 from .console import console, step_printer
@@ -54,12 +55,15 @@ def evaluate_command(
         console.print(f"wrote {output / ACCURACY_MARKDOWN} and {output / REPORT_HTML}")
         return
     table = Table(title=f"accuracy on {data} ({report['rows'][0]['examples']} texts, {backend} on {report['device']})")
-    for column in ("precision", "batch", "accuracy", "macro-F1", "correct", "agreement w/ fp32", "max |diff| vs fp32",
-                   "truncated"):
+    for column in ("precision", "batch", "accuracy (95% interval)", "macro-F1", "correct", "agreement w/ fp32",
+                   "disagree / McNemar p", "max |diff| vs fp32", "truncated"):
         table.add_column(column, justify="right")
     for row in report["rows"]:
-        table.add_row(row["precision"], str(row["batch_size"]), f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}",
+        paired = row.get("paired_vs_fp32")
+        table.add_row(row["precision"], str(row["batch_size"]), interval_text(row.get("accuracy_interval"), "{:.4f}")
+                      or f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}",
                       f"{row['correct']}/{row['examples']}", f"{row['agreement_with_fp32']:.4f}",
+                      f"{paired['disagreements']} / {paired['mcnemar_exact_p']:.3f}" if paired else "",
                       f"{row['max_abs_logit_diff_vs_fp32']:.3g}", str(row["truncated"]))
     console.print(table)
     largest_batch = max(row["batch_size"] for row in report["rows"])
@@ -100,11 +104,13 @@ def run(
         calibration_data=calibration_data, perf_seconds=perf_seconds, sweep=sweep, overwrite=overwrite),
         on_step=step_printer())
     table = Table(title=f"{summary['backend']}: {summary['examples']} texts from {data}")
-    for column in ("precision", "accuracy", "agreement w/ fp32", "batch-1 p50 ms", "batch-1 p99 ms", "texts/s batched"):
+    for column in ("precision", "accuracy", "agreement w/ fp32", "batch-1 p50 ms", "batch-1 p99 ms",
+                   "texts/s batched (interval)"):
         table.add_column(column, justify="right")
     for row in summary["rows"]:
         table.add_row(row["precision"], f"{row['accuracy']:.4f}", f"{row['agreement_with_fp32']:.4f}",
                       f"{row['latency_p50_ms_batch1']:.2f}", f"{row['latency_p99_ms_batch1']:.2f}",
-                      f"{row['throughput_texts_per_second']:.1f}")
+                      interval_text(row.get("throughput_interval"), "{:,.1f}")
+                      or f"{row['throughput_texts_per_second']:.1f}")
     console.print(table)
     console.print(f"wrote {output / SUMMARY_MARKDOWN} and {output / REPORT_HTML}")

@@ -86,17 +86,25 @@ def percentile_names(options) -> list[str]:
 
 
 def compare_table(report: dict, options) -> Table:
+    """perf --compare: every bundle's median round with its interval (interleaved rounds), latency percentiles
+    of every call, and how much of the CPU other processes took during its rounds."""
     first = report["runs"][0]
     shape = f"real lengths from {options.data}" if options.data else f"seq {first['seq_len']}"
+    load = first["host"].get("load_average")
     table = Table(title=f"perf --compare: batch {options.batch_size}, {shape}, {options.hint} hint; "
-                        f"{report['host']['cpu_model']}")
+                        f"{first['rounds']['rounds']} interleaved rounds; {report['host']['cpu_model']}"
+                        + (f", load average {load[0]:g}" if load else ""))
     names = percentile_names(options)
-    for column in ("bundle", "engine", "contexts", "seq/s", "vs first", *(f"{name} ms" for name in names), "load s"):
+    for column in ("bundle", "engine", "contexts", "seq/s (interval)", "vs first", *(f"{name} ms" for name in names),
+                   "others' CPU", "load s"):
         table.add_column(column, justify="left" if column in ("bundle", "engine") else "right", no_wrap=True)
     labels = short_names([Path(run["bundle"]) for run in report["runs"]])
     for label, run in zip(labels, report["runs"]):
+        interval = run["throughput_interval"]
+        shares = run["rounds"]["others_cpu_share"]
         table.add_row(label, f"{run['backend']} {run['precision']}", str(run["threads"]),
-                      f"{run['throughput_sequences_per_second']:.1f}", f"{run['throughput_vs_first']:.2f}x",
-                      *(f"{run['latency_ms'][name]:.2f}" for name in names), f"{run['load_seconds']:.2f}")
+                      f"{interval['value']:,.1f} ({interval['low']:,.1f}-{interval['high']:,.1f})",
+                      f"{run['throughput_vs_first']:.2f}x",
+                      *(f"{run['latency_ms'][name]:.2f}" for name in names),
+                      f"{min(shares):.0%}-{max(shares):.0%}", f"{run['load_seconds']:.2f}")
     return table
-

@@ -18,18 +18,20 @@ from typing import Callable
 
 from ..atomic import MARKER_FILE, OutputFolder, atomic_write_json, atomic_write_text
 from ..backends import get_backend, offered_precisions
-from ..build.autoselect import TIMING_REPEATS, agreement, choose_fastest_within_budget, score_and_time
 from ..build.bundle import BuildOptions, build_engine, held_out_of_calibration
+from ..build.candidates import Candidate, CandidateSpec, Choice, Measurement, build_candidates, choose, measure_candidates
 from ..build.checkpoint import checkpoint_hash, resolve_checkpoint
 from ..build.export import DEFAULT_OPSET, ExportArtifact, ExportOptions, export_model
 from ..data import Dataset, read_dataset
 from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
-from ..errors import (BundleError, NumericalCheckError, OutputExistsError, RobertaDeployError,
-                     UnsupportedPrecisionError, UsageError)
+from ..errors import (BundleError, NumericalCheckError, OutputExistsError, RobertaDeployError, UnsupportedPrecisionError,
+                      UsageError)
 from ..manifest import KIND_BUNDLE, MANIFEST_FILE, file_sha256, read_manifest
 from ..machine import this_cpu
-from .perf import PerfOptions, host_description, run_benchmark
+from ..measurement import AccuracyGate, TimingPlan, machine_load, texts_to_resolve
 from ..precision import AUTO, canonical_precision
+from .deploy_report import deployment_markdown
+from .perf import host_description
 from .report import REPORT_HTML, deployment_report_html
 from .students import DEFAULT_DISTILL_EPOCHS, STUDENTS_DIR, prepare_students
 from ..tasks import SINGLE_LABEL, Task
@@ -39,13 +41,9 @@ DEPLOYMENT_MARKDOWN = "deployment.md"
 EXPORT_DIR = "export"
 BUNDLES_DIR = "bundles"
 OWN_ENTRIES = (EXPORT_DIR, BUNDLES_DIR, STUDENTS_DIR, DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, REPORT_HTML)
-TEACHER = "teacher"  # the model of the candidates built from --model itself; students are "student-K"
 KIND = "deployment"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: interleaved rounds with intervals, the accuracy gate; version 1's timings are not reused
 VERIFICATION_SAMPLES = BuildOptions.verification_samples
-# At least this many batch-1 calls, however short --perf-seconds: on a busy machine a short run can end
-# before its thread made one call.
-LATENCY_MIN_CALLS = 20
 
 
 @dataclass(frozen=True)
@@ -58,8 +56,9 @@ class DeployOptions:
     precision: str | None = None  # None: auto with data, fp32 without; or one precision, or auto
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     calibration_samples: int = 128
-    timing_passes: int = TIMING_REPEATS  # at least this many passes over the scored texts; the fastest counts
-    perf_seconds: float = 2.0  # timed seconds per candidate of passes over the scored texts, and of batch-1 latency
+    timing_rounds: int = TimingPlan.min_rounds  # at least this many interleaved rounds of every candidate
+    perf_seconds: float = TimingPlan.round_seconds  # each candidate's turn in a round (throughput, then latency)
+    timing_cap: float = TimingPlan.max_seconds  # rounds grow while the leaders overlap, up to this many seconds
     overwrite: bool = False  # replace a deployment of another model in `output`
     distill: tuple[int, ...] = ()  # layer counts of students distilled from the model that join the candidates
     distill_epochs: int = DEFAULT_DISTILL_EPOCHS
@@ -76,7 +75,7 @@ class Plan:
     dataset: Dataset | None  # labelled, or None: accuracy is not checked
     data_sha256: str | None  # of --data: what calibrated and scored each candidate
     scoring: Dataset  # what every candidate is timed (and, when labelled, scored) on: never calibration texts
-    candidates: tuple[tuple[str, str], ...]  # (backend, precision); the first is the fp32 reference
+    candidates: tuple[CandidateSpec, ...]  # the first is the fp32 reference
     previous: dict | None  # deployment.json of an earlier deploy into the output
     output: OutputFolder
 
@@ -87,9 +86,14 @@ def plan_deployment(options: DeployOptions) -> Plan:
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
         raise UsageError(f"--accuracy-budget {budget} must be a finite number of points, 0 or more",
                          "pass e.g. --accuracy-budget 0.5")
-    if options.timing_passes < 1 or not (math.isfinite(options.perf_seconds) and options.perf_seconds > 0):
-        raise UsageError("--timing-passes and --perf-seconds must be positive", "pass e.g. --timing-passes 3 "
-                                                                                "--perf-seconds 2")
+    if (isinstance(options.timing_rounds, bool) or not isinstance(options.timing_rounds, int)
+            or options.timing_rounds < 1):
+        raise UsageError(f"--timing-rounds {options.timing_rounds} must be a positive whole number",
+                         "pass e.g. --timing-rounds 5")
+    for flag, seconds in (("--perf-seconds", options.perf_seconds), ("--timing-cap", options.timing_cap)):
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise UsageError(f"{flag} {seconds} must be a positive number of seconds",
+                             "pass e.g. --perf-seconds 0.5 --timing-cap 60")
     precision = canonical_precision(options.precision or (AUTO if options.data else "fp32"), allow_auto=True)
     if precision == AUTO and options.data is None:
         raise UsageError("--precision auto needs labelled texts to keep accuracy within the budget",
@@ -139,7 +143,7 @@ def _check_distill(options: DeployOptions, checkpoint: Path) -> None:
                          "give students fewer layers than the model")
 
 
-def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[tuple[str, str], ...]:
+def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[CandidateSpec, ...]:
     """(backend, precision) pairs to build, the fp32 reference first; what each backend offers is asked of
     this machine. With one precision asked for and labelled data, fp32 is built too: the reference."""
     if backend_name.strip().lower() == AUTO_BACKEND:
@@ -166,7 +170,8 @@ def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[tuple[
     if scored and not any(candidate_precision == "fp32" for _, candidate_precision in candidates):
         candidates.insert(0, (candidates[0][0], "fp32"))
     fp32_first = sorted(candidates, key=lambda candidate: candidate[1] != "fp32")[:1]
-    return tuple(fp32_first + [candidate for candidate in candidates if candidate not in fp32_first])
+    return tuple(CandidateSpec(backend, candidate_precision) for backend, candidate_precision
+                 in fp32_first + [candidate for candidate in candidates if candidate not in fp32_first])
 
 
 def _label_names(checkpoint: Path) -> list[str] | None:
@@ -233,32 +238,39 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
                                                             if plan.dataset is not None else
                                                             f"the bundled sample reviews ({DEMO_SAMPLES_PATH.name}), "
                                                             "texts only: accuracy not checked"))
-        earlier = {(row.get("model", TEACHER), row["backend"], row["precision"]): row
-                   for row in (previous or {}).get("candidates", []) + (previous or {}).get("other_candidates", [])}
-        # The teacher's candidates first (its fp32 is the reference), then each student's.
-        specs = [(TEACHER, export, backend, precision) for backend, precision in plan.candidates]
+        earlier = {Path(row["bundle"]).name: row for row in (previous or {}).get("candidates", [])
+                   + (previous or {}).get("other_candidates", []) if previous.get("schema_version") == SCHEMA_VERSION}
+        specs = list(plan.candidates)  # the model's own first: its fp32 is the reference
         if options.distill:
             students = prepare_students(plan.checkpoint, plan.dataset, scoring, options.distill, folder / STUDENTS_DIR,
                                         options.max_seq_length, options.distill_epochs, step)
             report["students"] = [student.record for student in students]
-            specs += [(student.name, student.export, backend, precision) for student in students
-                      for backend, precision in plan.candidates]
-        keys = [(model, backend, precision) for model, _, backend, precision in specs]
+            # A student is one more spec per backend and precision, built from its own export.
+            specs += [CandidateSpec(spec.backend, spec.precision, export_dir=student.export.folder, label=student.name)
+                      for student in students for spec in plan.candidates]
         # Records of candidates this run does not try (another --backend or --precision) are kept, so that
         # switching back reuses their bundles too.
-        report["other_candidates"] = [row for key, row in earlier.items() if key not in keys]
+        wanted = {spec.folder_name for spec in specs}
+        report["other_candidates"] = [row for key, row in earlier.items() if key not in wanted]
         report["candidates"] = []
-        for number, (model, model_export, backend, precision) in enumerate(specs):
-            record = _candidate(plan, model_export, backend, precision, scoring, earlier.get(keys[number]), step,
-                                model)
-            report["candidates"].append(record)
+
+        def built(candidate: Candidate) -> None:
             # Progress, with the earlier records of the candidates still to come: an interrupted deploy
             # resumes from here and loses nothing it had.
-            to_come = [earlier[key] for key in keys[number + 1:] if key in earlier]
+            report["candidates"].append(records[candidate.spec.folder_name])
+            done = {Path(row["bundle"]).name for row in report["candidates"]}
+            to_come = [row for key, row in earlier.items() if key in wanted and key not in done]
             atomic_write_json(folder / DEPLOYMENT_JSON, {**report, "candidates": report["candidates"] + to_come})
-        report["choice"] = _choose(plan, report["candidates"])
-        report["machine"] = {**host_description(), "backend_capabilities": {
-            name: list(get_backend(name).capabilities()) for name in dict.fromkeys(b for b, _ in plan.candidates)}}
+
+        records: dict[str, dict] = {}
+        candidates = build_candidates(specs, lambda spec: _build_one(
+            plan, export, spec, earlier.get(spec.folder_name), records, step), on_built=built)
+        _measure(plan, candidates, earlier, records, step)
+        choice = _choose(plan, candidates)
+        report["candidates"] = [_with_verdict(records[c.spec.folder_name], c) for c in candidates]
+        report["choice"] = _choice_record(plan, choice)
+        report["machine"] = {**host_description(), **machine_load(), "backend_capabilities": {
+            name: list(get_backend(name).capabilities()) for name in dict.fromkeys(spec.backend for spec in plan.candidates)}}
         atomic_write_json(folder / DEPLOYMENT_JSON, report)
         atomic_write_text(folder / DEPLOYMENT_MARKDOWN, deployment_markdown(report))
         atomic_write_text(folder / REPORT_HTML, deployment_report_html(report))
@@ -268,12 +280,12 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
 def _settings(plan: Plan) -> dict:
     options = plan.options
     return {"precision": plan.precision, "backend": options.backend,
-            "candidates": [f"{backend} {precision}" for backend, precision in plan.candidates],
+            "candidates": [spec.name for spec in plan.candidates],
             "accuracy_budget_points": options.accuracy_budget, "max_seq_length": options.max_seq_length,
             "data": str(options.data) if options.data else None,
             "data_sha256": plan.data_sha256,
-            "calibration_samples": options.calibration_samples, "timing_passes": options.timing_passes,
-            "perf_seconds": options.perf_seconds, "distill": list(options.distill),
+            "calibration_samples": options.calibration_samples, "timing_rounds": options.timing_rounds,
+            "perf_seconds": options.perf_seconds, "timing_cap": options.timing_cap, "distill": list(options.distill),
             "distill_epochs": options.distill_epochs if options.distill else None}
 
 
@@ -312,24 +324,27 @@ def _export_record(export: ExportArtifact, status: str) -> dict:
             "onnx_vs_pytorch": export.manifest["checks"]["onnx_vs_pytorch"]}
 
 
-def _candidate(plan: Plan, export: ExportArtifact, backend: str, precision: str, scoring: Dataset,
-               earlier: dict | None, step, model: str = TEACHER) -> dict:
-    """Build (or reuse) one candidate's bundle, then measure it (or reuse the measurements)."""
+def _build_one(plan: Plan, export: ExportArtifact, spec: CandidateSpec, earlier: dict | None,
+               records: dict[str, dict], step) -> Path:
+    """Reuse or build one candidate's bundle, recording which in `records[spec.folder_name]`; returns the bundle.
+    NumericalCheckError (now, or recorded by an earlier build with the same settings) rejects it."""
     options = plan.options
-    name = f"{backend}-{precision}" if model == TEACHER else f"{model}-{backend}-{precision}"
+    name = spec.folder_name
     bundle = Path(options.output) / BUNDLES_DIR / name
-    data_sha256 = plan.data_sha256
-    build_settings = {"backend": backend, "precision": precision,
-                      "export_manifest_sha256": file_sha256(export.folder / MANIFEST_FILE),
-                      "calibration_data_sha256": data_sha256,
+    build_settings = {"backend": spec.backend, "precision": spec.precision,
+                      "export_manifest_sha256": file_sha256((spec.export_dir or export.folder) / MANIFEST_FILE),
+                      "calibration_data_sha256": plan.data_sha256,
                       "calibration_samples": options.calibration_samples,
                       "verification_samples": VERIFICATION_SAMPLES}
-    record = {"model": model, "backend": backend, "precision": precision, "bundle": f"{BUNDLES_DIR}/{name}",
-              "build_settings": build_settings}
+    record = records[name] = {"backend": spec.backend, "precision": spec.precision, "bundle": f"{BUNDLES_DIR}/{name}",
+                              "build_settings": build_settings}
+    if spec.label:
+        record["label"] = spec.label
     why = _why_not_reusable(earlier, "build_settings", build_settings)
     if why is None and earlier.get("rejected"):
         step(f"{name}: rejected before with the same settings ({earlier['rejected']})")
-        return {**record, "build": "reused", "status": "reused (rejected)", "rejected": earlier["rejected"]}
+        record.update(build="reused", status="reused (rejected)", rejected=earlier["rejected"])
+        raise NumericalCheckError(earlier["rejected"], "")
     if why is None:
         why = _bundle_changed(bundle, earlier)
     if why is None:
@@ -338,35 +353,51 @@ def _candidate(plan: Plan, export: ExportArtifact, backend: str, precision: str,
     else:
         step(f"{name}: building ({why})")
         try:
-            build_engine(BuildOptions(export_dir=export.folder, output=bundle, backend=backend, precision=precision,
-                                      calibration_data=options.data, calibration_samples=options.calibration_samples,
+            build_engine(BuildOptions(export_dir=spec.export_dir or export.folder, output=bundle, backend=spec.backend,
+                                      precision=spec.precision, calibration_data=options.data,
+                                      calibration_samples=options.calibration_samples,
                                       verification_samples=VERIFICATION_SAMPLES, overwrite=True), on_step=step)
         except NumericalCheckError as error:
-            return {**record, "build": "built", "status": "built, rejected", "rejected": error.problem}
+            record.update(build="built", status="built, rejected", rejected=error.problem)
+            raise
         record["build"] = "built"
     manifest_path = bundle / MANIFEST_FILE
     record["bundle_manifest_sha256"] = file_sha256(manifest_path)
     record["check"] = json.loads(manifest_path.read_text(encoding="utf-8"))["checks"]["against_fp32_reference"]
-    measurement_settings = {"bundle_manifest_sha256": record["bundle_manifest_sha256"],
-                            "scored_texts": len(scoring), "scored_data_sha256": data_sha256,
-                            "timing_passes": options.timing_passes, "perf_seconds": options.perf_seconds,
-                            "cpu": this_cpu()}
-    record["measurement_settings"] = measurement_settings
-    why = _why_not_reusable(earlier, "measurement_settings", measurement_settings)
-    if why is None and "measured" in earlier:
-        step(f"{name}: reusing its measurements (same bundle, texts and timing on this CPU)")
-        return {**record, "measurement": "reused", "status": "reused" if record["build"] == "reused" else
-                "built, measurements reused", "measured": earlier["measured"]}
-    step(f"{name}: timing passes over {len(scoring)} texts for {options.perf_seconds:g} s (at least "
-         f"{options.timing_passes}), then batch-1 latency for {options.perf_seconds:g} s")
-    row, labels = score_and_time(bundle, scoring, passes=options.timing_passes, min_seconds=options.perf_seconds)
-    latency = run_benchmark(PerfOptions(bundle=bundle, batch_size=1, duration=options.perf_seconds,
-                                        iterations=LATENCY_MIN_CALLS, warmup=min(1.0, options.perf_seconds),
-                                        data=options.data or DEMO_SAMPLES_PATH))
-    row["latency_ms_batch1"] = {key: latency["latency_ms"][key] for key in ("median", "p90", "p99", "mean")}
-    row["predicted_labels"] = [int(label) for label in labels]
-    return {**record, "measurement": "measured", "measured": row,
-            "status": "built, measured" if record["build"] == "built" else "reused, measured again"}
+    return bundle
+
+
+def _measure(plan: Plan, candidates: list[Candidate], earlier: dict[str, dict], records: dict[str, dict],
+             step) -> None:
+    """Every built candidate is timed in the same interleaved rounds, so measurements are reused only all
+    together: when every candidate's bundle, texts, timing settings and CPU are those recorded."""
+    options = plan.options
+    built = [candidate for candidate in candidates if candidate.rejected is None]
+    for candidate in built:
+        records[candidate.spec.folder_name]["measurement_settings"] = {
+            "bundle_manifest_sha256": records[candidate.spec.folder_name]["bundle_manifest_sha256"],
+            "scored_texts": len(plan.scoring), "scored_data_sha256": plan.data_sha256,
+            "timed_with": sorted(c.spec.folder_name for c in built), "timing_rounds": options.timing_rounds,
+            "perf_seconds": options.perf_seconds, "timing_cap": options.timing_cap, "cpu": this_cpu()}
+    reusable = all(_why_not_reusable(earlier.get(c.spec.folder_name), "measurement_settings",
+                                     records[c.spec.folder_name]["measurement_settings"]) is None
+                   and "measured" in earlier[c.spec.folder_name] for c in built)
+    if reusable:
+        step("reusing every candidate's measurements (same bundles, texts and timing on this CPU)")
+        for candidate in built:
+            candidate.measurement = Measurement.from_dict(earlier[candidate.spec.folder_name]["measured"])
+    else:
+        measure_candidates(built, plan.scoring, TimingPlan(round_seconds=options.perf_seconds,
+                                                           min_rounds=options.timing_rounds,
+                                                           max_seconds=options.timing_cap,
+                                                           warmup_seconds=options.perf_seconds), on_step=step)
+    for candidate in built:
+        record = records[candidate.spec.folder_name]
+        record["measurement"] = "reused" if reusable else "measured"
+        record["measured"] = candidate.measurement.to_dict()
+        record["status"] = {("reused", True): "reused", ("built", True): "built, measurements reused",
+                            ("reused", False): "reused, measured again",
+                            ("built", False): "built, measured"}[record["build"], reusable]
 
 
 def _why_not_reusable(earlier: dict | None, key: str, settings: dict) -> str | None:
@@ -388,101 +419,56 @@ def _bundle_changed(bundle: Path, earlier: dict) -> str | None:
     return None
 
 
-def _choose(plan: Plan, candidates: list[dict]) -> dict:
+def _choose(plan: Plan, candidates: list[Candidate]) -> Choice:
     """Verdicts on every candidate (recomputed each run: the budget may have changed) and the choice."""
-    rows = []
-    for record in candidates:
-        if record.get("rejected"):
-            rows.append({"verdict": f"rejected: {record['rejected']}"})
-            continue
-        measured = {key: value for key, value in record["measured"].items() if key != "predicted_labels"}
-        rows.append({"model": record.get("model", TEACHER), "backend": record["backend"],
-                     "precision": record["precision"], **measured})
-    reference = next((record for record in candidates if not record.get("rejected")), None)
-    if reference is None:
-        raise NumericalCheckError("every candidate was rejected: " + "; ".join(
-            f"{record['backend']} {record['precision']}: {record['rejected']}" for record in candidates),
-            "deploy fp32 (--precision fp32), or check the model and data against the reasons given")
-    for record, row in zip(candidates, rows):
-        if "measured" in record and not record.get("rejected"):
-            row["agreement_with_fp32"] = agreement(record["measured"]["predicted_labels"],
-                                                   reference["measured"]["predicted_labels"])
-    budget = plan.options.accuracy_budget if plan.dataset is not None else None
+    gold = plan.scoring.labels if plan.dataset is not None else None
+    gate = (AccuracyGate(plan.options.accuracy_budget, len(plan.scoring), texts_to_resolve(plan.options.accuracy_budget))
+            if gold is not None else None)
     asked = plan.precision
 
-    def not_eligible(row: dict) -> str | None:
-        return None if asked == AUTO or row["precision"] == asked else f"--precision {asked} was asked for"
+    def not_eligible(candidate: Candidate) -> str | None:
+        return None if asked == AUTO or candidate.spec.precision == asked else f"--precision {asked} was asked for"
 
-    chosen_row = choose_fastest_within_budget(rows, budget, not_eligible)
-    for record, row in zip(candidates, rows):
-        record.update({key: row[key] for key in ("verdict", "points_vs_fp32", "agreement_with_fp32") if key in row})
-    chosen = candidates[rows.index(chosen_row)]
-    speedup = chosen_row["texts_per_second"] / reference["measured"]["texts_per_second"]
-    reference_name = f"{reference['backend']} {reference['precision']}"
-    chosen_name = f"{chosen['backend']} {chosen['precision']}"
-    if chosen.get("model", TEACHER) != TEACHER:
-        reference_name, chosen_name = f"the model's {reference_name}", f"{chosen['model']} {chosen_name}"
-    if budget is None:
+    return choose(candidates, gold, gate, not_eligible)
+
+
+def _with_verdict(record: dict, candidate: Candidate) -> dict:
+    record = {**record, "verdict": candidate.verdict}
+    if candidate.agreement_with_reference is not None:
+        record["agreement_with_fp32"] = candidate.agreement_with_reference
+    if candidate.behind_fastest is not None:
+        record["fastest_vs_this"] = candidate.behind_fastest.to_dict()
+    if candidate.comparison is not None:
+        record["points_vs_fp32"] = candidate.comparison.points_vs_reference
+        record["paired_vs_fp32"] = candidate.comparison.to_dict()
+    return record
+
+
+def _choice_record(plan: Plan, choice: Choice) -> dict:
+    chosen, reference = choice.chosen, choice.reference
+    rate = chosen.measurement.texts_per_second
+    budget, asked = plan.options.accuracy_budget, plan.precision
+    if choice.gate is None:
         reason = (f"accuracy was not checked (no --data), so {asked} was kept as asked; of the backends, "
-                  f"the fastest on this machine")
+                  "the fastest on this machine")
     elif asked == AUTO:
-        reason = (f"the fastest candidate within {budget:g} accuracy points of fp32 on {len(plan.scoring)} "
-                  f"held-back texts ({chosen['points_vs_fp32']:+.2f} points)")
+        measure = ("accuracy" if choice.gate.resolved else "agreement with fp32")
+        reason = f"within the {budget:g}-point budget by {measure} on {len(plan.scoring)} held-back texts"
     else:
-        reason = (f"--precision {asked} was asked for, and it is within {budget:g} accuracy points of fp32 "
-                  f"({chosen['points_vs_fp32']:+.2f} points)")
-    return {"model": chosen.get("model", TEACHER), "backend": chosen["backend"], "precision": chosen["precision"],
-            "bundle": chosen["bundle"],
-            "texts_per_second": chosen_row["texts_per_second"], "speedup_vs_reference": speedup,
-            "reference": reference_name, "reason": f"{reason}: {chosen_name}, {chosen_row['texts_per_second']:.0f} texts/s, "
-                                                   f"{speedup:.2f}x {reference_name}"}
-
-
-def deployment_markdown(report: dict) -> str:
-    settings, choice, machine = report["settings"], report["choice"], report["machine"]
-    data = settings["data"] or "none (accuracy not checked)"
-    lines = [f"# Deployment of {report['model']}", "",
-             f"Model sha256 {report['model_sha256'][:12]}; data {data}; accuracy budget "
-             f"{settings['accuracy_budget_points']:g} points below fp32; precision {settings['precision']}; "
-             f"export {report['export']['status']}.", "",
-             f"**Chosen: {_model_prefix(choice)}{choice['backend']} {choice['precision']}** (`{choice['bundle']}`): "
-             f"{choice['reason']}.", ""]
-    for student in report.get("students", []):
-        lines += [f"- {student['name']}: distilled from the model (its layers "
-                  f"{', '.join(map(str, student['teacher_layers_kept']))} kept), agreement with it "
-                  f"{student['held_back_agreement_with_teacher']:.4f} on {student['held_back_rows']} texts held back "
-                  f"from distillation; `{student['checkpoint']}`"]
-    if report.get("students"):
-        lines += [""]
-    if not report["accuracy_checked"]:
-        lines += ["Accuracy was not checked: no `--data` was given. Pass labelled texts to let deploy choose a "
-                  "faster precision within the budget.", ""]
-    lines += [f"Timed on {report['scored_texts']} {report['scored_on']}; throughput is the fastest of the passes "
-              f"over them in {settings['perf_seconds']:g} s (at least {settings['timing_passes']}; throughput hint, "
-              f"tokenizing included); batch-1 latency is perf over {settings['perf_seconds']:g} s (latency hint, "
-              "real text lengths).", "",
-              "| model | backend | precision | artifacts | accuracy | vs fp32 (points) | agreement with fp32 | texts/s | "
-              "batch-1 p50 ms | batch-1 p99 ms | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in report["candidates"]:
-        measured = row.get("measured", {})
-        latency = measured.get("latency_ms_batch1", {})
-        cells = [row.get("model", TEACHER), row["backend"], row["precision"], row["status"],
-                 _number(measured.get("accuracy"), "{:.4f}"), _number(row.get("points_vs_fp32"), "{:+.2f}"),
-                 _number(row.get("agreement_with_fp32"), "{:.4f}"), _number(measured.get("texts_per_second"), "{:.1f}"),
-                 _number(latency.get("median"), "{:.2f}"), _number(latency.get("p99"), "{:.2f}"), row["verdict"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Machine", "",
-              f"{machine['cpu_model']}; speed flags {' '.join(machine['cpu_flags']) or 'none'}; "
-              f"{machine['usable_cores']} usable cores; {machine['memory_gib']} GiB; measured {machine['date']}.", ""]
-    for backend, capabilities in machine["backend_capabilities"].items():
-        lines.append(f"- {backend} reports {', '.join(capabilities)} on this CPU")
-    return "\n".join(lines) + "\n"
-
-
-def _model_prefix(choice: dict) -> str:
-    return "" if choice.get("model", TEACHER) == TEACHER else f"{choice['model']} "
-
-
-def _number(value, template: str) -> str:
-    return "" if value is None else template.format(value)
+        reason = f"--precision {asked} was asked for, and it is within the {budget:g}-point budget"
+    rounds = chosen.measurement.throughput_rounds["rounds"]
+    if choice.tied_within_noise:
+        speed = (f"tied within noise with {', '.join(c.spec.name for c in choice.tied if c is not chosen)} "
+                 f"(after {rounds} interleaved rounds the fastest does not clear them round by round), so the more "
+                 f"exact precision and simpler backend: {rate.value:,.0f} texts/s ({rate.low:,.0f}-{rate.high:,.0f})")
+    else:
+        speed = (f"the fastest, clear of every other round by round after {rounds} interleaved rounds: "
+                 f"{rate.value:,.0f} texts/s ({rate.low:,.0f}-{rate.high:,.0f}), {choice.speedup_vs_reference:.2f}x "
+                 f"{reference.spec.name}")
+    return {"label": chosen.spec.label, "backend": chosen.spec.backend, "precision": chosen.spec.precision,
+            "bundle": f"{BUNDLES_DIR}/"
+            f"{chosen.spec.folder_name}", "texts_per_second": rate.value,
+            "speedup_vs_reference": choice.speedup_vs_reference, "reference": reference.spec.name,
+            "tied_within_noise": choice.tied_within_noise, "tied_with": [c.spec.name for c in choice.tied],
+            "accuracy_gate": None if choice.gate is None else choice.gate.to_dict(),
+            "reason": f"{reason}; {speed}"}

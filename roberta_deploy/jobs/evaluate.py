@@ -11,13 +11,16 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import atomic_directory
-from ..backends import default_precisions, get_backend
+from ..backends import default_precisions, require_precision
 from ..backends.base import canonical_device
 from ..build.bundle import BuildOptions, build_engine
+from ..build.candidates import CandidateSpec, build_candidates
 from ..data import read_dataset
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH
-from ..errors import UnsupportedPrecisionError, UsageError
+from ..errors import NumericalCheckError, UsageError
+from ..measurement import compare_paired, machine_load, wilson_interval
 from .infer import check_threshold, classify_dataset
+from .perf import host_description
 from ..metrics import per_class_markdown, task_metrics_markdown
 from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Task, compare_with_reference
 from .report import REPORT_HTML, eval_report_html
@@ -59,14 +62,10 @@ class EvalOptions:
 
 def check_precisions(backend_name: str, precisions, device: str = "cpu") -> list[str]:
     """fp32 first (the reference), then the rest; reject what the backend cannot run before any work."""
-    backend = get_backend(backend_name)
     device = canonical_device(device)
-    backend.check_device(device)
     ordered = ["fp32"] + [precision for precision in precisions if precision != "fp32"]
     for precision in ordered:
-        reason = backend.unsupported_reason(precision, device)
-        if reason:
-            raise UnsupportedPrecisionError(f"{backend.name} cannot run {precision} here", reason)
+        require_precision(backend_name, precision, device)
     return ordered
 
 
@@ -110,13 +109,27 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
     sample = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), SCATTER_POINTS)).round().astype(int))
     scatter = {"gold": [float(dataset.labels[index]) for index in sample] if task.kind == REGRESSION else [],
                "predicted": {}}
-    for precision in precisions:
-        bundle_dir = work / "bundles" / f"{options.backend}-{precision}"
-        step(f"building {precision}")
+    checks = {}
+
+    def build_one(spec: CandidateSpec) -> Path:
+        bundle_dir = work / "bundles" / spec.folder_name
+        step(f"building {spec.precision}")
         result = build_engine(BuildOptions(
-            export_dir=export.folder, output=bundle_dir, backend=options.backend, precision=precision,
+            export_dir=export.folder, output=bundle_dir, backend=spec.backend, precision=spec.precision,
             device=options.device, dynamic_shape=True, max_batch=max_batch, calibration_data=options.calibration_data,
             calibration_samples=options.calibration_samples), on_step=step)
+        checks[spec.precision] = result.manifest["checks"]["against_fp32_reference"]
+        return bundle_dir
+
+    candidates = build_candidates([CandidateSpec(options.backend, precision) for precision in precisions], build_one)
+    rejected = [candidate for candidate in candidates if candidate.rejected is not None]
+    if rejected:  # eval reports every precision asked for: a rejected one is the error it was
+        raise NumericalCheckError(f"{rejected[0].spec.name} drifted past its tolerance: {rejected[0].rejected}",
+                                  "evaluate the other precisions, or check the model and calibration data")
+    gold = np.asarray(dataset.labels) if task.kind == SINGLE_LABEL else None
+    reference_labels = {}
+    for candidate in candidates:
+        precision, bundle_dir = candidate.spec.precision, candidate.bundle
         bundles[precision] = str(bundle_dir.relative_to(work))  # relative: `work` is renamed when done
         engine = Engine.load(bundle_dir, hint=THROUGHPUT)
         for batch_size in options.batch_sizes:
@@ -129,6 +142,12 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
             reference = reference_logits[batch_size]
             against = compare_with_reference(task, logits, reference, precision, options.threshold)
             metrics = report.metrics
+            statistics = {}
+            if gold is not None:
+                labels = report.predictions.labels
+                reference_labels.setdefault(batch_size, labels)
+                statistics = {"accuracy_interval": wilson_interval(int((labels == gold).sum()), len(gold)).to_dict(),
+                              "paired_vs_fp32": compare_paired(labels, reference_labels[batch_size], gold).to_dict()}
             if task.kind == REGRESSION and batch_size == max(options.batch_sizes):
                 scatter["predicted"][precision] = [round(float(value), 6)
                                                    for value in report.predictions.values[sample]]
@@ -139,14 +158,14 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
                 "agreement_with_fp32": against.get("label_agreement", against.get("scores_within_tolerance")),
                 "max_abs_logit_diff_vs_fp32": against["max_abs_logit_diff"],
                 "truncated": metrics["truncated"], "texts_per_second": metrics["texts_per_second"],
-                "build_check": result.manifest["checks"]["against_fp32_reference"],
+                "build_check": checks[precision], **statistics,
             })
     report = {"model": export.manifest["source_model"], "data": str(options.data), "backend": options.backend,
               "task": task.kind, "text_pairs": dataset.text_pairs is not None,
               "device": canonical_device(options.device),
               "max_seq_length": export.manifest["max_seq_length"], "bucketing": options.bucketing,
               "export": str(export.folder.relative_to(work)) if export.folder.is_relative_to(work) else str(export.folder),
-              "bundles": bundles, "rows": rows}
+              "bundles": bundles, "rows": rows, "machine": {**host_description(), **machine_load()}}
     if task.kind == REGRESSION:
         report["predicted_vs_gold"] = {"batch_size": max(options.batch_sizes), **scatter}
     (work / ACCURACY_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -18,6 +18,7 @@ from ..data import Dataset
 from ..errors import UsageError
 from ..data import LABEL_SEPARATOR
 from ..metrics import classification_metrics, multilabel_metrics, regression_metrics
+from ..runtime.batcher import Batcher
 from ..runtime.engine import Engine
 from ..runtime.results import Predictions
 from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION
@@ -60,8 +61,9 @@ def classify_dataset(engine: Engine, dataset: Dataset, *, batch_size: int | None
     metrics of the bundle's task; multi-label decisions take `threshold`."""
     check_threshold(threshold)
     started = time.perf_counter()
-    predictions = engine.batcher.run(dataset.inputs, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                     bucketing=bucketing, on_batch_done=on_batch_done)
+    with Batcher(engine) as batcher:  # this job's own: started (contexts warmed up) here, closed when done
+        predictions = batcher.run(dataset.inputs, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                  bucketing=bucketing, on_batch_done=on_batch_done)
     predictions = replace(predictions, threshold=threshold)
     elapsed = time.perf_counter() - started
     metrics = summarize(predictions, dataset.labels, dataset.source, dataset.text_pairs is not None, elapsed)
@@ -95,9 +97,9 @@ def classify_and_write(engine: Engine, chunks: Iterable[Dataset], handle: TextIO
     def rows() -> Iterator[dict]:
         nonlocal gold, source, text_pairs
         first_index = 0
-        with contextlib.closing(engine.batcher.run_chunks(inputs_of_chunks(), batch_size=batch_size,
-                                                          max_batch_tokens=max_batch_tokens, bucketing=bucketing,
-                                                          on_batch_done=on_batch_done)) as results:
+        with contextlib.closing(batcher.run_chunks(inputs_of_chunks(), batch_size=batch_size,
+                                                   max_batch_tokens=max_batch_tokens, bucketing=bucketing,
+                                                   on_batch_done=on_batch_done)) as results:
             for predictions in results:
                 dataset = waiting.popleft()
                 predictions = replace(predictions, threshold=threshold)
@@ -109,9 +111,9 @@ def classify_and_write(engine: Engine, chunks: Iterable[Dataset], handle: TextIO
                 yield from prediction_rows(predictions, dataset, first_index)
                 first_index += len(dataset)
 
-    # Closed at once on an error (a full disk), not when the traceback lets go of it: until then the
-    # batcher counts the run as live and closing the engine would wait for it.
-    with contextlib.closing(rows()) as stream:
+    # The stream is closed at once on an error (a full disk), not when the traceback lets go of it: until
+    # then the batcher counts the run as live and closing the batcher would wait for it.
+    with Batcher(engine) as batcher, contextlib.closing(rows()) as stream:
         write_predictions(handle, stream, output_format, engine.label_names)
     first = done[0]
     predictions = replace(first, logits=np.concatenate([chunk.logits for chunk in done]),

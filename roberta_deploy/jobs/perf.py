@@ -9,7 +9,7 @@ import platform
 import socket
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +20,7 @@ from ..data import read_dataset
 from ..errors import UsageError
 from ..machine import this_cpu
 from ..manifest import library_versions
+from ..measurement import Timing, TimingPlan, machine_load, time_interleaved
 
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 PROGRESS_INTERVAL_SECONDS = 0.1
@@ -162,47 +163,157 @@ def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float
     return report
 
 
+COMPARE_ROUNDS = 5  # interleaved rounds of perf --compare and of run's measurements: the median round counts
+
+
+@dataclass
+class _Loaded:
+    """One bundle ready to be timed: its engine, contexts and input batches, and every call it made."""
+
+    bundle: Path
+    engine: object
+    contexts: list
+    batches: list
+    load_seconds: float
+    first_inference_ms: float
+    calls: list = field(default_factory=list)  # (start ms after timing began, latency ms, batch, seq)
+    tokens: int = 0
+
+
 def compare_bundles(bundles: list[Path], options: PerfOptions,
                     on_progress: Callable[[str, float, float], None] | None = None,
                     on_bundle: Callable[[int, Path], None] | None = None) -> dict:
-    """The same measurement for each bundle in turn (trtexec/benchmark_app runs side by side), one after
-    the other in this process so every bundle sees the same machine state and settings."""
+    """The same measurement of each bundle (trtexec/benchmark_app runs side by side), timed in interleaved
+    rounds (measurement.py: A B C, B C A, ...) so that a burst of load on the machine falls on every bundle
+    alike: `options.duration` seconds per bundle split into COMPARE_ROUNDS rounds. Each run reports the
+    median round's throughput with its interval, the latency percentiles of every call, and the share of
+    the CPU other processes took during its rounds."""
     if len(bundles) < 2:
         raise UsageError("--compare needs two or more bundles", "pass them after --compare: --compare B1 B2 ...")
-    check_options(options)
-    runs = []
-    for number, bundle in enumerate(bundles):
-        if on_bundle is not None:
-            on_bundle(number, bundle)
-        runs.append(run_benchmark(replace(options, bundle=bundle), on_progress))
+    runs = time_bundles(bundles, options, on_progress, on_bundle)
     baseline = runs[0]["throughput_sequences_per_second"] or 0.0
     for run in runs:
         run["throughput_vs_first"] = (run["throughput_sequences_per_second"] / baseline) if baseline else None
-    return {"mode": "compare", "host": runs[0]["host"], "runs": runs}
+    return {"mode": "compare", "host": runs[0]["host"], "timing": f"{COMPARE_ROUNDS} interleaved rounds",
+            "runs": runs}
 
 
-def measure_shapes(bundle: Path, shapes: list[tuple[int, int]], *, seconds: float, warmup: float,
-                   hint: str = "throughput", percentiles_wanted: tuple[float, ...] = DEFAULT_PERCENTILES,
-                   on_shape: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Throughput and latency at each (batch, seq) of random full-length ids, on one loaded engine:
-    the sweep behind report.html's throughput per batch size and per sequence length."""
+def time_bundles(bundles: list[Path], options: PerfOptions,
+                 on_progress: Callable[[str, float, float], None] | None = None,
+                 on_bundle: Callable[[int, Path], None] | None = None) -> list[dict]:
+    """Load every bundle, then time them together in interleaved rounds; a run_benchmark-shaped report each."""
     from ..runtime.engine import Engine
 
-    engine = Engine.load(bundle, hint=hint)
-    contexts = [engine.create_context() for _ in range(engine.settings.contexts)]
-    results = []
+    check_options(options)
+    loaded: list[_Loaded] = []
+    try:
+        for number, bundle in enumerate(bundles):
+            if on_bundle is not None:
+                on_bundle(number, bundle)
+            started = time.perf_counter()
+            engine = Engine.load(bundle, contexts=options.threads, cpu_threads=options.cpu_threads,
+                                 hint=options.hint, device=options.device)
+            load_seconds = time.perf_counter() - started
+            loaded.append(_Loaded(bundle, engine, [], [], load_seconds, 0.0))
+            item = loaded[-1]
+            item.batches = _input_batches(engine, replace(options, bundle=bundle))
+            item.contexts = [engine.create_context() for _ in range(engine.settings.contexts)]
+            first = time.perf_counter()
+            item.contexts[0].run(*item.batches[0])
+            item.first_inference_ms = (time.perf_counter() - first) * 1000
+        timings = _time_interleaved(loaded, options, on_progress)
+        return [_run_report(item, timings[str(number)], options) for number, item in enumerate(loaded)]
+    finally:
+        for item in loaded:
+            item.engine.close()
+
+
+def _time_interleaved(loaded: list[_Loaded], options: PerfOptions, on_progress) -> dict[str, Timing]:
+    report_progress = on_progress or (lambda phase, elapsed, planned: None)
+    timing_started = [0.0]
+
+    def work_of(item: _Loaded) -> Callable[[], int]:
+        def one_call_per_context() -> int:
+            offset = (time.perf_counter() - timing_started[0]) * 1000
+            _, calls_per_thread, counters = _drive_contexts(item.contexts, item.batches, seconds=0.0,
+                                                            min_calls=len(item.contexts))
+            item.calls += [(offset + call[0], *call[1:]) for calls in calls_per_thread for call in calls]
+            item.tokens += sum(counter[1] for counter in counters)
+            return sum(counter[0] for counter in counters)
+
+        return one_call_per_context
+
+    round_seconds = max(options.duration / COMPARE_ROUNDS, 0.01)
+    plan = TimingPlan(round_seconds=round_seconds, min_rounds=COMPARE_ROUNDS, max_seconds=0.0,
+                      warmup_seconds=options.warmup)
+    for item in loaded:
+        item.calls, item.tokens = [], 0
+
+    def on_round(number: int, timings) -> None:
+        report_progress("timing", number, COMPARE_ROUNDS)
+
+    timings = time_interleaved({str(number): work_of(item) for number, item in enumerate(loaded)}, plan,
+                               on_round=on_round, before_rounds=lambda: _forget_warmup(loaded, timing_started))
+    # --iterations: more calls of each, one round more at a time, until every bundle made that many.
+    while options.iterations and any(len(item.calls) < options.iterations for item in loaded):
+        more = time_interleaved({str(number): work_of(item) for number, item in enumerate(loaded)},
+                                replace(plan, min_rounds=1, warmup_seconds=0.0))
+        for name, timing in more.items():
+            timings[name].rounds += timing.rounds
+    return timings
+
+
+def _forget_warmup(loaded: list[_Loaded], timing_started: list[float]) -> None:
+    for item in loaded:
+        item.calls, item.tokens = [], 0
+    timing_started[0] = time.perf_counter()
+
+
+def _run_report(item: _Loaded, timing: Timing, options: PerfOptions) -> dict:
+    engine = item.engine
+    rate = timing.rate
+    latencies = [call[1] for call in item.calls]
+    wall = sum(round_.seconds for round_ in timing.rounds)
+    shapes = [tuple(batch[0].shape) for batch in item.batches]
+    report = {
+        "bundle": str(item.bundle), "backend": engine.backend, "precision": engine.precision,
+        "device": engine.device_info(), "shape_profile": engine.profile.describe(), "hint": options.hint,
+        "threads": len(item.contexts), "cpu_threads": engine.settings.cpu_threads, "batch_size": options.batch_size,
+        "input": "data" if options.data else "random", "data": str(options.data) if options.data else None,
+        "seq_len": None if options.data else item.batches[0][0].shape[1],
+        "distinct_shapes": len(set(shapes)), "mean_padded_length": float(np.mean([shape[1] for shape in shapes])),
+        "load_seconds": item.load_seconds, "first_inference_ms": item.first_inference_ms,
+        "warmup_seconds": options.warmup, "wall_seconds": wall, "calls": len(latencies),
+        "sequences": sum(round_.items for round_ in timing.rounds), "useful_tokens": item.tokens,
+        "throughput_sequences_per_second": rate.value, "throughput_interval": rate.to_dict(),
+        "throughput_tokens_per_second": item.tokens / wall if wall > 0 else None,
+        "rounds": timing.to_dict(), "latency_ms": percentiles(latencies, options.percentiles),
+        "percentiles": list(options.percentiles), "host": {**host_description(), **machine_load()},
+        "warnings": list(engine.warnings)}
+    if options.record_times:
+        report["times"] = [{"context": 0, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4),
+                            "batch": call[2], "seq_len": call[3]} for call in sorted(item.calls)]
+    return report
+
+
+def measure_shapes(bundles: list[Path], shapes: list[tuple[int, int]], *, seconds: float, warmup: float,
+                   hint: str = "throughput", percentiles_wanted: tuple[float, ...] = DEFAULT_PERCENTILES,
+                   on_shape: Callable[[int, int], None] | None = None) -> list[list[dict]]:
+    """Throughput and latency at each (batch, seq) of random full-length ids, the bundles timed together in
+    interleaved rounds at each shape (`seconds` per bundle and shape): the sweep behind report.html's throughput
+    per batch size and per sequence length. Per bundle, a list of points in the order of `shapes`."""
+    results: list[list[dict]] = [[] for _ in bundles]
     for batch_size, seq_len in shapes:
         if on_shape is not None:
             on_shape(batch_size, seq_len)
-        batches = _input_batches(engine, PerfOptions(bundle=bundle, batch_size=batch_size, seq_len=seq_len))
-        contexts[0].run(*batches[0])
-        _drive_contexts(contexts, batches, seconds=warmup, min_calls=0)
-        wall, calls_per_thread, counters = _drive_contexts(contexts, batches, seconds=seconds, min_calls=len(contexts))
-        latencies = [call[1] for thread_calls in calls_per_thread for call in thread_calls]
-        sequences = sum(counter[0] for counter in counters)
-        results.append({"batch_size": batch_size, "seq_len": seq_len, "calls": len(latencies),
-                        "throughput_sequences_per_second": sequences / wall if wall > 0 else None,
-                        "latency_ms": percentiles(latencies, percentiles_wanted)})
+        options = PerfOptions(bundle=bundles[0], hint=hint, batch_size=batch_size, seq_len=seq_len, duration=seconds,
+                              warmup=warmup, percentiles=percentiles_wanted)
+        for number, run in enumerate(time_bundles(bundles, options)):
+            results[number].append({"batch_size": batch_size, "seq_len": seq_len, "calls": run["calls"],
+                                    "throughput_sequences_per_second": run["throughput_sequences_per_second"],
+                                    "throughput_interval": run["throughput_interval"],
+                                    "others_cpu_share": run["rounds"]["others_cpu_share"],
+                                    "latency_ms": run["latency_ms"]})
     return results
 
 

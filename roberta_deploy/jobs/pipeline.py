@@ -21,6 +21,7 @@ from ..backends import DEFAULT_BACKEND
 from ..defaults import DEFAULT_MAX_SEQ_LENGTH
 from ..errors import InputDataError, UsageError
 from ..manifest import KIND_BUNDLE, KIND_EXPORT, MANIFEST_FILE
+from ..runtime.batcher import Batcher
 from ..runtime.engine import LATENCY, Engine
 from ..runtime.tokenization import text_input_from_dict
 from ..tasks import NONE, SIGMOID, SOFTMAX, apply_function
@@ -116,14 +117,15 @@ def _build_bundle(model: str, kind: str | None, root: Path, *, backend: str, pre
 
 
 class TextClassificationPipeline:
-    """Callable like `transformers.TextClassificationPipeline`; every call runs on the engine's one
-    long-lived Batcher (through `Engine.predict`), so calls from several threads share its batches.
-    Close it (or use `with`) to stop the batcher and remove any temporary build folder.
+    """Callable like `transformers.TextClassificationPipeline`; every call runs on the pipeline's one
+    long-lived Batcher (started here, every context warmed up), so calls from several threads share its
+    batches. Close it (or use `with`) to stop the batcher and remove any temporary build folder.
     """
 
     def __init__(self, engine: Engine, *, top_k: TopK = UNSET, function_to_apply: str | None = None,
                  batch_size: int | None = None, owned_dir: Path | None = None):
         self.engine = engine
+        self.batcher = Batcher(engine).start()
         self.label_names: tuple[str, ...] = engine.label_names
         self.batch_size = batch_size
         self._default_top_k = _check_top_k(top_k)
@@ -156,7 +158,7 @@ class TextClassificationPipeline:
         texts = [inputs] if single else [_as_pair(inputs)] if single_pair else _as_texts(inputs)
         if not texts:
             return []
-        scores = apply_function(self.engine.predict(texts, batch_size=self.batch_size).logits, function)
+        scores = apply_function(self.batcher.run(texts, batch_size=self.batch_size).logits, function)
         results = [self._format(row, top_k_value, legacy) for row in scores]
         if single:
             return [results[0]] if call_top_k is UNSET else results[0]
@@ -177,7 +179,8 @@ class TextClassificationPipeline:
         return self.engine.task.score_function  # transformers' rule, from the task in the manifest
 
     def close(self) -> None:
-        """Stop the engine's batcher; remove the temporary build folder if this pipeline made one."""
+        """Stop the batcher; remove the temporary build folder if this pipeline made one."""
+        self.batcher.close(drain=True)
         self.engine.close()
         if self._cleanup is not None:
             self._cleanup()

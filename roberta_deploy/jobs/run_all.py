@@ -13,7 +13,7 @@ from ..backends.base import canonical_device
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from .evaluate import EvalOptions, evaluate_into
 from ..manifest import MANIFEST_FILE
-from .perf import PerfOptions, measure_shapes, run_benchmark
+from .perf import PerfOptions, measure_shapes, time_bundles
 from .report import REPORT_HTML, run_report_html
 from ..errors import UsageError
 from ..tasks import SINGLE_LABEL
@@ -33,7 +33,7 @@ class RunOptions:
     batch_sizes: tuple[int, ...] = (1, 32)
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     calibration_data: Path | None = None
-    perf_seconds: float = 3.0  # timed seconds per bundle and shape; short, since run is a demo of perf
+    perf_seconds: float = 3.0  # timed seconds per bundle and measurement, in interleaved rounds; short: run is a demo
     sweep: bool = True  # also throughput per batch size and per sequence length, for report.html
     overwrite: bool = False
 
@@ -68,26 +68,30 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
                              "use `roberta-deploy eval` (the task's own measures) and `perf` for this model")
         perf_dir = work / "perf"
         perf_dir.mkdir()
+        precisions_built = list(accuracy["bundles"])
+        paths = [work / accuracy["bundles"][precision] for precision in precisions_built]
+        base = PerfOptions(bundle=paths[0], duration=options.perf_seconds, warmup=1.0)
+        # Every precision in the same interleaved rounds (measurement.py): a burst of load falls on all alike.
+        step(f"perf {', '.join(precisions_built)}: batch 1, full length, interleaved rounds")
+        latencies = time_bundles(paths, replace(base, batch_size=1))
+        step(f"perf {', '.join(precisions_built)}: batch {max(options.batch_sizes)}, real lengths, interleaved rounds")
+        throughputs = time_bundles(paths, replace(base, batch_size=max(options.batch_sizes), data=options.data,
+                                                  hint="throughput"))
         rows, perf_runs, sweeps = [], {}, {}
-        for precision, bundle in accuracy["bundles"].items():
-            bundle_path = work / bundle
-            base = PerfOptions(bundle=bundle_path, duration=options.perf_seconds, warmup=1.0)
-            step(f"perf {precision}: batch 1, full length")
-            latency = run_benchmark(replace(base, batch_size=1))
-            step(f"perf {precision}: batch {max(options.batch_sizes)}, real lengths")
-            throughput = run_benchmark(replace(base, batch_size=max(options.batch_sizes), data=options.data,
-                                               hint="throughput"))
+        if options.sweep:
+            step(f"perf {', '.join(precisions_built)}: throughput per batch size and per sequence length")
+            shapes = sweep_shapes(min(bundle_max_batch(path) for path in paths), accuracy["max_seq_length"])
+            points = measure_shapes(paths, [(batch, seq) for _, batch, seq in shapes],
+                                    seconds=max(0.05, options.perf_seconds / 4), warmup=0.1)
+            for precision, bundle_points in zip(precisions_built, points):
+                sweeps[precision] = [{**point, "sweep": axis} for (axis, _, _), point in zip(shapes, bundle_points)]
+                (perf_dir / f"{precision}-sweep.json").write_text(json.dumps(sweeps[precision], indent=2) + "\n")
+        for precision, latency, throughput in zip(precisions_built, latencies, throughputs):
+            bundle = accuracy["bundles"][precision]
             for name, result in (("latency", latency), ("throughput", throughput)):
                 result["bundle"] = str(Path(options.output) / bundle)
                 (perf_dir / f"{precision}-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             perf_runs[precision] = {"latency": latency, "throughput": throughput}
-            if options.sweep:
-                step(f"perf {precision}: throughput per batch size and per sequence length")
-                shapes = sweep_shapes(bundle_max_batch(work / bundle), accuracy["max_seq_length"])
-                points = measure_shapes(bundle_path, [(batch, seq) for _, batch, seq in shapes],
-                                        seconds=max(0.05, options.perf_seconds / 4), warmup=0.1)
-                sweeps[precision] = [{**point, "sweep": axis} for (axis, _, _), point in zip(shapes, points)]
-                (perf_dir / f"{precision}-sweep.json").write_text(json.dumps(sweeps[precision], indent=2) + "\n")
             accuracy_row = next(row for row in accuracy["rows"]
                                 if row["precision"] == precision and row["batch_size"] == max(options.batch_sizes))
             rows.append({"precision": precision, "accuracy": accuracy_row["accuracy"],
@@ -95,7 +99,8 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
                          "max_abs_logit_diff_vs_fp32": accuracy_row["max_abs_logit_diff_vs_fp32"],
                          "latency_p50_ms_batch1": latency["latency_ms"]["median"],
                          "latency_p99_ms_batch1": latency["latency_ms"]["p99"],
-                         "throughput_texts_per_second": throughput["throughput_sequences_per_second"]})
+                         "throughput_texts_per_second": throughput["throughput_sequences_per_second"],
+                         "throughput_interval": throughput["throughput_interval"]})
         summary = {"model": options.model, "data": str(options.data), "backend": options.backend,
                    "device": accuracy["device"],
                    "examples": accuracy["rows"][0]["examples"], "max_seq_length": accuracy["max_seq_length"],

@@ -1,7 +1,7 @@
 """Length-bucketed batch planning: sort by token length, cap batches by a token budget, pad to the longest.
 
-Padding every review to 128 tokens wastes a third of the machine on ChnSentiCorp; sorted buckets
-cut padded tokens 1.5x. Plans keep the original indices, so results go back in input order.
+Padding every text to max_seq_length computes mostly padding on reviews of typical lengths; sorted buckets
+pad far less (docs/benchmarks.md). Plans keep the original indices, so results go back in input order.
 """
 
 from __future__ import annotations
@@ -13,18 +13,15 @@ import numpy as np
 
 from ..errors import UsageError
 
-# Pad each batch only to its longest text. On ChnSentiCorp dev, rounding up to a multiple of 8
-# computed 1.046x the useful tokens against 1.017x, and the OpenVINO int8 engine classified 2-3%
-# fewer reviews/s: the extra distinct shapes (28 against 13 at 4,096 tokens per batch) and odd
-# lengths cost less than the padding did (docs/benchmarks.md).
+# Pad each batch only to its longest text: the odd lengths and extra shapes cost less than rounding up
+# to a multiple of 8 would pad (docs/benchmarks.md, "What moved roberta-deploy from 1.46x to 1.53x").
 DEFAULT_PAD_MULTIPLE = 1
 
-# Online batches (Batcher.submit) take whatever (rows, length) the waiting requests make. OpenVINO's CPU
-# plugin keeps kernels and buffers per input shape it has seen (its runtime cache, up to thousands of
-# entries), so a server fed every shape grows for hours: the demo bundle's engine under random shapes went
-# from 130 MB to 3.4 GB in a minute, and malloc_trim gave nothing back (live memory, not fragmentation);
-# with 48 shapes it stayed at 235 MB. So online batches are padded to a few lengths and cut to a few row
-# counts (docs/serving.md). Offline runs keep exact lengths: a run's shapes are few and known up front.
+# Online batches (Batcher.submit) would take whatever (rows, length) the waiting requests make. OpenVINO's
+# CPU plugin keeps kernels and buffers per input shape it has seen, so a server fed every shape grows
+# without bound (live memory, not fragmentation: docs/serving.md, "Memory under load"). So online batches
+# are padded to a few lengths and cut to a few row counts. Offline runs keep exact lengths: a run's shapes
+# are few and known up front.
 ONLINE_ROW_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -101,10 +98,33 @@ def plan_batches(
             end += 1
         batches.append(PlannedBatch(order[start:end], padded))
         start = end
-    # Longest batches first: the engine allocates its largest buffers once instead of growing them
-    # batch after batch (peak RSS 807 MB against 876 MB for the BERT-base int8 engine over
-    # ChnSentiCorp dev), and concurrent contexts finish on short batches, so none idles long at the end.
+    # Longest batches first: the engine allocates its largest buffers once instead of growing them batch
+    # after batch (a lower peak, docs/benchmarks.md), and concurrent contexts finish on short batches, so
+    # none idles long at the end.
     return batches[::-1]
+
+
+def offline_batch_settings(profile, max_seq_length: int, batch_size: int, max_batch_tokens: int | None,
+                           bucketing: bool, contexts: int) -> tuple[int, int | None]:
+    """(batch size, token budget) of an offline run on an engine of `profile` (shapes.ShapeProfile); UsageError
+    for a batch size the bundle cannot take. A static engine computes its full batch anyway."""
+    if batch_size < 1:
+        raise UsageError(f"batch size {batch_size} must be at least 1", "pass a positive --batch-size")
+    if batch_size > profile.max_batch:
+        raise UsageError(f"batch size {batch_size} exceeds the bundle's maximum batch {profile.max_batch}",
+                         f"pass --batch-size {profile.max_batch} or less, or rebuild with a larger --max-batch")
+    if not profile.dynamic:
+        batch_size = profile.max_batch
+    if max_batch_tokens is None and profile.dynamic and bucketing:
+        max_batch_tokens = default_token_budget(max_seq_length, batch_size, contexts)
+    return batch_size, max_batch_tokens
+
+
+def default_token_budget(max_seq_length: int, batch_size: int, contexts: int) -> int:
+    """Padded tokens per batch when none is given: the contexts together hold one full-length batch, which
+    keeps peak memory down at the same speed (docs/benchmarks.md, "What moved roberta-deploy from 1.46x to
+    1.53x", point 3)."""
+    return max(max_seq_length, batch_size * max_seq_length // contexts)
 
 
 def padded_token_count(batches: Sequence[PlannedBatch], rows_per_batch: int | None = None) -> int:

@@ -6,51 +6,38 @@ IExecutionContext, OpenVINO's InferRequest). Numpy arrays cross this boundary.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..backends import get_backend
-from ..backends.base import CPU, RuntimeSettings, canonical_device
+from ..backends.base import CPU, LATENCY, PERFORMANCE_HINTS, THROUGHPUT, RuntimeSettings, canonical_device
 from ..defaults import DEFAULT_BACKEND
 from ..errors import BundleError, InputDataError, NumericalCheckError, ShapeError, UsageError
-from ..flags import available_cores
+from ..machine import available_cores
 from ..machine import cpu_mismatch_warning
 from ..manifest import KIND_BUNDLE, read_manifest
 from ..shapes import ShapeProfile
 from ..tasks import Task
-from .batcher import Batcher
+from .batching import offline_batch_settings, plan_batches
 from .results import Prediction, Predictions
 from .tokenization import TOKENIZER_DIR, TextEncoder, TextInput, pad_to_shape
 
-
-THROUGHPUT = "throughput"  # many texts: keep every core busy on its own batch
-LATENCY = "latency"  # one request at a time: all cores on that request
-PERFORMANCE_HINTS = (THROUGHPUT, LATENCY)
+__all__ = ["LATENCY", "PERFORMANCE_HINTS", "THROUGHPUT", "Context", "Engine", "default_contexts"]
 
 
 def default_contexts(cores: int, hint: str = LATENCY, backend: str = DEFAULT_BACKEND) -> int:
-    """How many contexts a `hint` needs on `cores` cores (OpenVINO's PERFORMANCE_HINT, made explicit).
-
-    latency: one context with every thread, so a single request uses the whole CPU.
-    throughput: below 8 cores one context per core, each on one thread. On this project's 2-core
-    machine, two 1-thread streams over bucketed batches classified ChnSentiCorp dev 3% faster than one
-    2-thread stream (docs/benchmarks.md): no barrier between threads inside each layer. From 8 cores,
-    one context per 4 cores keeps each stream's GEMMs wide enough to scale. ONNX Runtime and PyTorch
-    stay at one: their contexts share one thread pool (a session's; PyTorch's process-wide one), so more
-    of them only queue; on a GPU one context keeps it fed from pre-tokenized batches.
-    """
-    if hint not in PERFORMANCE_HINTS:
-        raise UsageError(f"unknown performance hint {hint!r}", f"use one of {', '.join(PERFORMANCE_HINTS)}")
-    if hint == LATENCY or backend in ("onnxruntime", "torch"):
-        return 1
-    return cores if cores < 8 else cores // 4
+    """How many contexts a `hint` needs on `cores` cores: the backend's own policy (Backend.contexts_for)."""
+    return get_backend(backend).contexts_for(cores, hint)
 
 
 class Engine:
-    """A bundle loaded for inference. Create one per device; share it between threads."""
+    """A bundle loaded for inference: its manifest, encoder and contexts. Create one per device; share it
+    between threads. To classify many texts on every context at once, or requests as they arrive, give it to
+    a runtime.batcher.Batcher, which whoever runs the work creates, starts and closes."""
 
     def __init__(self, bundle_dir: Path, manifest: dict, contexts: int, cpu_threads: int, device: str = CPU,
                  pin_threads: bool = True):
@@ -75,10 +62,10 @@ class Engine:
         backend = get_backend(manifest["backend"])
         backend.check_device(device)
         self._backend_engine = backend.load(bundle_dir, manifest, self.settings)
-        self._batcher: Batcher | None = None
+        self._idle_contexts: list[Context] = []  # predict()'s, reused between calls
+        self._contexts_lock = threading.Lock()
         # Not errors: things the caller should hear about once (the CLI prints them; the library never does).
         self.warnings: tuple[str, ...] = tuple(warning for warning in (cpu_mismatch_warning(manifest),) if warning)
-        self._batcher_lock = threading.Lock()
 
     @classmethod
     def load(cls, bundle: str | Path, *, contexts: int | None = None, cpu_threads: int | None = None,
@@ -86,7 +73,7 @@ class Engine:
         """Load and verify a bundle (every file against its manifest hash).
 
         hint: "latency" (default; one request at a time gets every core) or "throughput" (many
-        texts through predict(); what infer, eval and run use). contexts: how many contexts run at
+        texts through a Batcher; what infer, eval and run use). contexts: how many contexts run at
         once (sizes the backend's streams); default from `default_contexts` for the hint and this
         machine. cpu_threads: total compute threads, default every core this process may use; split
         between contexts, never oversubscribed (a torch engine on the CPU computes on PyTorch's own
@@ -130,40 +117,49 @@ class Engine:
     def create_context(self) -> "Context":
         return Context(self)
 
-    @property
-    def batcher(self) -> Batcher:
-        """The engine's own long-lived Batcher, started (contexts warmed up) on first use."""
-        with self._batcher_lock:
-            if self._batcher is None:
-                # Owned before it starts, and closed if start() raises (a Ctrl-C between two workers'
-                # starts): a worker nobody closes is still inside the engine at interpreter exit, which
-                # aborts the process ("terminate called without an active exception").
-                batcher = self._batcher = Batcher(self)
-                try:
-                    batcher.start()
-                except BaseException:
-                    self._batcher = None
-                    batcher.close(drain=False)
-                    raise
-            return self._batcher
-
     def predict(self, texts: Sequence[TextInput] | str, *, batch_size: int | None = None,
                 max_batch_tokens: int | None = None, bucketing: bool = True) -> Predictions | Prediction:
-        """Tokenize, batch (length-bucketed by default) and classify `texts`; results in input order.
+        """Tokenize, batch (length-bucketed by default) and classify `texts` on the calling thread; results
+        in input order. The convenience path: one context, no worker threads. A Batcher's run() computes on
+        every context at once.
 
         A single string is one text and gets one Prediction back; a list gets Predictions. Items of
         the list may be (text, text_pair) tuples, for models fine-tuned on sentence pairs.
         """
         if isinstance(texts, str):
-            return self.batcher.run([texts])[0]
-        return self.batcher.run(texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens, bucketing=bucketing)
+            return self.predict([texts])[0]
+        texts = list(texts)
+        batch_size, max_batch_tokens = offline_batch_settings(
+            self.profile, self.max_seq_length, batch_size or self.default_batch_size(), max_batch_tokens,
+            bucketing, contexts=1)
+        encoded = self.encoder.encode(texts)
+        plans = plan_batches(encoded.lengths, max_batch_size=batch_size, max_seq_length=self.max_seq_length,
+                             max_batch_tokens=max_batch_tokens if self.profile.dynamic else None,
+                             bucket_lengths=self.profile.bucket_lengths(), sort_by_length=bucketing)
+        logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
+        with self._borrowed_context() as context:
+            for plan in plans:
+                inputs = self.encoder.pad(encoded, plan.indices, plan.padded_length)
+                logits[plan.indices] = context.run(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)
+        return Predictions(logits=logits, truncated=encoded.truncated, token_lengths=encoded.lengths,
+                           label_names=self.label_names, task=self.task)
+
+    @contextlib.contextmanager
+    def _borrowed_context(self) -> Iterator["Context"]:
+        """An idle context for this thread (created on first need), returned for the next predict()."""
+        with self._contexts_lock:
+            context = self._idle_contexts.pop() if self._idle_contexts else None
+        context = context or self.create_context()
+        try:
+            yield context
+        finally:
+            with self._contexts_lock:
+                self._idle_contexts.append(context)
 
     def close(self) -> None:
-        """Stop the engine's batcher after it finished what it accepted (predict() starts a new one)."""
-        with self._batcher_lock:
-            batcher, self._batcher = self._batcher, None
-        if batcher is not None:
-            batcher.close(drain=True)
+        """Drop predict()'s idle contexts (a later predict() makes a new one). Batchers are closed by their owners."""
+        with self._contexts_lock:
+            self._idle_contexts.clear()
 
     def __enter__(self) -> "Engine":
         return self

@@ -18,8 +18,9 @@ TOKENIZER_DIR = "tokenizer"  # inside an export folder and a bundle
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_META_FILE = "tokenizer_meta.json"
 # Texts are cut to this many characters per token of max_seq_length before tokenizing: the tokenizer
-# walks the whole text and builds every overflow window, so a 5 MB line took 24 s; the prefix
-# gives the same ids whenever it already overflows (checked per text, else the text is read whole).
+# walks the whole text and builds every overflow window, so a huge line takes seconds (docs/benchmarks.md,
+# "Figures behind the code"); the prefix gives the same ids whenever it already overflows (checked per
+# text, else the text is read whole).
 CHARACTERS_PER_TOKEN = 64
 LONGEST_WORD = 200  # characters; WordPiece gives up on words past 100, BPE words are shorter
 # One model input: a text, or a text pair (encoded as the tokenizer's pair template: token type ids 0

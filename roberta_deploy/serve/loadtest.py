@@ -21,9 +21,11 @@ import numpy as np
 
 from ..atomic import atomic_directory
 from ..errors import InputDataError, UsageError
+from ..measurement import CpuLoad, machine_load, median_interval
 
 PROTOCOLS = ("predict", "hf", "v2")
 REPORT_JSON, REPORT_MARKDOWN, REPORT_PLOT = "loadtest.json", "loadtest.md", "loadtest.png"
+LOADTEST_ROUNDS = 3  # each level's --duration is split into this many interleaved rounds
 MAX_OPEN_CONNECTIONS = 1024  # open loop: requests past this many outstanding count as client-side errors
 
 
@@ -71,6 +73,11 @@ class LevelResult:
     requests_per_second: float
     texts_per_second: float
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p99 mean max
+    # Interleaved rounds (measurement.py): requests_per_second is the median round's, with its interval, and
+    # the share of the CPU other processes (the server too, when it runs here) took during each round.
+    rounds: int = 1
+    requests_per_second_interval: dict = field(default_factory=dict)
+    others_cpu_share: list[float] = field(default_factory=list)
 
 
 class HttpConnection:
@@ -245,13 +252,21 @@ async def _open_loop(load: _Load, rate: float, warmup: float, duration: float) -
     return recorder
 
 
-def _summarize(mode: str, level: float, recorder: _Recorder, duration: float, texts_per_request: int) -> LevelResult:
-    latencies = np.array(recorder.latencies) * 1000
-    errors = sum(recorder.statuses.values())
-    summary = LevelResult(mode=mode, level=level, requests=len(latencies), errors=errors,
-                          errors_by_status=dict(recorder.statuses), seconds=duration,
-                          requests_per_second=len(latencies) / duration,
-                          texts_per_second=len(latencies) * texts_per_request / duration)
+def _summarize(mode: str, level: float, rounds: list[tuple[_Recorder, float, float]],
+               texts_per_request: int) -> LevelResult:
+    """One level from its rounds: (recorder, timed seconds, others' CPU share) each."""
+    latencies = np.array([latency for recorder, _, _ in rounds for latency in recorder.latencies]) * 1000
+    statuses: dict[str, int] = {}
+    for recorder, _, _ in rounds:
+        for status, count in recorder.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+    seconds = sum(duration for _, duration, _ in rounds)
+    rate = median_interval([len(recorder.latencies) / duration for recorder, duration, _ in rounds])
+    summary = LevelResult(mode=mode, level=level, requests=len(latencies), errors=sum(statuses.values()),
+                          errors_by_status=statuses, seconds=seconds, requests_per_second=rate.value,
+                          texts_per_second=rate.value * texts_per_request, rounds=len(rounds),
+                          requests_per_second_interval=rate.to_dict(),
+                          others_cpu_share=[round(share, 3) for _, _, share in rounds])
     if len(latencies):
         summary.latency_ms = {"p50": float(np.percentile(latencies, 50)), "p90": float(np.percentile(latencies, 90)),
                               "p99": float(np.percentile(latencies, 99)), "mean": float(latencies.mean()),
@@ -281,34 +296,46 @@ async def _check_server(options: LoadtestOptions) -> str | None:
 
 
 def run_loadtest(options: LoadtestOptions, on_level=lambda result: None) -> list[LevelResult]:
-    """Every concurrency level, then every request rate; on_level(result) after each."""
+    """Every concurrency level and every request rate, in LOADTEST_ROUNDS interleaved rounds of duration /
+    LOADTEST_ROUNDS seconds each (each round starting one level later), so a burst of load on the machine falls
+    on every level alike; on_level(result) for each level once its rounds are done, in the order given."""
 
     async def main() -> list[LevelResult]:
         load = _Load(options, await _check_server(options))
-        results = []
-        for concurrency in options.concurrency:
-            recorder = await _closed_loop(load, concurrency, options.warmup, options.duration)
-            results.append(_summarize("concurrency", concurrency, recorder, options.duration,
-                                      options.texts_per_request))
-            on_level(results[-1])
-        for rate in options.request_rates:
-            recorder = await _open_loop(load, rate, options.warmup, options.duration)
-            results.append(_summarize("rate", rate, recorder, options.duration, options.texts_per_request))
-            on_level(results[-1])
+        levels = [("concurrency", level) for level in options.concurrency] + [("rate", level)
+                                                                               for level in options.request_rates]
+        seconds = options.duration / LOADTEST_ROUNDS
+        rounds: dict[int, list[tuple[_Recorder, float, float]]] = {number: [] for number in range(len(levels))}
+        for round_number in range(LOADTEST_ROUNDS):
+            start = round_number % len(levels)
+            for number in list(range(start, len(levels))) + list(range(start)):
+                mode, level = levels[number]
+                with CpuLoad() as machine:
+                    recorder = await (_closed_loop(load, level, options.warmup, seconds) if mode == "concurrency"
+                                      else _open_loop(load, level, options.warmup, seconds))
+                rounds[number].append((recorder, seconds, machine.others_share))
+        results = [_summarize(mode, level, rounds[number], options.texts_per_request)
+                   for number, (mode, level) in enumerate(levels)]
+        for result in results:
+            on_level(result)
         return results
 
     return asyncio.run(main())
 
 
 def markdown_table(results: Sequence[LevelResult]) -> str:
-    lines = ["| load | requests/s | texts/s | p50 ms | p90 ms | p99 ms | max ms | answered | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| load | requests/s (median round, interval) | texts/s | p50 ms | p90 ms | p99 ms | max ms | answered | "
+             "errors | others' CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         latency = result.latency_ms
-        cells = [describe_level(result), f"{result.requests_per_second:.1f}", f"{result.texts_per_second:.1f}"]
+        interval = result.requests_per_second_interval
+        rate = (f"{result.requests_per_second:,.1f} ({interval['low']:,.1f}-{interval['high']:,.1f})" if interval
+                else f"{result.requests_per_second:,.1f}")
+        cells = [describe_level(result), rate, f"{result.texts_per_second:,.1f}"]
         cells += [f"{latency[name]:.1f}" if latency else "-" for name in ("p50", "p90", "p99", "max")]
         errors = ", ".join(f"{count} x {status}" for status, count in sorted(result.errors_by_status.items()))
-        cells += [str(result.requests), errors or "0"]
+        shares = result.others_cpu_share
+        cells += [str(result.requests), errors or "0", f"{min(shares):.0%}-{max(shares):.0%}" if shares else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -330,27 +357,49 @@ def write_report(results: Sequence[LevelResult], options: LoadtestOptions, outpu
         (folder / REPORT_MARKDOWN).write_text(
             f"# loadtest of {options.url} ({options.protocol}, {options.texts_per_request} text(s) per request)\n\n"
             + markdown_table(results), encoding="utf-8")
-        plot_results(results, folder / REPORT_PLOT)
+        plot_results(results, folder / REPORT_PLOT, title=f"loadtest of {options.url} ({options.protocol}, "
+                     f"{options.texts_per_request} text(s) per request, {options.duration:g} s per level)")
 
 
-def plot_results(results: Sequence[LevelResult], path: Path) -> None:
-    """Throughput and p99 latency against load, one panel per mode."""
+def plot_results(results: Sequence[LevelResult], path: Path, title: str = "loadtest") -> None:
+    """Answered requests/s (median round, its interval as error bars) and latency percentiles against load,
+    one row per mode; both axes from zero, plain numbers, legends inside the figure, the date and the machine's
+    load in the title."""
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no process-wide state
+        from matplotlib.ticker import StrMethodFormatter
     except ImportError:
         raise UsageError("the PNG plot needs matplotlib", "pip install 'roberta-deploy[report]'") from None
 
     modes = [mode for mode in ("concurrency", "rate") if any(result.mode == mode for result in results)]
-    figure = Figure(figsize=(6 * len(modes), 4), layout="constrained")
-    for number, mode in enumerate(modes, start=1):
+    figure = Figure(figsize=(11, 3.6 * len(modes) + 0.6), layout="constrained")
+    shares = [share for result in results for share in result.others_cpu_share]
+    load = machine_load()["load_average"]
+    figure.suptitle(f"{title}\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {load[0]:g}"
+                    + (f"; other processes took {min(shares):.0%}-{max(shares):.0%} of the CPU during the rounds"
+                       if shares else ""), fontsize=10)
+    for number, mode in enumerate(modes):
         rows = [result for result in results if result.mode == mode]
-        axis = figure.add_subplot(1, len(modes), number)
         x = [result.level for result in rows]
-        axis.plot(x, [result.requests_per_second for result in rows], "o-", color="tab:blue")
-        axis.set_xlabel("concurrent clients" if mode == "concurrency" else "offered requests/s")
-        axis.set_ylabel("answered requests/s", color="tab:blue")
-        latency = axis.twinx()
-        latency.plot(x, [result.latency_ms.get("p99", float("nan")) for result in rows], "s--", color="tab:red")
-        latency.set_ylabel("p99 latency (ms)", color="tab:red")
-        axis.set_title("closed loop" if mode == "concurrency" else "open loop")
+        label = "concurrent clients" if mode == "concurrency" else "offered requests/s"
+        rate_axes = figure.add_subplot(len(modes), 2, 2 * number + 1)
+        rates = [result.requests_per_second for result in rows]
+        intervals = [result.requests_per_second_interval for result in rows]
+        rate_axes.errorbar(x, rates, yerr=[[max(0.0, rate - i.get("low", rate)) for rate, i in zip(rates, intervals)],
+                                           [max(0.0, i.get("high", rate) - rate) for rate, i in zip(rates, intervals)]],
+                           fmt="o-", color="tab:blue", capsize=4,
+                           label=f"median of {rows[0].rounds} rounds, with its interval")
+        rate_axes.set_title(f"{'closed' if mode == 'concurrency' else 'open'} loop: answered requests/s", fontsize=9)
+        latency_axes = figure.add_subplot(len(modes), 2, 2 * number + 2)
+        for name, style in (("p50", "o-"), ("p90", "^-"), ("p99", "s--")):
+            latency_axes.plot(x, [result.latency_ms.get(name, float("nan")) for result in rows], style, label=name)
+        latency_axes.set_title(f"{'closed' if mode == 'concurrency' else 'open'} loop: latency (ms)", fontsize=9)
+        for axes, ylabel in ((rate_axes, "requests/s"), (latency_axes, "ms")):
+            axes.set_xlabel(label)
+            axes.set_ylabel(ylabel)
+            axes.set_ylim(bottom=0)
+            axes.set_xlim(left=0)
+            axes.yaxis.set_major_formatter(StrMethodFormatter("{x:,g}"))
+            axes.grid(alpha=0.3)
+            axes.legend(fontsize=8, loc="best")
     figure.savefig(path, dpi=100)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from ..runtime.batcher import Batcher
+from ..runtime.engine import Engine
 from ..tasks import SINGLE_LABEL, Task
 from .options import Limits
 
@@ -12,8 +13,8 @@ from .options import Limits
 @dataclass
 class ServedModel:
     name: str
-    engine: Any  # runtime.engine.Engine (a fake in tests): label_names, backend, precision, max_seq_length, manifest
-    batcher: Any  # runtime.batcher.Batcher, owned here: started by the server's warm-up, closed on shutdown
+    engine: Engine  # (tests/fake_engine.py's FakeEngine in tests) label_names, backend, precision, max_seq_length, manifest
+    batcher: Batcher  # owned here: started by the server's warm-up, closed on shutdown
 
     @property
     def label_names(self) -> tuple[str, ...]:

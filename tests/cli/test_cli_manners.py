@@ -173,5 +173,10 @@ def test_perf_compare_runs_every_bundle_under_the_same_settings(bundle_factory, 
     assert [run["backend"] for run in report["runs"]] == ["openvino", "onnxruntime"]
     assert {run["batch_size"] for run in report["runs"]} == {2}
     assert report["runs"][0]["throughput_vs_first"] == 1.0
+    for run in report["runs"]:  # timed together in interleaved rounds: the median round and its interval
+        rounds, interval = run["rounds"], run["throughput_interval"]
+        assert rounds["rounds"] == 5 and len(rounds["others_cpu_share"]) == 5
+        assert interval["low"] <= run["throughput_sequences_per_second"] == interval["value"] <= interval["high"]
+        assert run["calls"] >= 5 and run["latency_ms"]["min"] <= run["latency_ms"]["max"]
     assert "vs first" in result.output and first.name in result.output
     assert invoke("perf", "--compare", first).exit_code == 2

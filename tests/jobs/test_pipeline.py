@@ -127,12 +127,13 @@ def test_calls_from_several_threads_at_once_get_their_own_results(ours):
         assert [entry["score"] for entry in result] == pytest.approx([entry["score"] for entry in wanted], abs=1e-5)
 
 
-def test_calls_run_on_the_engines_one_long_lived_batcher(ours):
-    batcher = ours.engine.batcher
+def test_calls_run_on_the_pipelines_one_long_lived_batcher(ours):
+    batcher = ours.batcher
     before = batcher.stats.texts
     ours(TEXTS)
     ours(TEXTS[0])
-    assert ours.engine.batcher is batcher and batcher.running
+    assert ours.batcher is batcher and batcher.running
+    assert not hasattr(ours.engine, "batcher")  # the engine holds none: the pipeline owns it
     assert batcher.stats.texts == before + len(TEXTS) + 1
 
 

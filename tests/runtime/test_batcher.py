@@ -11,6 +11,7 @@ from fake_engine import FakeEngine, expected_logits
 from roberta_deploy.errors import BackendError, InputDataError, NotReadyError, OverloadedError, UsageError
 from roberta_deploy.runtime import Batcher, RequestResult
 from roberta_deploy.runtime.batching import ONLINE_ROW_COUNTS, online_lengths, online_row_count
+from roberta_deploy.runtime.online import PADDING_ALLOWANCE
 
 WAIT_S = 20  # generous: only a hang comes near it
 
@@ -102,7 +103,8 @@ def test_waiting_requests_are_merged_into_length_bucketed_batches_under_the_toke
     assert len(first_batch) == 4 and first_batch[0] >= 28 and 30 in first_batch  # 30 is the oldest
     second_batch = sorted(len(row) for row in batches[1]["rows"])
     assert len(second_batch) == 4 and second_batch[-1] <= 7 and 4 in second_batch  # 4 is the oldest short one
-    assert len(batches) == 3
+    # The one long text left over does not pad the last short one to its length: each runs at its own.
+    assert [call["shape"] for call in batches[2:]] in ([(1, 16), (1, 32)], [(1, 32), (1, 16)])
     assert sum(stat.rows for stat in seen) == len(lengths) + 1
     assert all(stat.tokens == stat.rows * stat.padded_length for stat in seen)
 
@@ -135,6 +137,31 @@ def test_online_batches_come_in_few_shapes_whatever_the_requests_lengths():
         assert padded in lengths and rows * padded <= 256
         assert rows in ONLINE_ROW_COUNTS or rows == min(16, 256 // padded)
     assert sum(len(call["rows"]) for call in engine.calls[2:]) == sum(map(len, requests))
+
+
+def test_online_batches_leave_out_rows_that_would_mostly_pad():
+    # At a long max length the rows waiting span every length: a batch grown to the token budget around the
+    # oldest row computed 2.25x the real tokens. Rows far longer than the batch's own wait for their own.
+    gate = threading.Event()
+    engine = FakeEngine(contexts=1, max_seq_length=512, max_batch=16)
+    with Batcher(engine, max_batch_tokens=4096, max_batch_size=8, max_wait_ms=0) as batcher:
+        engine.gate = gate  # after the warm-up
+        first = batcher.submit(texts_of_lengths(20))
+        wait_until(lambda: len(engine.calls) == 2, "the first request is inside the engine")
+        lengths = [20, 300, 22, 310, 21, 18, 305, 140]
+        futures = [batcher.submit(text) for text in texts_of_lengths(*lengths)]
+        gate.set()
+        first.result(timeout=WAIT_S)
+        results = [future.result(timeout=WAIT_S) for future in futures]
+    assert [int(result.token_lengths[0]) for result in results] == lengths
+    classes = online_lengths(512)
+    own_class = {length: min(c for c in classes if c >= length) for length in range(1, 513)}
+    for call in engine.calls[2:]:
+        rows, padded = call["shape"]
+        row_lengths = [len(row) for row in call["rows"]]
+        assert not (min(row_lengths) <= 22 and max(row_lengths) >= 140), row_lengths  # short and long apart
+        assert rows * padded <= PADDING_ALLOWANCE * sum(own_class[length] for length in row_lengths)
+    assert sorted(call["shape"] for call in engine.calls[2:]) == [(4, 32), (4, 320)]  # the 140 pads little there
 
 
 def test_online_lengths_and_row_counts():
@@ -178,6 +205,21 @@ def test_a_cancelled_request_is_dropped_before_the_engine_sees_it():
     computed_rows = [row for call in engine.calls for row in call["rows"]]
     assert len(computed_rows) == 3  # warm-up, blocker, kept: the cancelled text never ran
     assert stats.dropped == 1
+
+
+def test_a_request_cancels_only_before_it_runs():
+    from concurrent.futures import Future
+
+    from roberta_deploy.runtime.online import OnlineRequest
+
+    encoded = FakeEngine().encoder.encode(["好", "差"])
+    waiting, running = (OnlineRequest(Future(), encoded, 2, ("neg", "pos"), 0.0, 0.0) for _ in range(2))
+    assert waiting.cancel() and waiting.future.cancelled() and waiting.cancelled
+    assert not waiting.cancel() and not waiting.claim()  # once is enough; its rows are never computed
+    assert running.claim()
+    assert not running.cancel() and not running.cancelled  # a batch inside the engine is not stopped
+    running.deliver(np.arange(2), np.ones((2, 2), np.float32), 4, 0.0, 0.0)
+    assert running.future.result(timeout=WAIT_S).logits.shape == (2, 2)
 
 
 def test_submit_past_the_queue_bound_is_refused_as_overloaded():

@@ -114,17 +114,18 @@ def test_contexts_share_one_full_batch_of_tokens_by_default(bundle_factory):
         assert sum(rows_seen) == 12 and max(rows_seen) == rows_allowed
 
 
-def test_predict_takes_one_string_as_one_text_and_reuses_one_batcher(bundle_factory, dev_texts, reference_logits):
+def test_predict_takes_one_string_as_one_text_and_holds_no_batcher(bundle_factory, dev_texts, reference_logits):
     engine = Engine.load(bundle_factory("onnxruntime", "fp32"))
     single = engine.predict(dev_texts[0])
     assert isinstance(single, Prediction)
     assert abs(single.logits - reference_logits[0]).max() <= TOLERANCES["fp32"].absolute
     assert single.label == int(reference_logits[0].argmax()) and single.label_name in engine.label_names
-    batcher = engine.batcher
-    engine.predict(dev_texts[:3])
-    assert engine.batcher is batcher  # one long-lived batcher, not one per call
+    threads = threading.active_count()
+    three = engine.predict(dev_texts[:3])
+    np.testing.assert_allclose(three.logits, reference_logits[:3], atol=TOLERANCES["fp32"].absolute)
+    # predict() computes on the calling thread: no worker outlives it, and the engine owns no batcher.
+    assert threading.active_count() == threads and not hasattr(engine, "batcher")
     engine.close()
-    assert not batcher.running
 
 
 def test_context_rejects_bad_arrays(bundle_factory):
@@ -240,3 +241,24 @@ def test_a_megabytes_long_line_is_cut_before_tokenizing_with_the_same_result(bun
 def test_predictions_compute_labels_once(bundle_factory):
     predictions = Engine.load(bundle_factory("onnxruntime", "fp32")).predict(["好", "差"])
     assert predictions.labels is predictions.labels and predictions.probabilities is predictions.probabilities
+
+
+def test_backend_policies_live_on_the_backends_and_the_engine_holds_no_batcher():
+    import ast
+    from pathlib import Path
+
+    from roberta_deploy.backends import BACKENDS, get_backend
+    from roberta_deploy.manifest import BACKEND_REQUIREMENTS
+    from roberta_deploy.runtime import engine as engine_module
+
+    for name in BACKENDS:
+        backend = get_backend(name)
+        assert backend.engine_files == BACKEND_REQUIREMENTS[name]["files"][0]  # declared once, in manifest.py
+        assert backend.contexts_for(2, "latency") == 1
+    assert get_backend("openvino").contexts_for(2, "throughput") == 2
+    assert get_backend("onnxruntime").contexts_for(16, "throughput") == get_backend("torch").contexts_for(16, "throughput") == 1
+    with pytest.raises(UsageError, match="unknown performance hint"):
+        get_backend("onnxruntime").contexts_for(2, "fast")
+    tree = ast.parse(Path(engine_module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"batcher", "online", "offline", "workers"}  # whoever runs work owns the Batcher

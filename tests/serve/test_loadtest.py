@@ -36,6 +36,10 @@ def test_closed_and_open_loops_count_answers_per_level(fake_server, protocol):
     for result in results:
         assert result.requests > 0 and result.errors == 0, result
         assert result.texts_per_second == 2 * result.requests_per_second
+        # Three interleaved rounds: the median round's rate, its interval, each round's others' CPU share.
+        interval = result.requests_per_second_interval
+        assert result.rounds == 3 and len(result.others_cpu_share) == 3
+        assert interval["low"] <= result.requests_per_second == interval["value"] <= interval["high"]
         assert result.latency_ms["p50"] <= result.latency_ms["p99"] <= result.latency_ms["max"]
 
 

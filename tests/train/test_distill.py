@@ -270,30 +270,32 @@ def test_deploy_distill_adds_students_to_the_candidates_judged_by_the_same_rule(
     from roberta_deploy.jobs.deploy import DeployOptions, plan_deployment, prepare_deployment
 
     options = DeployOptions(model=str(tiny_checkpoints["bert"]), output=tmp_path / "deployment", data=samples_tsv,
-                            backend="openvino", distill=(1,), distill_epochs=1, perf_seconds=0.1, timing_passes=2,
-                            max_seq_length=64)
+                            backend="openvino", distill=(1,), distill_epochs=1, perf_seconds=0.05, timing_rounds=3,
+                            timing_cap=1, max_seq_length=64)
     report = prepare_deployment(plan_deployment(options))
     precisions = offered_precisions("openvino")
-    models = [(row["model"], row["precision"]) for row in report["candidates"]]
-    assert models[0] == ("teacher", "fp32")  # the reference every student is judged against
+    models = [(row.get("label"), row["precision"]) for row in report["candidates"]]
+    assert models[0] == (None, "fp32")  # the model's own fp32: the reference every student is judged against
     assert {("student-1", precision) for precision in precisions} <= set(models)
-    scored = [row for row in report["candidates"] if "measured" in row]
-    reference = scored[0]["measured"]["accuracy"]
-    within = [row for row in scored if (reference - row["measured"]["accuracy"]) * 100 <= options.accuracy_budget]
-    fastest = max(within, key=lambda row: row["measured"]["texts_per_second"])
-    assert (report["choice"]["model"], report["choice"]["precision"]) == (fastest["model"], fastest["precision"])
+    scored = report["scored_texts"]
     for row in report["candidates"]:
-        assert row["verdict"]
-        if row not in within:
+        if "measured" not in row:
             assert row["verdict"].startswith("rejected")
+            continue
+        # The budget (0.5 points) cannot be resolved on so few texts: a candidate is within it only while its
+        # disagreements with fp32 stay within the budget's share of the texts, student or not.
+        within = row["paired_vs_fp32"]["disagreements"] * 100 / scored <= options.accuracy_budget + 1e-9
+        assert row["verdict"].startswith("rejected") != within, row
+    chosen = [row for row in report["candidates"] if row["verdict"].startswith("chosen")]
+    assert len(chosen) == 1 and chosen[0]["bundle"] == report["choice"]["bundle"]
     student = report["students"][0]
     assert student["name"] == "student-1" and student["teacher_layers_kept"] == [1]
     markdown = (tmp_path / "deployment" / "deployment.md").read_text(encoding="utf-8")
-    assert "| student-1 | openvino | fp32 |" in markdown
+    assert "| student-1 | openvino | fp32 |" in markdown and "- student-1: distilled from the model" in markdown
     assert 'id="chart-pareto"' in (tmp_path / "deployment" / "report.html").read_text(encoding="utf-8")
     again = prepare_deployment(plan_deployment(options))  # the student and its bundles are reused
     assert again["students"][0]["reused"]
-    assert all(row["build"] == "reused" for row in again["candidates"] if row["model"] == "student-1")
+    assert all(row["build"] == "reused" for row in again["candidates"] if row.get("label") == "student-1")
 
 
 def test_deploy_distill_is_refused_without_labelled_data_or_with_too_many_layers(tiny_checkpoints, samples_tsv,
