@@ -115,13 +115,17 @@ def build_all(models: dict[str, Path], workdir: Path) -> dict[str, dict[str, Pat
 
 
 class EngineRunner:
+    """A bundle as a batch job runs it: every context of the engine computing at once through a Batcher."""
+
     def __init__(self, bundle: Path):
+        from roberta_deploy.runtime.batcher import Batcher
         from roberta_deploy.runtime.engine import Engine
 
         self.engine = Engine.load(bundle, cpu_threads=THREADS, hint="throughput")
+        self.batcher = Batcher(self.engine).start()
 
     def classify(self, texts):
-        return self.engine.predict(list(texts)).logits
+        return self.batcher.run(list(texts)).logits
 
 
 def time_rounds(runners: dict, texts: list[str], timed_texts: list[str], rounds: int) -> dict:
