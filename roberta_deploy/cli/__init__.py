@@ -5,7 +5,7 @@ into one-line messages and exit codes. Heavy libraries load inside each command.
 from __future__ import annotations
 
 # Each module registers its commands on the app; imported in the order `--help` lists them.
-from . import build, infer, evaluate, perf, finetune, serve, deploy  # noqa: F401,I001
+from . import build, infer, evaluate, perf, finetune, distill, serve, deploy  # noqa: F401,I001
 from .app import app
 from .exits import EXIT_GRACE_S, end_within, install_sigterm_handler
 

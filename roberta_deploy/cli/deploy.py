@@ -14,7 +14,7 @@ from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
 from ..errors import UsageError
 from ..jobs.deploy_report import interval_text
 from .app import BATCHING, INPUT, MODEL, OUTPUT, command, examples
-from .common import stdin_for
+from .common import parse_int_list, stdin_for
 from .console import console, step_printer
 from .exits import reports_errors
 from .serve import endpoint_printer, event_printer, require_serve_extra
@@ -69,6 +69,12 @@ def deploy_command(
         help="Rounds continue while the fastest candidates' intervals overlap, up to this many seconds of "
              "throughput timing; then they are reported tied within noise.", rich_help_panel=BATCHING),
         flags.POSITIVE] = 60.0,
+    distill: Annotated[Optional[str], typer.Option(
+        help="Layer counts of students to distil from the model on --data (minus the scored texts), e.g. 3,2. "
+             "Each joins the candidates at every precision and is judged by the same budget against the model's "
+             "fp32; fewer layers are faster.", rich_help_panel=MODEL)] = None,
+    distill_epochs: Annotated[int, typer.Option(help="Epochs of each student's distillation.",
+                                                rich_help_panel=MODEL), flags.COUNT] = 3,
     serve: Annotated[bool, typer.Option("--serve/--no-serve",
                                         help="Serve the chosen bundle when it is ready (--no-serve: stop after "
                                              "the reports).", rich_help_panel=OUTPUT)] = True,
@@ -93,7 +99,8 @@ def deploy_command(
     plan = plan_deployment(DeployOptions(
         model=model, output=output, data=data, accuracy_budget=accuracy_budget, backend=backend,
         precision=precision, max_seq_length=max_seq_length, calibration_samples=calibration_samples,
-        timing_rounds=timing_rounds, perf_seconds=perf_seconds, timing_cap=timing_cap, overwrite=overwrite))
+        timing_rounds=timing_rounds, perf_seconds=perf_seconds, timing_cap=timing_cap, overwrite=overwrite,
+        distill=parse_int_list(distill, "--distill") if distill else (), distill_epochs=distill_epochs))
     report = prepare_deployment(plan, on_step=step_printer())
     console.print(candidates_table(report))
     choice = report["choice"]
@@ -103,7 +110,8 @@ def deploy_command(
     if not report["accuracy_checked"]:
         console.print("accuracy was not checked: no --data was given (pass labelled texts to let deploy choose a "
                       "faster precision within --accuracy-budget)")
-    console.print(f"chosen: {choice['backend']} {choice['precision']} ({output / choice['bundle']}): "
+    student = f"{choice['label']} " if choice.get("label") else ""
+    console.print(f"chosen: {student}{choice['backend']} {choice['precision']} ({output / choice['bundle']}): "
                   f"{choice['reason']}")
     console.print(f"wrote {output / DEPLOYMENT_MARKDOWN}, {output / DEPLOYMENT_JSON} and {output / REPORT_HTML}")
     if serve:
@@ -131,14 +139,14 @@ def serve_chosen(bundle: Path, serve_flags: ServeFlags, ray_flags: RayFlags, exa
 def candidates_table(report: dict) -> Table:
     """Every candidate's figures with their intervals (deployment.json's records)."""
     table = Table(title=f"deploy {report['model']}: {report['scored_texts']} {report['scored_on']}")
-    for column in ("backend", "precision", "artifacts", "accuracy (interval)", "vs fp32", "disagree", "texts/s "
+    for column in ("model", "backend", "precision", "artifacts", "accuracy (interval)", "vs fp32", "disagree", "texts/s "
                    "(interval)", "b1 p50 ms (interval)", "verdict"):
-        table.add_column(column, justify="left" if column in ("backend", "precision", "artifacts", "verdict")
+        table.add_column(column, justify="left" if column in ("model", "backend", "precision", "artifacts", "verdict")
                          else "right")
     for row in report["candidates"]:
         measured = row.get("measured") or {}
         paired = row.get("paired_vs_fp32")
-        table.add_row(row["backend"], row["precision"], row["status"],
+        table.add_row(row.get("label") or "model", row["backend"], row["precision"], row["status"],
                       interval_text(measured.get("accuracy_interval"), "{:.4f}"),
                       _format(row.get("points_vs_fp32"), "{:+.2f}"),
                       f"{paired['disagreements']}/{paired['texts']}" if paired else "",

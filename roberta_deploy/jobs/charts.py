@@ -117,6 +117,26 @@ class Charts:
 
         self._draw(chart_id, caption, paint, size=(5.4, 1.4 + 0.34 * max(1, len(names))))
 
+    def pareto(self, chart_id: str, caption: str, names: Sequence[str], speeds: Sequence[float],
+               accuracies: Sequence[float], *, highlight: str | None = None) -> None:
+        """Accuracy against speed, one labelled point per name (`highlight` in red), and a dashed line through
+        the front: the points no other beats on both."""
+        def paint(axes):
+            for name, speed, accuracy in zip(names, speeds, accuracies):
+                axes.scatter([speed], [accuracy], s=26, zorder=3, color=HIGHLIGHT if name == highlight else COLORS[0])
+                axes.annotate(name, (speed, accuracy), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            points = list(zip(speeds, accuracies))
+            front = sorted(point for point in points if not any(
+                other != point and other[0] >= point[0] and other[1] >= point[1] for other in points))
+            if len(front) > 1:
+                axes.plot(*zip(*front), color="#999", linewidth=0.8, linestyle="--", zorder=2)
+            axes.set_xlabel("texts / s")
+            axes.set_ylabel("accuracy")
+            axes.grid(alpha=0.3)
+            axes.xaxis.set_major_formatter(_plain_formatter())
+
+        self._draw(chart_id, caption, paint)
+
     def bars(self, chart_id: str, caption: str, groups: list[str], series: dict[str, list[float]], *, ylabel: str,
              errors: dict[str, list[tuple[float, float] | None]] | None = None,
              size: tuple[float, float] = (5.4, 3.2)) -> None:

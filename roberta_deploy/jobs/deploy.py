@@ -34,13 +34,14 @@ from ..precision import AUTO, canonical_precision
 from .deploy_report import deployment_markdown
 from .perf import host_description
 from .report import REPORT_HTML, deployment_report_html
+from .students import DEFAULT_DISTILL_EPOCHS, STUDENTS_DIR, prepare_students
 from ..tasks import SINGLE_LABEL, Task
 
 DEPLOYMENT_JSON = "deployment.json"
 DEPLOYMENT_MARKDOWN = "deployment.md"
 EXPORT_DIR = "export"
 BUNDLES_DIR = "bundles"
-OWN_ENTRIES = (EXPORT_DIR, BUNDLES_DIR, DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, REPORT_HTML)
+OWN_ENTRIES = (EXPORT_DIR, BUNDLES_DIR, STUDENTS_DIR, DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, REPORT_HTML)
 KIND = "deployment"
 SCHEMA_VERSION = 2  # 2: interleaved rounds with intervals, the accuracy gate; version 1's timings are not reused
 VERIFICATION_SAMPLES = BuildOptions.verification_samples
@@ -60,6 +61,8 @@ class DeployOptions:
     perf_seconds: float = TimingPlan.round_seconds  # each candidate's turn in a round (throughput, then latency)
     timing_cap: float = TimingPlan.max_seconds  # rounds grow while the leaders overlap, up to this many seconds
     overwrite: bool = False  # replace a deployment of another model in `output`
+    distill: tuple[int, ...] = ()  # layer counts of students distilled from the model that join the candidates
+    distill_epochs: int = DEFAULT_DISTILL_EPOCHS
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ def plan_deployment(options: DeployOptions) -> Plan:
                          "pass --data FILE with a label column, or --precision fp32")
     candidates = _candidates(options.backend, precision, scored=options.data is not None)
     checkpoint = resolve_checkpoint(options.model)
+    _check_distill(options, checkpoint)
     if options.data is not None:
         task = _task_of(checkpoint)
         if task is not None and task.kind != SINGLE_LABEL:
@@ -120,6 +124,25 @@ def plan_deployment(options: DeployOptions) -> Plan:
     return Plan(options=options, precision=precision, checkpoint=checkpoint, model_sha256=model_sha256,
                 dataset=dataset, data_sha256=file_sha256(options.data) if options.data else None, scoring=scoring,
                 candidates=candidates, previous=previous, output=output, stale_record=stale_record)
+
+
+def _check_distill(options: DeployOptions, checkpoint: Path) -> None:
+    """Students are judged on accuracy against the model, so they need labelled data, and fewer layers."""
+    if not options.distill:
+        return
+    if options.data is None:
+        raise UsageError("--distill needs labelled texts: students learn from them and are judged on accuracy",
+                         "pass --data FILE with a label column")
+    if options.distill_epochs < 1:
+        raise UsageError("--distill-epochs must be at least 1", "pass e.g. --distill-epochs 3")
+    try:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        layers = int(config.get("num_hidden_layers") or config.get("n_layers"))
+    except (OSError, ValueError, TypeError):
+        return  # the export names what is wrong with the config
+    if max(options.distill) >= layers:
+        raise UsageError(f"--distill {max(options.distill)} is not below the model's {layers} layers",
+                         "give students fewer layers than the model")
 
 
 def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[CandidateSpec, ...]:
@@ -263,9 +286,17 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
                                                             "texts only: accuracy not checked"))
         earlier = {Path(row["bundle"]).name: row for row in (previous or {}).get("candidates", [])
                    + (previous or {}).get("other_candidates", []) if previous.get("schema_version") == SCHEMA_VERSION}
+        specs = list(plan.candidates)  # the model's own first: its fp32 is the reference
+        if options.distill:
+            students = prepare_students(plan.checkpoint, plan.dataset, scoring, options.distill, folder / STUDENTS_DIR,
+                                        options.max_seq_length, options.distill_epochs, step)
+            report["students"] = [student.record for student in students]
+            # A student is one more spec per backend and precision, built from its own export.
+            specs += [CandidateSpec(spec.backend, spec.precision, export_dir=student.export.folder, label=student.name)
+                      for student in students for spec in plan.candidates]
         # Records of candidates this run does not try (another --backend or --precision) are kept, so that
         # switching back reuses their bundles too.
-        wanted = {spec.folder_name for spec in plan.candidates}
+        wanted = {spec.folder_name for spec in specs}
         report["other_candidates"] = [row for key, row in earlier.items() if key not in wanted]
         report["candidates"] = []
 
@@ -278,7 +309,7 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
             atomic_write_json(folder / DEPLOYMENT_JSON, {**report, "candidates": report["candidates"] + to_come})
 
         records: dict[str, dict] = {}
-        candidates = build_candidates(list(plan.candidates), lambda spec: _build_one(
+        candidates = build_candidates(specs, lambda spec: _build_one(
             plan, export, spec, earlier.get(spec.folder_name), records, step), on_built=built)
         _measure(plan, candidates, earlier, records, step)
         choice = _choose(plan, candidates)
@@ -300,7 +331,8 @@ def _settings(plan: Plan) -> dict:
             "data": str(options.data) if options.data else None,
             "data_sha256": plan.data_sha256,
             "calibration_samples": options.calibration_samples, "timing_rounds": options.timing_rounds,
-            "perf_seconds": options.perf_seconds, "timing_cap": options.timing_cap}
+            "perf_seconds": options.perf_seconds, "timing_cap": options.timing_cap, "distill": list(options.distill),
+            "distill_epochs": options.distill_epochs if options.distill else None}
 
 
 def _export(plan: Plan, folder: Path, step) -> tuple[ExportArtifact, dict]:
@@ -479,7 +511,8 @@ def _choice_record(plan: Plan, choice: Choice) -> dict:
         speed = (f"the fastest, clear of every other round by round after {rounds} interleaved rounds: "
                  f"{rate.value:,.0f} texts/s ({rate.low:,.0f}-{rate.high:,.0f}), {choice.speedup_vs_reference:.2f}x "
                  f"{reference.spec.name}")
-    return {"backend": chosen.spec.backend, "precision": chosen.spec.precision, "bundle": f"{BUNDLES_DIR}/"
+    return {"label": chosen.spec.label, "backend": chosen.spec.backend, "precision": chosen.spec.precision,
+            "bundle": f"{BUNDLES_DIR}/"
             f"{chosen.spec.folder_name}", "texts_per_second": rate.value,
             "speedup_vs_reference": choice.speedup_vs_reference, "reference": reference.spec.name,
             "tied_within_noise": choice.tied_within_noise, "tied_with": [c.spec.name for c in choice.tied],

@@ -28,7 +28,15 @@ def deployment_markdown(report: dict) -> str:
              f"Model sha256 {report['model_sha256'][:12]}; data {data}; accuracy budget "
              f"{settings['accuracy_budget_points']:g} points below fp32; precision {settings['precision']}; "
              f"export {report['export']['status']}.", "",
-             f"**Chosen: {choice['backend']} {choice['precision']}** (`{choice['bundle']}`): {choice['reason']}.", ""]
+             f"**Chosen: {_label(choice)}{choice['backend']} {choice['precision']}** (`{choice['bundle']}`): "
+             f"{choice['reason']}.", ""]
+    for student in report.get("students", []):
+        lines.append(f"- {student['name']}: distilled from the model (its layers "
+                     f"{', '.join(map(str, student['teacher_layers_kept']))} kept), agreement with it "
+                     f"{student['held_back_agreement_with_teacher']:.4f} on {student['held_back_rows']} texts held "
+                     f"back from distillation; `{student['checkpoint']}`")
+    if report.get("students"):
+        lines.append("")
     if choice.get("tied_within_noise"):
         lines += [f"Tied within noise: {', '.join(choice['tied_with'])}.", ""]
     gate = choice.get("accuracy_gate")
@@ -38,15 +46,15 @@ def deployment_markdown(report: dict) -> str:
         lines += ["Accuracy was not checked: no `--data` was given. Pass labelled texts to let deploy choose a "
                   "faster precision within the budget.", ""]
     lines += [f"Timed on {report['scored_texts']} {report['scored_on']}: {timing_text(settings)}.", "",
-              "| backend | precision | artifacts | accuracy (95% interval) | vs fp32 (points) | disagreements with "
+              "| model | backend | precision | artifacts | accuracy (95% interval) | vs fp32 (points) | disagreements with "
               "fp32 | McNemar p | texts/s (interval) | rounds | batch-1 p50 ms (interval) | batch-1 p99 ms | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["candidates"]:
         measured = row.get("measured") or {}
         latency = measured.get("latency_ms_batch1") or {}
         paired = row.get("paired_vs_fp32") or {}
         rounds = measured.get("throughput_rounds") or {}
-        cells = [row["backend"], row["precision"], row["status"],
+        cells = [row.get("label") or "model", row["backend"], row["precision"], row["status"],
                  interval_text(measured.get("accuracy_interval"), "{:.4f}"),
                  _number(row.get("points_vs_fp32"), "{:+.2f}"),
                  f"{paired['disagreements']} of {paired['texts']}" if paired else "",
@@ -68,6 +76,11 @@ def deployment_markdown(report: dict) -> str:
     for backend, capabilities in machine["backend_capabilities"].items():
         lines.append(f"- {backend} reports {', '.join(capabilities)} on this CPU")
     return "\n".join(lines) + "\n"
+
+
+def _label(choice: dict) -> str:
+    """'student-3 ' before a student's backend and precision; nothing for the model's own candidates."""
+    return f"{choice['label']} " if choice.get("label") else ""
 
 
 def _number(value, template: str) -> str:

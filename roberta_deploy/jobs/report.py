@@ -153,6 +153,10 @@ def deployment_report_html(report: dict) -> str:
                       xlabel="share of texts", upper=1.08, highlight=chosen,
                       markers={"agreement with fp32": [row["agreement_with_fp32"] for row in measured]},
                       reference_line=(reference, "fp32 accuracy"))
+        charts.pareto("chart-pareto", f"Accuracy against speed, every candidate ({texts} held-back texts); the dashed "
+                      "line joins those no other candidate beats on both", names,
+                      [row["measured"]["texts_per_second"] for row in measured],
+                      [row["measured"]["accuracy"] for row in measured], highlight=chosen)
     rounds = max((row["measured"]["throughput_rounds"]["rounds"] for row in measured), default=0)
     charts.ranges("chart-throughput", f"Throughput over {texts} texts (throughput hint): median of {rounds} "
                   "interleaved rounds, with its interval", names,
@@ -175,13 +179,14 @@ def deployment_report_html(report: dict) -> str:
     for row in report["candidates"]:
         figures = row.get("measured") or {}
         paired = row.get("paired_vs_fp32")
-        rows.append([row["backend"], row["precision"], cell(figures.get("accuracy_interval"), "{:.3f}"),
+        rows.append([row.get("label") or "model", row["backend"], row["precision"],
+                     cell(figures.get("accuracy_interval"), "{:.3f}"),
                      "" if row.get("points_vs_fp32") is None else f"{row['points_vs_fp32']:+.2f}",
                      f"{paired['disagreements']} of {paired['texts']}" if paired else "",
                      f"{paired['mcnemar_exact_p']:.3f}" if paired else "",
                      cell(figures.get("texts_per_second_interval"), "{:,.0f}"),
                      cell(figures.get("latency_p50_ms_interval"), "{:.2f}"), row["verdict"]])
-    table = _table(["backend", "precision", "accuracy (95% interval)", "vs fp32 (points)", "disagree with fp32",
+    table = _table(["model", "backend", "precision", "accuracy (95% interval)", "vs fp32 (points)", "disagree with fp32",
                     "McNemar p", "texts/s (interval)", "batch-1 p50 ms", "verdict"], rows)
     gate = choice.get("accuracy_gate") or {}
     notes = [f'<p class="note">{_e(gate["note"])}.</p>' if gate.get("note") else "",
@@ -192,7 +197,7 @@ def deployment_report_html(report: dict) -> str:
             f"{len(report['candidates'])} candidates</h1>",
             _meta(f"{texts} {report['scored_on']}; accuracy budget {settings['accuracy_budget_points']:g} points; "
                   f"export {report['export']['status']}", report["machine"], _others_shares(measured)),
-            f"<p><strong>Chosen: {_e(choice['backend'])} {_e(choice['precision'])}</strong> "
+            f"<p><strong>Chosen: {_e(' '.join(part for part in (choice.get('label'), choice['backend'], choice['precision']) if part))}</strong> "
             f"(<code>{_e(choice['bundle'])}</code>): {_e(choice['reason'])}.</p>", *notes,
             "<h2>Candidates</h2>", table, f'<p class="meta">{_e(timing_text(settings))}.</p>',
             "<h2>Charts</h2>", charts.html(), _host_section(report["machine"])]

@@ -16,8 +16,9 @@ from ..manifest import file_sha256
 from ..data import LABEL_SEPARATOR, Dataset, read_dataset
 from ..flags import COUNT
 from ..errors import InputDataError, ModelLoadError, UsageError
-from ..metrics import multilabel_metrics, regression_metrics
-from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, TASKS
+from ..tasks import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TASKS
+from .loop import (DEV_MEASURES, encode_rows, label_tensor, length_bucketed_batches, make_optimizer, pad_batch,
+                   predict_logits, task_measure, training_torch_state)
 from .vocab import tokenizer_from_vocab, validate_vocab, write_vocab
 
 MANIFEST_NAME = "finetune.json"
@@ -33,11 +34,6 @@ ARCHITECTURES = {
 # where 1e-3 would wipe out what pre-training learned.
 DEFAULT_LEARNING_RATES = {"checkpoint": 5e-5, "small": 1e-3, "base": 1e-4}
 MAX_POSITIONS = 512  # position embeddings of the models built from --config
-PAD_TO_MULTIPLE = 8  # padded widths that are multiples of 8 use the matmul kernels best
-SORT_WINDOW_BATCHES = 50  # batches drawn at random, then sorted by length inside windows this big
-DEV_BATCH_SIZE = 64
-# What picks the best epoch on dev, per task: higher is better for each.
-DEV_MEASURES = {SINGLE_LABEL: "accuracy", MULTI_LABEL: "micro_f1", REGRESSION: "pearson"}
 
 
 @dataclass(frozen=True)
@@ -121,28 +117,16 @@ def finetune(options: FinetuneOptions, on_progress: Callable[[FinetuneProgress],
 
     inputs = (options.train, options.dev, options.model, options.vocab)
     with atomic_directory(options.output, options.overwrite, inputs=inputs) as staging:
-        import torch
-
         # Training must not change the caller's global torch state: RNG, threads, determinism.
-        previous_threads = torch.get_num_threads()
-        previous_deterministic = (torch.are_deterministic_algorithms_enabled(),
-                                  torch.is_deterministic_algorithms_warn_only_enabled())
-        try:
-            with torch.random.fork_rng(devices=[]):
-                if options.num_threads:
-                    torch.set_num_threads(options.num_threads)
-                # warn_only: an op without a deterministic CPU kernel should not abort a long run.
-                torch.use_deterministic_algorithms(True, warn_only=True)
-                torch.manual_seed(options.seed)
-                with quiet_transformers():
-                    tokenizer, model, source = _load_model(options, label_names, staging)
-                # Cut to 400 characters: the check needs a sample of tokens, not whole long reviews.
-                check_tokenizer_on_texts(tokenizer, [text[:400] for text in train.texts[:2000]])
-                epochs, best_epoch, seconds = _train(model, tokenizer, train, dev, options, on_progress)
-                threads = torch.get_num_threads()
-        finally:
-            torch.set_num_threads(previous_threads)
-            torch.use_deterministic_algorithms(previous_deterministic[0], warn_only=previous_deterministic[1])
+        with training_torch_state(options.num_threads, options.seed):
+            import torch
+
+            with quiet_transformers():
+                tokenizer, model, source = _load_model(options, label_names, staging)
+            # Cut to 400 characters: the check needs a sample of tokens, not whole long reviews.
+            check_tokenizer_on_texts(tokenizer, [text[:400] for text in train.texts[:2000]])
+            epochs, best_epoch, seconds = _train(model, tokenizer, train, dev, options, on_progress)
+            threads = torch.get_num_threads()
 
         result = FinetuneResult(output=Path(options.output), best_epoch=best_epoch, epochs=tuple(epochs),
                                 label_names=label_names, train_seconds=seconds, task=options.task,
@@ -262,27 +246,15 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
     epoch's weights in `model`."""
     import torch
 
-    train_ids = _encode(tokenizer, train, options.max_seq_length)
-    dev_ids = _encode(tokenizer, dev, options.max_seq_length)
-    train_labels = _label_tensor(train.labels, options.task, model.config.num_labels)
+    train_ids = encode_rows(tokenizer, train, options.max_seq_length)
+    dev_ids = encode_rows(tokenizer, dev, options.max_seq_length)
+    train_labels = label_tensor(train.labels, options.task, model.config.num_labels)
     generator = torch.Generator().manual_seed(options.seed)  # the shuffling's own RNG
     steps_per_epoch = -(-len(train_ids) // options.batch_size)
     total_steps = steps_per_epoch * options.epochs
-    warmup_steps = int(total_steps * options.warmup_ratio)
     learning_rate = options.lr or DEFAULT_LEARNING_RATES["checkpoint" if options.model else options.config]
-
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        (no_decay if parameter.ndim < 2 else decay).append(parameter)  # biases and LayerNorm weights
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate)
-
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler = make_optimizer(model, learning_rate, options.weight_decay, options.warmup_ratio,
+                                          total_steps)
     pad_id = tokenizer.pad_token_id
     results: list[EpochResult] = []
     best_state, best_accuracy, best_epoch = None, float("-inf"), 0
@@ -292,9 +264,9 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
         epoch_started = time.perf_counter()
         model.train()
         losses = []
-        for batch in _length_bucketed_batches(train_ids, options.batch_size, generator):
-            input_ids, attention_mask, token_type_ids = _pad([train_ids[index] for index in batch], pad_id,
-                                                             options.max_seq_length)
+        for batch in length_bucketed_batches(train_ids, options.batch_size, generator):
+            input_ids, attention_mask, token_type_ids = pad_batch([train_ids[index] for index in batch], pad_id,
+                                                                  options.max_seq_length)
             output = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                            labels=train_labels[batch])
             optimizer.zero_grad(set_to_none=True)
@@ -306,7 +278,8 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
             losses.append(output.loss.item())
             if on_progress:
                 on_progress(FinetuneProgress(epoch, options.epochs, step, total_steps, losses[-1]))
-        accuracy = _dev_measure(model, dev_ids, dev.labels, pad_id, options)
+        accuracy = task_measure(predict_logits(model, dev_ids, pad_id, options.max_seq_length), dev.labels,
+                                options.task)
         results.append(EpochResult(epoch, sum(losses) / len(losses), accuracy, time.perf_counter() - epoch_started))
         if accuracy > best_accuracy:
             best_accuracy, best_epoch = accuracy, epoch
@@ -317,91 +290,6 @@ def _train(model, tokenizer, train: Dataset, dev: Dataset, options: FinetuneOpti
     model.load_state_dict(best_state)
     model.eval()
     return results, best_epoch, seconds
-
-
-def _encode(tokenizer, dataset: Dataset, max_seq_length: int) -> list[tuple[list[int], list[int]]]:
-    """(token ids, token type ids) per row, with the specials, truncated (longest first for pairs), not
-    padded: padding happens per batch."""
-    encoded = tokenizer(dataset.texts, dataset.text_pairs, truncation=True, max_length=max_seq_length)
-    type_ids = encoded.get("token_type_ids") or [[0] * len(ids) for ids in encoded["input_ids"]]
-    return list(zip(encoded["input_ids"], type_ids))
-
-
-def _label_tensor(labels: list, task: str, num_labels: int):
-    """int64 (n,) class ids; float32 (n, labels) indicators for multi-label; float32 (n,) for regression
-    (transformers picks the loss from problem_type: cross-entropy, BCE with logits, MSE)."""
-    import torch
-
-    if task == MULTI_LABEL:
-        indicators = torch.zeros((len(labels), num_labels), dtype=torch.float32)
-        for row, ids in enumerate(labels):
-            indicators[row, list(ids)] = 1.0
-        return indicators
-    if task == REGRESSION:
-        return torch.tensor(labels, dtype=torch.float32)
-    return torch.tensor(labels, dtype=torch.long)
-
-
-def _length_bucketed_batches(sequences: list[list[int]], batch_size: int, generator) -> list[list[int]]:
-    """Shuffled batches of indices whose sequences have similar lengths.
-
-    A random order is cut into windows of SORT_WINDOW_BATCHES batches, each window is sorted by
-    length and sliced, and the batches are shuffled again: batches stay random but carry ~1.5x
-    fewer pad tokens than random batches (ChnSentiCorp), which is ~1.5x less compute.
-    """
-    import torch
-
-    order = torch.randperm(len(sequences), generator=generator).tolist()
-    window = batch_size * SORT_WINDOW_BATCHES
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda index: len(sequences[index]))  # stable
-        batches += [chunk[offset:offset + batch_size] for offset in range(0, len(chunk), batch_size)]
-    return [batches[index] for index in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-def _pad(sequences: list[tuple[list[int], list[int]]], pad_id: int, max_seq_length: int):
-    """input_ids, attention_mask and token_type_ids, int64 (batch, width), width = longest rounded up to
-    a multiple of 8."""
-    import torch
-
-    longest = max(len(ids) for ids, _ in sequences)
-    width = min(max_seq_length, -(-longest // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    token_type_ids = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (ids, type_ids) in enumerate(sequences):
-        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, :len(ids)] = 1
-        token_type_ids[row, :len(ids)] = torch.tensor(type_ids, dtype=torch.long)
-    return input_ids, attention_mask, token_type_ids
-
-
-def _dev_measure(model, sequences, labels: list, pad_id: int, options: FinetuneOptions) -> float:
-    """The task's dev measure (DEV_MEASURES): accuracy, micro-F1 at the default threshold, or Pearson
-    (a constant prediction correlates with nothing: -1, the worst)."""
-    import numpy as np
-    import torch
-
-    model.eval()
-    order = sorted(range(len(sequences)), key=lambda index: len(sequences[index][0]))  # little padding
-    logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(order), DEV_BATCH_SIZE):
-            batch = order[start:start + DEV_BATCH_SIZE]
-            input_ids, attention_mask, token_type_ids = _pad([sequences[index] for index in batch], pad_id,
-                                                             options.max_seq_length)
-            logits[batch] = model(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).logits.float().numpy()
-    model.train()
-    if options.task == MULTI_LABEL:
-        gold = _label_tensor(labels, MULTI_LABEL, logits.shape[1]).numpy() > 0.5
-        predicted = 1 / (1 + np.exp(-logits)) >= DEFAULT_THRESHOLD
-        return multilabel_metrics(gold, predicted, [str(index) for index in range(logits.shape[1])])["micro_f1"]
-    if options.task == REGRESSION:
-        pearson = regression_metrics(labels, logits[:, 0])["pearson"]
-        return pearson if pearson is not None else -1.0
-    return float((logits.argmax(axis=1) == np.asarray(labels)).mean())
 
 
 def _save(model, tokenizer, staging: Path, source: dict, train: Dataset, dev: Dataset,
