@@ -94,14 +94,15 @@ class OutputLockedError(OutputExistsError):
 
 # What each exit code of the command line means; README's "Exit codes" table mirrors it (a test checks).
 EXIT_CODES = {
-    0: "success",
+    0: "success; `serve` and `deploy` (while serving) after SIGTERM or Ctrl-C once drained (within `--drain-timeout`)",
     1: "any other library error",
     2: "bad flags or input: a usage error, a malformed data file, a precision or shape this engine does not run, "
        "an output that already exists or overlaps an input",
     3: "a checkpoint, export or bundle that cannot be loaded: missing, corrupt or from a newer schema",
     4: "a numerical check failed: outputs drifted past their precision's tolerance",
-    130: "interrupted (Ctrl-C); workers stopped, no partial output left",
-    143: "terminated (SIGTERM); workers stopped, no partial output left",
+    130: "interrupted (Ctrl-C) before serving began, or any other command; workers stopped, no partial output left "
+         "(a deploy folder keeps the steps it finished)",
+    143: "terminated (SIGTERM), as for 130",
 }
 
 

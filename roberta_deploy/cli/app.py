@@ -5,6 +5,7 @@ how help reads: our text is never parsed as markup, flags without a value show n
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Annotated
 
@@ -59,7 +60,9 @@ def _global_flag_params() -> list[click.Parameter]:
 
 
 def apply_global_flags(ctx: click.Context) -> None:
-    """-q and -v, wherever they were given; both at once is a one-line usage error."""
+    """-q and -v, wherever they were given; both at once is a one-line usage error. The logging set up for -v
+    is undone when the command returns (`_restore_logging`), so a command run in-process (tests, a notebook)
+    leaves no handler writing to a stream that is closed afterwards."""
     quiet, verbose = ctx.meta.get("quiet", False), ctx.meta.get("verbose", 0)
     if verbose and quiet:
         error_console.print(Text.assemble(("error:", "red"), " -v and -q contradict each other (fix: pass one)"))
@@ -87,6 +90,18 @@ def _plain_help(command: click.Command) -> None:
             param.metavar = ""
             if getattr(param, "secondary_opts", None) or param.count:
                 param.show_default = False  # --bucketing/--no-bucketing says it; "[default: 0]" says nothing
+
+
+def _restore_logging(handlers: list[logging.Handler], level: int) -> None:
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 class Command(typer.core.TyperCommand):
@@ -117,8 +132,13 @@ class Command(typer.core.TyperCommand):
         return pieces
 
     def invoke(self, ctx: click.Context):
-        apply_global_flags(ctx)
-        return super().invoke(ctx)
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        try:
+            apply_global_flags(ctx)
+            return super().invoke(ctx)
+        finally:
+            _restore_logging(handlers, level)
 
 
 class Group(typer.core.TyperGroup):
@@ -139,7 +159,8 @@ app = typer.Typer(cls=Group, no_args_is_help=True, pretty_exceptions_enable=Fals
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Export, build, evaluate, benchmark and run BERT-family text classifiers on "
                        "OpenVINO, ONNX Runtime and PyTorch.",
-                  epilog="Exit codes: " + "; ".join(f"{code} {meaning.split(':')[0]}" for code, meaning in EXIT_CODES.items())
+                  epilog="Exit codes: " + "; ".join(f"{code} {re.split('[:;(]', meaning)[0].strip()}"
+                                                    for code, meaning in EXIT_CODES.items())
                   + ".")
 
 

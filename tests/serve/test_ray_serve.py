@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 from serve_client import Background, call, metric, post_json, wait_until
-from test_serve import (AUTH, KEY, ServerProcess, dev_texts, reference, scores_by_label,  # noqa: F401 (fixtures)
-                        serve_bundle,
+from test_serve import (AUTH, KEY, ServerProcess, dev_texts, held_reference, held_texts,  # noqa: F401 (fixtures)
+                        reference, scores_by_label, serve_bundle,
                         test_huggingface_inference_client_gets_every_label_with_the_engines_scores,
                         test_raw_http_predict_equals_engine_predict,
                         test_tritonclient_http_reads_logits_probabilities_and_labels)
@@ -272,8 +272,9 @@ def test_a_replica_killed_under_load_loses_no_request_silently_and_comes_back(se
     assert any(folder.name != ".lock" for folder in bundle_cache.iterdir())  # unpacked again from the store
 
 
-def test_sigterm_drains_every_accepted_request_then_exits_0(server, ray_cluster, serve_bundle, dev_texts,
-                                                            reference):  # noqa: F811
+def test_sigterm_drains_every_accepted_request_then_exits_0(server, ray_cluster, serve_bundle, held_texts,
+                                                            held_reference):  # noqa: F811
+    reference = held_reference
     # The module's deployment goes first: Serve's proxy keeps the port it was started with, and one application
     # holds its routes.
     assert server.stop(timeout=120) == 0
@@ -283,7 +284,7 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(server, ray_cluster,
                         "--max-wait-ms", "10000", address=ray_cluster.address)
     try:
         in_flight = [Background(post_json, process.port, "/predict", {"inputs": text}, AUTH)
-                     for text in dev_texts[:4]]
+                     for text in held_texts]
         wait_until(lambda: metric(process.port, "roberta_deploy_requests_in_flight", AUTH) == 4,
                    "four requests are in flight")
         process.process.send_signal(signal.SIGTERM)

@@ -95,6 +95,19 @@ def reference(serve_bundle, dev_texts):
 
 
 @pytest.fixture(scope="module")
+def held_texts(dev_texts) -> list[str]:
+    """Four texts of about one length: the online batcher cuts a batch at once when the waiting rows differ so
+    much in length that one batch would compute padding (runtime/online.py), so only texts of one length
+    class wait together for --max-wait-ms and stay in flight long enough to act on."""
+    return [text[:24] for text in dev_texts[:4]]
+
+
+@pytest.fixture(scope="module")
+def held_reference(serve_bundle, held_texts):
+    return Engine.load(serve_bundle).predict(held_texts)
+
+
+@pytest.fixture(scope="module")
 def server(serve_bundle):
     """An API key from the environment, and small limits so each can be crossed cheaply."""
     process = ServerProcess("--bundle", f"tiny={serve_bundle}", "--max-client-batch-size", "8",
@@ -226,9 +239,9 @@ def test_concurrent_requests_are_merged_into_batches(slow_batches, dev_texts):
     assert metric(port, "roberta_deploy_batch_size_sum", model="tiny") >= 3
 
 
-def test_overload_is_answered_429_with_retry_after(slow_batches, dev_texts):
+def test_overload_is_answered_429_with_retry_after(slow_batches, dev_texts, held_texts):
     port = slow_batches.port
-    held = [Background(post_json, port, "/predict", {"inputs": text}) for text in dev_texts[:3]]
+    held = [Background(post_json, port, "/predict", {"inputs": text}) for text in held_texts[:3]]
     wait_until(lambda: metric(port, "roberta_deploy_requests_in_flight") == 3, "three requests are in flight")
     status, headers, body = post_json(port, "/predict", {"inputs": dev_texts[3]})
     assert status == 429 and headers["retry-after"] == "1" and "--max-concurrent-requests" in body["error"]
@@ -247,11 +260,12 @@ def test_a_disconnected_client_is_counted_as_dropped(slow_batches, dev_texts):
                "the batcher dropped it before compute")
 
 
-def test_sigterm_answers_every_request_in_flight_then_exits_0(serve_bundle, dev_texts, reference):
+def test_sigterm_answers_every_request_in_flight_then_exits_0(serve_bundle, held_texts, held_reference):
+    reference = held_reference
     process = ServerProcess("--bundle", str(serve_bundle), "--max-wait-ms", "4000")
     try:
         process.wait_ready()
-        in_flight = [Background(post_json, process.port, "/predict", {"inputs": text}) for text in dev_texts[:4]]
+        in_flight = [Background(post_json, process.port, "/predict", {"inputs": text}) for text in held_texts]
         wait_until(lambda: metric(process.port, "roberta_deploy_requests_in_flight") == 4, "four requests in flight")
         process.process.send_signal(signal.SIGTERM)
         answers = [request.result() for request in in_flight]
