@@ -275,7 +275,7 @@ def measure_latency(bundle: Path, seconds: float) -> dict:
     log(f"batch-1 latency at {MAX_SEQ_LENGTH} tokens")
     report = run_benchmark(PerfOptions(bundle=bundle, batch_size=1, seq_len=MAX_SEQ_LENGTH, duration=seconds,
                                        warmup=min(1.0, seconds)))
-    return {"p50_ms": report["latency_ms"]["median"], "p99_ms": report["latency_ms"]["p99"], "calls": report["calls"]}
+    return {"p50_ms": report.latency_ms["median"], "p99_ms": report.latency_ms["p99"], "calls": report.calls}
 
 
 def measure_agreement(workdir: Path, data: Path, limit: int | None, device: str, offered: tuple[str, ...]) -> dict:

@@ -337,14 +337,17 @@ def test_eval_tabulates_and_charts_the_tasks_measures(task_exports, tmp_path):
     report = evaluate(EvalOptions(model="unused", data=data, output=tmp_path / "eval", backend="onnxruntime",
                                   precisions=("fp32", "int8"), batch_sizes=(1, 8),
                                   export_dir=task_exports[("cross-encoder", "bert")].folder))
-    assert report["task"] == REGRESSION and report["text_pairs"]
-    assert [(row["precision"], row["batch_size"]) for row in report["rows"]] == [
+    assert report.task == REGRESSION and report.text_pairs
+    assert [(row.precision, row.batch_size) for row in report.rows] == [
         ("fp32", 1), ("fp32", 8), ("int8", 1), ("int8", 8)]
-    for row in report["rows"]:
-        assert set(row["measures"]) == {"pearson", "spearman", "mse"} and row["agreement_with_fp32"] >= 0.9
+    for row in report.rows:
+        assert set(row.measures) == {"pearson", "spearman", "mse"} and row.agreement_with_fp32 >= 0.9
+    written = json.loads((tmp_path / "eval" / "accuracy.json").read_text(encoding="utf-8"))
+    assert written == json.loads(json.dumps(report.to_json()))
+    assert written["rows"][0]["pearson"] == report.rows[0].details["pearson"] and "details" not in written["rows"][0]
     markdown = (tmp_path / "eval" / "accuracy.md").read_text(encoding="utf-8")
     assert "| pearson | spearman | mse |" in markdown and (tmp_path / "eval" / "report.html").is_file()
-    scatter = report["predicted_vs_gold"]
+    scatter = report.predicted_vs_gold
     assert scatter["batch_size"] == 8 and scatter["gold"] == [float(index % 2) for index in range(len(PAIRS))]
     assert set(scatter["predicted"]) == {"fp32", "int8"} and all(len(points) == len(PAIRS)
                                                                  for points in scatter["predicted"].values())
@@ -358,8 +361,8 @@ def test_eval_tabulates_and_charts_the_tasks_measures(task_exports, tmp_path):
     report = evaluate(EvalOptions(model="unused", data=data, output=tmp_path / "eval-m", backend="onnxruntime",
                                   precisions=("fp32",), batch_sizes=(4,),
                                   export_dir=task_exports[("multilabel", "bert")].folder))
-    assert report["task"] == MULTI_LABEL and "predicted_vs_gold" not in report
-    assert set(report["rows"][0]["measures"]) == {"micro-F1", "macro-F1", "exact match"}
+    assert report.task == MULTI_LABEL and "predicted_vs_gold" not in report.to_json()
+    assert set(report.rows[0].measures) == {"micro-F1", "macro-F1", "exact match"}
     page = (tmp_path / "eval-m" / "report.html").read_text(encoding="utf-8")
     for chart in ("chart-measures", "chart-per-label-f1", "chart-throughput-batch"):
         assert f'<figure id="{chart}"' in page

@@ -78,26 +78,26 @@ def evaluate_command(
         calibration_data=calibration_data, bucketing=bucketing, overwrite=overwrite,
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         threshold=threshold), on_step=step_printer())
-    if report["task"] != "single_label_classification":
+    if report.task != "single_label_classification":
         console.print(task_eval_table(report, data, backend))
         console.print(f"wrote {output / ACCURACY_MARKDOWN} and {output / REPORT_HTML}")
         return
-    table = Table(title=f"accuracy on {data} ({report['rows'][0]['examples']} texts, {backend} on {report['device']})")
+    table = Table(title=f"accuracy on {data} ({report.rows[0].examples} texts, {backend} on {report.device})")
     for column in ("precision", "batch", "accuracy (95% interval)", "macro-F1", "correct", "agreement w/ fp32",
                    "disagree / McNemar p", "max |diff| vs fp32", "truncated"):
         table.add_column(column, justify="right")
-    for row in report["rows"]:
-        paired = row.get("paired_vs_fp32")
-        table.add_row(row["precision"], str(row["batch_size"]), interval_text(row.get("accuracy_interval"), "{:.4f}")
-                      or f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}",
-                      f"{row['correct']}/{row['examples']}", f"{row['agreement_with_fp32']:.4f}",
+    for row in report.rows:
+        paired, details = row.paired_vs_fp32, row.details
+        table.add_row(row.precision, str(row.batch_size), interval_text(row.accuracy_interval, "{:.4f}")
+                      or f"{details['accuracy']:.4f}", f"{details['macro_f1']:.4f}",
+                      f"{details['correct']}/{row.examples}", f"{row.agreement_with_fp32:.4f}",
                       f"{paired['disagreements']} / {paired['mcnemar_exact_p']:.3f}" if paired else "",
-                      f"{row['max_abs_logit_diff_vs_fp32']:.3g}", str(row["truncated"]))
+                      f"{row.max_abs_logit_diff_vs_fp32:.3g}", str(row.truncated))
     console.print(table)
-    largest_batch = max(row["batch_size"] for row in report["rows"])
-    for row in report["rows"]:
-        if row["batch_size"] == largest_batch:
-            console.print(per_class_table(row, title=f"{row['precision']} per class (batch {largest_batch})"))
+    largest_batch = max(row.batch_size for row in report.rows)
+    for row in report.rows:
+        if row.batch_size == largest_batch:
+            console.print(per_class_table(row.details, title=f"{row.precision} per class (batch {largest_batch})"))
     console.print(f"wrote {output / ACCURACY_MARKDOWN} and {output / REPORT_HTML}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -69,7 +70,7 @@ def perf(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..atomic import check_output_file
-    from ..jobs.perf import PerfOptions, compare_bundles, parse_percentiles, run_benchmark
+    from ..jobs.perf import PerfComparison, PerfOptions, compare_bundles, parse_percentiles, run_benchmark
 
     chosen = ([bundle] if bundle else []) + list(bundles or [])
     if not chosen:
@@ -103,15 +104,18 @@ def perf(
             report = compare_bundles(chosen, options, on_progress, on_bundle)
         else:
             report = run_benchmark(options, on_progress)
-    for run in report["runs"] if report.get("mode") == "compare" else [report]:
-        print_warnings(run["warnings"])
-    table = compare_table(report, options) if report.get("mode") == "compare" else perf_table(report, options)
-    runs = report["runs"] if report.get("mode") == "compare" else [report]
+    compared = isinstance(report, PerfComparison)
+    runs = list(report.runs) if compared else [report]
+    for run in runs:
+        print_warnings(run.warnings)
+    table = compare_table(report, options) if compared else perf_table(report, options)
     # Files before the table: a write that fails (/dev/full) is then the only line printed.
     if export_times:
-        times = [{"bundle": run["bundle"], "times": run.pop("times")} for run in runs]
+        times = [{"bundle": run.bundle, "times": run.times} for run in runs]
         write_json_output(export_times, times if len(times) > 1 else times[0], "--export-times")
+        runs = [replace(run, times=None) for run in runs]  # --json leaves them to --export-times
+        report = replace(report, runs=tuple(runs)) if compared else runs[0]
     if json_path:
-        write_json_output(json_path, report, "--json")
+        write_json_output(json_path, report.to_json(), "--json")
     table_console.print(table)
 

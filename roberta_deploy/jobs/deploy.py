@@ -16,8 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import (MARKER_FILE, OutputFolder, atomic_write_json, atomic_write_text, holds_our_marker,
-                      remove_abandoned_staging)
+from ..atomic import MARKER_FILE, OutputFolder, atomic_write_json, atomic_write_text, remove_abandoned_staging
 from ..backends import get_backend, offered_precisions
 from ..build.bundle import BuildOptions, build_engine, held_out_of_calibration
 from ..build.candidates import Candidate, CandidateSpec, Choice, Measurement, build_candidates, choose, measure_candidates
@@ -27,23 +26,22 @@ from ..data import Dataset, read_dataset
 from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH, DEMO_SAMPLES_PATH
 from ..errors import (BundleError, NumericalCheckError, OutputExistsError, RobertaDeployError, UnsupportedPrecisionError,
                       UsageError)
-from ..manifest import KIND_BUNDLE, MANIFEST_FILE, file_sha256, read_manifest
+from ..manifest import MANIFEST_FILE, file_sha256
 from ..machine import this_cpu
 from ..measurement import AccuracyGate, TimingPlan, machine_load, texts_to_resolve
 from ..precision import AUTO, canonical_precision
 from .deploy_report import deployment_markdown
+from .deployment_record import (DEPLOYMENT_JSON, KIND, SCHEMA_VERSION, bundle_changed, previous_deployment,
+                                why_not_reusable)
 from .perf import host_description
 from .report import REPORT_HTML, deployment_report_html
 from .students import DEFAULT_DISTILL_EPOCHS, STUDENTS_DIR, prepare_students
 from ..tasks import SINGLE_LABEL, Task
 
-DEPLOYMENT_JSON = "deployment.json"
 DEPLOYMENT_MARKDOWN = "deployment.md"
 EXPORT_DIR = "export"
 BUNDLES_DIR = "bundles"
 OWN_ENTRIES = (EXPORT_DIR, BUNDLES_DIR, STUDENTS_DIR, DEPLOYMENT_JSON, DEPLOYMENT_MARKDOWN, REPORT_HTML)
-KIND = "deployment"
-SCHEMA_VERSION = 2  # 2: interleaved rounds with intervals, the accuracy gate; version 1's timings are not reused
 VERIFICATION_SAMPLES = BuildOptions.verification_samples
 
 
@@ -115,7 +113,7 @@ def plan_deployment(options: DeployOptions) -> Plan:
         dataset, scoring = None, replace(read_dataset(DEMO_SAMPLES_PATH), labels=None)
     output = OutputFolder(options.output, overwrite=True, inputs=(options.model, checkpoint, options.data))
     model_sha256 = checkpoint_hash(checkpoint)
-    previous, stale_record = _previous_deployment(Path(options.output))
+    previous, stale_record = previous_deployment(Path(options.output))
     if previous is not None and previous.get("model_sha256") != model_sha256 and not options.overwrite:
         raise OutputExistsError(f"{options.output} holds the deployment of another model ({previous.get('model')}, "
                                 f"sha256 {str(previous.get('model_sha256'))[:12]}), not of {options.model} "
@@ -194,53 +192,6 @@ def _task_of(checkpoint: Path) -> Task | None:
         return Task.from_config(config.get("problem_type"), num_labels)
     except (OSError, ValueError, TypeError, AttributeError, RobertaDeployError):
         return None
-
-
-def _previous_deployment(folder: Path) -> tuple[dict | None, str | None]:
-    """(deployment.json of an earlier deploy into `folder`, None); (None, None) for a missing or empty folder.
-    A record that cannot be read or has the wrong shape, in a folder holding this tool's marker, is stale:
-    (None, why), and every candidate is built and measured again. Any other folder is refused: deploy updates
-    its folder in place and must not mix into another's."""
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return None, None
-    try:
-        record = json.loads((folder / DEPLOYMENT_JSON).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problem = "is missing"
-    except (OSError, ValueError) as error:
-        problem = f"cannot be read ({type(error).__name__})"
-    else:
-        problem = _record_problem(record)
-    if problem is None:
-        return record, None
-    if holds_our_marker(folder):
-        return None, f"{DEPLOYMENT_JSON} {problem}"
-    raise OutputExistsError(f"output folder {folder} is not a deployment (its {DEPLOYMENT_JSON} {problem})",
-                            "choose another --output folder for deploy")
-
-
-def _record_problem(record) -> str | None:
-    """What makes a deployment.json unusable as a record (wrong kind, schema or field types), or None. Only the
-    fields a later deploy reads are checked; a wrong one anywhere means the record cannot be trusted."""
-    if not isinstance(record, dict) or record.get("kind") != KIND:
-        return "is not a deployment record"
-    version = record.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
-        return f"has schema_version {version!r}, not one this roberta-deploy reads (up to {SCHEMA_VERSION})"
-    if not isinstance(record.get("model_sha256"), str):
-        return "has no model_sha256"
-    for key in ("candidates", "other_candidates"):
-        rows = record.get(key, [])
-        if not isinstance(rows, list):
-            return f"has {key} that is not a list"
-        for row in rows:
-            if not isinstance(row, dict) or not all(isinstance(row.get(name), str) for name in ("backend", "precision")):
-                return f"has a {key} entry that is not a record of a backend and precision"
-            for name, expected in (("build_settings", dict), ("measurement_settings", dict), ("measured", dict),
-                                   ("rejected", str), ("bundle_manifest_sha256", str)):
-                if name in row and not isinstance(row[name], expected):
-                    return f"has a {key} entry whose {name} is {type(row[name]).__name__}"
-    return None
 
 
 def _clean_up_after_killed_runs(folder: Path, step) -> None:
@@ -386,13 +337,13 @@ def _build_one(plan: Plan, export: ExportArtifact, spec: CandidateSpec, earlier:
                               "build_settings": build_settings}
     if spec.label:
         record["label"] = spec.label
-    why = _why_not_reusable(earlier, "build_settings", build_settings)
+    why = why_not_reusable(earlier, "build_settings", build_settings)
     if why is None and earlier.get("rejected"):
         step(f"{name}: rejected before with the same settings ({earlier['rejected']})")
         record.update(build="reused", status="reused (rejected)", rejected=earlier["rejected"])
         raise NumericalCheckError(earlier["rejected"], "")
     if why is None:
-        why = _bundle_changed(bundle, earlier)
+        why = bundle_changed(bundle, earlier)
     if why is None:
         step(f"{name}: reusing {bundle} (same export, settings and files)")
         record["build"] = "reused"
@@ -425,7 +376,7 @@ def _measure(plan: Plan, candidates: list[Candidate], earlier: dict[str, dict], 
             "scored_texts": len(plan.scoring), "scored_data_sha256": plan.data_sha256,
             "timed_with": sorted(c.spec.folder_name for c in built), "timing_rounds": options.timing_rounds,
             "perf_seconds": options.perf_seconds, "timing_cap": options.timing_cap, "cpu": this_cpu()}
-    reusable = all(_why_not_reusable(earlier.get(c.spec.folder_name), "measurement_settings",
+    reusable = all(why_not_reusable(earlier.get(c.spec.folder_name), "measurement_settings",
                                      records[c.spec.folder_name]["measurement_settings"]) is None
                    and "measured" in earlier[c.spec.folder_name] for c in built)
     if reusable:
@@ -444,25 +395,6 @@ def _measure(plan: Plan, candidates: list[Candidate], earlier: dict[str, dict], 
         record["status"] = {("reused", True): "reused", ("built", True): "built, measurements reused",
                             ("reused", False): "reused, measured again",
                             ("built", False): "built, measured"}[record["build"], reusable]
-
-
-def _why_not_reusable(earlier: dict | None, key: str, settings: dict) -> str | None:
-    if earlier is None:
-        return f"{DEPLOYMENT_JSON} has no record of it yet"
-    if earlier.get(key) != settings:
-        changed = sorted(name for name in settings if (earlier.get(key) or {}).get(name) != settings[name])
-        return f"made with other settings: {', '.join(changed)}"
-    return None
-
-
-def _bundle_changed(bundle: Path, earlier: dict) -> str | None:
-    try:
-        read_manifest(bundle, KIND_BUNDLE)  # every file against its hash
-    except BundleError as error:
-        return error.problem
-    if file_sha256(bundle / MANIFEST_FILE) != earlier.get("bundle_manifest_sha256"):
-        return "its manifest is not the one this deployment recorded"
-    return None
 
 
 def _choose(plan: Plan, candidates: list[Candidate]) -> Choice:

@@ -60,6 +60,62 @@ class EvalOptions:
     threshold: float = DEFAULT_THRESHOLD  # multi-label decisions
 
 
+@dataclass(frozen=True)
+class EvalRow:
+    """One precision at one batch size: the task's measures against gold, and how far it is from fp32."""
+
+    precision: str
+    batch_size: int
+    examples: int
+    measures: dict  # the task's table columns: name -> value (None where undefined)
+    details: dict  # TASK_DETAILS of the task: accuracy, correct, per_class, confusion_matrix, ... (metrics.py)
+    agreement_with_fp32: float  # labels equal to fp32's (regression: scores within tolerance)
+    max_abs_logit_diff_vs_fp32: float
+    truncated: int
+    texts_per_second: float
+    build_check: dict  # the bundle's own check against the fp32 reference at build time
+    accuracy_interval: dict | None = None  # single-label: Wilson 95% interval of the accuracy
+    paired_vs_fp32: dict | None = None  # single-label: disagreements with fp32 and McNemar's exact p
+
+    def to_json(self) -> dict:
+        """accuracy.json's row: the details inline, the intervals only where measured."""
+        row = {"precision": self.precision, "batch_size": self.batch_size, "examples": self.examples,
+               "measures": self.measures, **self.details, "agreement_with_fp32": self.agreement_with_fp32,
+               "max_abs_logit_diff_vs_fp32": self.max_abs_logit_diff_vs_fp32, "truncated": self.truncated,
+               "texts_per_second": self.texts_per_second, "build_check": self.build_check}
+        if self.accuracy_interval is not None:
+            row.update(accuracy_interval=self.accuracy_interval, paired_vs_fp32=self.paired_vs_fp32)
+        return row
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """What eval measured, as the CLI renders it; `to_json` is accuracy.json."""
+
+    model: str
+    data: str
+    backend: str
+    task: str
+    text_pairs: bool
+    device: str
+    max_seq_length: int
+    bucketing: bool
+    export: str  # relative to the output folder when eval exported it
+    bundles: dict  # precision -> bundle folder, relative to the output folder
+    rows: tuple[EvalRow, ...]
+    machine: dict
+    predicted_vs_gold: dict | None = None  # regression: a sample of predicted vs gold for report.html
+
+    def to_json(self) -> dict:
+        report = {"model": self.model, "data": self.data, "backend": self.backend, "task": self.task,
+                  "text_pairs": self.text_pairs, "device": self.device, "max_seq_length": self.max_seq_length,
+                  "bucketing": self.bucketing, "export": self.export, "bundles": self.bundles,
+                  "rows": [row.to_json() for row in self.rows], "machine": self.machine}
+        if self.predicted_vs_gold is not None:
+            report["predicted_vs_gold"] = self.predicted_vs_gold
+        return report
+
+
 def check_precisions(backend_name: str, precisions, device: str = "cpu") -> list[str]:
     """fp32 first (the reference), then the rest; reject what the backend cannot run before any work."""
     device = canonical_device(device)
@@ -69,15 +125,15 @@ def check_precisions(backend_name: str, precisions, device: str = "cpu") -> list
     return ordered
 
 
-def evaluate(options: EvalOptions, on_step: Callable[[str], None] | None = None) -> dict:
+def evaluate(options: EvalOptions, on_step: Callable[[str], None] | None = None) -> EvalReport:
     inputs = (options.model, options.data, options.calibration_data, options.export_dir)
     with atomic_directory(options.output, overwrite=options.overwrite, inputs=inputs) as work:
         report = evaluate_into(work, options, on_step)
-        (work / REPORT_HTML).write_text(eval_report_html(report), encoding="utf-8")
+        (work / REPORT_HTML).write_text(eval_report_html(report.to_json()), encoding="utf-8")
         return report
 
 
-def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], None] | None = None) -> dict:
+def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], None] | None = None) -> EvalReport:
     """Export and build under `work`, score every row, write accuracy.md/json; return the report."""
     step = on_step or (lambda message: None)
     precisions = check_precisions(options.backend,
@@ -151,25 +207,24 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
             if task.kind == REGRESSION and batch_size == max(options.batch_sizes):
                 scatter["predicted"][precision] = [round(float(value), 6)
                                                    for value in report.predictions.values[sample]]
-            rows.append({
-                "precision": precision, "batch_size": batch_size, "examples": metrics["examples"],
-                "measures": {name: metrics[key] for name, key in MEASURES[task.kind]},
-                **{key: metrics[key] for key in TASK_DETAILS[task.kind]},
-                "agreement_with_fp32": against.get("label_agreement", against.get("scores_within_tolerance")),
-                "max_abs_logit_diff_vs_fp32": against["max_abs_logit_diff"],
-                "truncated": metrics["truncated"], "texts_per_second": metrics["texts_per_second"],
-                "build_check": checks[precision], **statistics,
-            })
-    report = {"model": export.manifest["source_model"], "data": str(options.data), "backend": options.backend,
-              "task": task.kind, "text_pairs": dataset.text_pairs is not None,
-              "device": canonical_device(options.device),
-              "max_seq_length": export.manifest["max_seq_length"], "bucketing": options.bucketing,
-              "export": str(export.folder.relative_to(work)) if export.folder.is_relative_to(work) else str(export.folder),
-              "bundles": bundles, "rows": rows, "machine": {**host_description(), **machine_load()}}
-    if task.kind == REGRESSION:
-        report["predicted_vs_gold"] = {"batch_size": max(options.batch_sizes), **scatter}
-    (work / ACCURACY_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (work / ACCURACY_MARKDOWN).write_text(accuracy_markdown(report), encoding="utf-8")
+            rows.append(EvalRow(
+                precision=precision, batch_size=batch_size, examples=metrics["examples"],
+                measures={name: metrics[key] for name, key in MEASURES[task.kind]},
+                details={key: metrics[key] for key in TASK_DETAILS[task.kind]},
+                agreement_with_fp32=against.get("label_agreement", against.get("scores_within_tolerance")),
+                max_abs_logit_diff_vs_fp32=against["max_abs_logit_diff"],
+                truncated=metrics["truncated"], texts_per_second=metrics["texts_per_second"],
+                build_check=checks[precision], **statistics))
+    report = EvalReport(
+        model=export.manifest["source_model"], data=str(options.data), backend=options.backend, task=task.kind,
+        text_pairs=dataset.text_pairs is not None, device=canonical_device(options.device),
+        max_seq_length=export.manifest["max_seq_length"], bucketing=options.bucketing,
+        export=str(export.folder.relative_to(work)) if export.folder.is_relative_to(work) else str(export.folder),
+        bundles=bundles, rows=tuple(rows), machine={**host_description(), **machine_load()},
+        predicted_vs_gold={"batch_size": max(options.batch_sizes), **scatter} if task.kind == REGRESSION else None)
+    written = report.to_json()
+    (work / ACCURACY_JSON).write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (work / ACCURACY_MARKDOWN).write_text(accuracy_markdown(written), encoding="utf-8")
     return report
 
 

@@ -45,6 +45,62 @@ class PerfOptions:
     record_times: bool = False  # keep every timed call (trtexec --exportTimes) under report["times"]
 
 
+@dataclass(frozen=True)
+class PerfRun:
+    """One bundle's measurement, as `perf` prints it and --json writes it (`to_json`)."""
+
+    bundle: str
+    backend: str
+    precision: str
+    device: dict  # Engine.device_info(): device, and name / capability on a GPU
+    shape_profile: str
+    hint: str
+    threads: int  # contexts timed concurrently
+    cpu_threads: int | None
+    batch_size: int
+    input: str  # "data" (real texts) or "random"
+    data: str | None
+    seq_len: int | None  # padded length of random inputs; None with real texts
+    distinct_shapes: int
+    mean_padded_length: float
+    load_seconds: float
+    first_inference_ms: float
+    warmup_seconds: float
+    wall_seconds: float
+    calls: int
+    sequences: int
+    useful_tokens: int
+    throughput_sequences_per_second: float | None
+    throughput_tokens_per_second: float | None
+    latency_ms: dict  # min, mean, median, max and the asked percentiles (p50, p99, ...) of every timed call
+    percentiles: list
+    host: dict  # host_description(), plus machine_load() for interleaved runs
+    warnings: list
+    throughput_interval: dict | None = None  # interleaved runs: the median round with its interval
+    rounds: dict | None = None  # interleaved runs: Timing.to_dict(), others' CPU share per round
+    throughput_vs_first: float | None = None  # --compare: throughput over the first bundle's
+    times: list | None = None  # --export-times: one entry per timed call
+
+    def to_json(self) -> dict:
+        """The --json shape: every field, the optional ones only when measured."""
+        optional = ("throughput_interval", "rounds", "throughput_vs_first", "times")
+        return {name: value for name, value in self.__dict__.items()
+                if name not in optional or value is not None}
+
+
+@dataclass(frozen=True)
+class PerfComparison:
+    """perf --compare: the bundles timed together in interleaved rounds."""
+
+    host: dict
+    timing: str
+    runs: tuple[PerfRun, ...]
+
+    def to_json(self) -> dict:
+        return {"mode": "compare", "host": self.host, "timing": self.timing,
+                "runs": [run.to_json() for run in self.runs]}
+
+
 def percentile_name(value: float) -> str:
     return f"p{value:g}"
 
@@ -121,7 +177,7 @@ def _join_despite_signals(threads: list[threading.Thread]) -> None:
                 continue
 
 
-def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float], None] | None = None) -> dict:
+def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float], None] | None = None) -> PerfRun:
     """Measure one bundle. on_progress(phase, elapsed seconds, planned seconds) is called from this
     thread about every 0.1 s during "warm-up" and "timing" (planned is 0 when only --iterations bound it)."""
     from ..runtime.engine import Engine
@@ -148,32 +204,30 @@ def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float
     sequences = sum(counter[0] for counter in counters)
     tokens = sum(counter[1] for counter in counters)
     shapes = [tuple(batch[0].shape) for batch in batches]
-    report = {
-        "bundle": str(options.bundle), "backend": engine.backend, "precision": engine.precision,
-        "device": engine.device_info(),
-        "shape_profile": engine.profile.describe(), "hint": options.hint, "threads": len(contexts),
-        "cpu_threads": engine.settings.cpu_threads, "batch_size": options.batch_size,
-        "input": "data" if options.data else "random", "data": str(options.data) if options.data else None,
-        "seq_len": None if options.data else batches[0][0].shape[1],
-        "distinct_shapes": len(set(shapes)), "mean_padded_length": float(np.mean([shape[1] for shape in shapes])),
-        "load_seconds": load_seconds, "first_inference_ms": first_inference_ms,
-        "warmup_seconds": options.warmup, "wall_seconds": wall, "calls": len(latencies),
-        "sequences": sequences, "useful_tokens": tokens,
-        "throughput_sequences_per_second": sequences / wall if wall > 0 else None,
-        "throughput_tokens_per_second": tokens / wall if wall > 0 else None,
-        "latency_ms": percentiles(latencies, options.percentiles),
-        "percentiles": list(options.percentiles),
-        "host": host_description(),
-        "warnings": list(engine.warnings),  # e.g. the bundle was verified on a CPU with flags this one lacks
-    }
+    times = None
     if options.record_times:
         # One entry per timed call, ordered by start: which context ran it, when it started (ms after
         # timing began), how long it took, and the batch shape it ran.
-        report["times"] = sorted(({"context": number, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4),
-                                   "batch": call[2], "seq_len": call[3]}
-                                  for number, thread_calls in enumerate(calls_per_thread) for call in thread_calls),
-                                 key=lambda entry: entry["start_ms"])
-    return report
+        times = sorted(({"context": number, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4),
+                         "batch": call[2], "seq_len": call[3]}
+                        for number, thread_calls in enumerate(calls_per_thread) for call in thread_calls),
+                       key=lambda entry: entry["start_ms"])
+    return PerfRun(
+        bundle=str(options.bundle), backend=engine.backend, precision=engine.precision, device=engine.device_info(),
+        shape_profile=engine.profile.describe(), hint=options.hint, threads=len(contexts),
+        cpu_threads=engine.settings.cpu_threads, batch_size=options.batch_size,
+        input="data" if options.data else "random", data=str(options.data) if options.data else None,
+        seq_len=None if options.data else batches[0][0].shape[1],
+        distinct_shapes=len(set(shapes)), mean_padded_length=float(np.mean([shape[1] for shape in shapes])),
+        load_seconds=load_seconds, first_inference_ms=first_inference_ms,
+        warmup_seconds=options.warmup, wall_seconds=wall, calls=len(latencies),
+        sequences=sequences, useful_tokens=tokens,
+        throughput_sequences_per_second=sequences / wall if wall > 0 else None,
+        throughput_tokens_per_second=tokens / wall if wall > 0 else None,
+        latency_ms=percentiles(latencies, options.percentiles), percentiles=list(options.percentiles),
+        host=host_description(),
+        warnings=list(engine.warnings),  # e.g. the bundle was verified on a CPU with flags this one lacks
+        times=times)
 
 
 COMPARE_ROUNDS = 5  # interleaved rounds of perf --compare and of run's measurements: the median round counts
@@ -195,7 +249,7 @@ class _Loaded:
 
 def compare_bundles(bundles: list[Path], options: PerfOptions,
                     on_progress: Callable[[str, float, float], None] | None = None,
-                    on_bundle: Callable[[int, Path], None] | None = None) -> dict:
+                    on_bundle: Callable[[int, Path], None] | None = None) -> PerfComparison:
     """The same measurement of each bundle (trtexec/benchmark_app runs side by side), timed in interleaved
     rounds (measurement.py: A B C, B C A, ...) so that a burst of load on the machine falls on every bundle
     alike: `options.duration` seconds per bundle split into COMPARE_ROUNDS rounds. Each run reports the
@@ -204,17 +258,16 @@ def compare_bundles(bundles: list[Path], options: PerfOptions,
     if len(bundles) < 2:
         raise UsageError("--compare needs two or more bundles", "pass them after --compare: --compare B1 B2 ...")
     runs = time_bundles(bundles, options, on_progress, on_bundle)
-    baseline = runs[0]["throughput_sequences_per_second"] or 0.0
-    for run in runs:
-        run["throughput_vs_first"] = (run["throughput_sequences_per_second"] / baseline) if baseline else None
-    return {"mode": "compare", "host": runs[0]["host"], "timing": f"{COMPARE_ROUNDS} interleaved rounds",
-            "runs": runs}
+    baseline = runs[0].throughput_sequences_per_second or 0.0
+    runs = [replace(run, throughput_vs_first=(run.throughput_sequences_per_second / baseline) if baseline else None)
+            for run in runs]
+    return PerfComparison(host=runs[0].host, timing=f"{COMPARE_ROUNDS} interleaved rounds", runs=tuple(runs))
 
 
 def time_bundles(bundles: list[Path], options: PerfOptions,
                  on_progress: Callable[[str, float, float], None] | None = None,
-                 on_bundle: Callable[[int, Path], None] | None = None) -> list[dict]:
-    """Load every bundle, then time them together in interleaved rounds; a run_benchmark-shaped report each."""
+                 on_bundle: Callable[[int, Path], None] | None = None) -> list[PerfRun]:
+    """Load every bundle, then time them together in interleaved rounds; a PerfRun each."""
     from ..runtime.engine import Engine
 
     check_options(options)
@@ -282,31 +335,31 @@ def _forget_warmup(loaded: list[_Loaded], timing_started: list[float]) -> None:
     timing_started[0] = time.perf_counter()
 
 
-def _run_report(item: _Loaded, timing: Timing, options: PerfOptions) -> dict:
+def _run_report(item: _Loaded, timing: Timing, options: PerfOptions) -> PerfRun:
     engine = item.engine
     rate = timing.rate
     latencies = [call[1] for call in item.calls]
     wall = sum(round_.seconds for round_ in timing.rounds)
     shapes = [tuple(batch[0].shape) for batch in item.batches]
-    report = {
-        "bundle": str(item.bundle), "backend": engine.backend, "precision": engine.precision,
-        "device": engine.device_info(), "shape_profile": engine.profile.describe(), "hint": options.hint,
-        "threads": len(item.contexts), "cpu_threads": engine.settings.cpu_threads, "batch_size": options.batch_size,
-        "input": "data" if options.data else "random", "data": str(options.data) if options.data else None,
-        "seq_len": None if options.data else item.batches[0][0].shape[1],
-        "distinct_shapes": len(set(shapes)), "mean_padded_length": float(np.mean([shape[1] for shape in shapes])),
-        "load_seconds": item.load_seconds, "first_inference_ms": item.first_inference_ms,
-        "warmup_seconds": options.warmup, "wall_seconds": wall, "calls": len(latencies),
-        "sequences": sum(round_.items for round_ in timing.rounds), "useful_tokens": item.tokens,
-        "throughput_sequences_per_second": rate.value, "throughput_interval": rate.to_dict(),
-        "throughput_tokens_per_second": item.tokens / wall if wall > 0 else None,
-        "rounds": timing.to_dict(), "latency_ms": percentiles(latencies, options.percentiles),
-        "percentiles": list(options.percentiles), "host": {**host_description(), **machine_load()},
-        "warnings": list(engine.warnings)}
+    times = None
     if options.record_times:
-        report["times"] = [{"context": 0, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4),
-                            "batch": call[2], "seq_len": call[3]} for call in sorted(item.calls)]
-    return report
+        times = [{"context": 0, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4),
+                  "batch": call[2], "seq_len": call[3]} for call in sorted(item.calls)]
+    return PerfRun(
+        bundle=str(item.bundle), backend=engine.backend, precision=engine.precision, device=engine.device_info(),
+        shape_profile=engine.profile.describe(), hint=options.hint, threads=len(item.contexts),
+        cpu_threads=engine.settings.cpu_threads, batch_size=options.batch_size,
+        input="data" if options.data else "random", data=str(options.data) if options.data else None,
+        seq_len=None if options.data else item.batches[0][0].shape[1],
+        distinct_shapes=len(set(shapes)), mean_padded_length=float(np.mean([shape[1] for shape in shapes])),
+        load_seconds=item.load_seconds, first_inference_ms=item.first_inference_ms,
+        warmup_seconds=options.warmup, wall_seconds=wall, calls=len(latencies),
+        sequences=sum(round_.items for round_ in timing.rounds), useful_tokens=item.tokens,
+        throughput_sequences_per_second=rate.value, throughput_interval=rate.to_dict(),
+        throughput_tokens_per_second=item.tokens / wall if wall > 0 else None,
+        rounds=timing.to_dict(), latency_ms=percentiles(latencies, options.percentiles),
+        percentiles=list(options.percentiles), host={**host_description(), **machine_load()},
+        warnings=list(engine.warnings), times=times)
 
 
 def measure_shapes(bundles: list[Path], shapes: list[tuple[int, int]], *, seconds: float, warmup: float,
@@ -322,11 +375,11 @@ def measure_shapes(bundles: list[Path], shapes: list[tuple[int, int]], *, second
         options = PerfOptions(bundle=bundles[0], hint=hint, batch_size=batch_size, seq_len=seq_len, duration=seconds,
                               warmup=warmup, percentiles=percentiles_wanted)
         for number, run in enumerate(time_bundles(bundles, options)):
-            results[number].append({"batch_size": batch_size, "seq_len": seq_len, "calls": run["calls"],
-                                    "throughput_sequences_per_second": run["throughput_sequences_per_second"],
-                                    "throughput_interval": run["throughput_interval"],
-                                    "others_cpu_share": run["rounds"]["others_cpu_share"],
-                                    "latency_ms": run["latency_ms"]})
+            results[number].append({"batch_size": batch_size, "seq_len": seq_len, "calls": run.calls,
+                                    "throughput_sequences_per_second": run.throughput_sequences_per_second,
+                                    "throughput_interval": run.throughput_interval,
+                                    "others_cpu_share": run.rounds["others_cpu_share"],
+                                    "latency_ms": run.latency_ms})
     return results
 
 

@@ -63,13 +63,13 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
             precisions=precisions,
             batch_sizes=options.batch_sizes, max_seq_length=options.max_seq_length,
             calibration_data=options.calibration_data), on_step)
-        if accuracy["task"] != SINGLE_LABEL:
-            raise UsageError(f"run summarizes accuracy per precision, which a {accuracy['task']} model does not have",
+        if accuracy.task != SINGLE_LABEL:
+            raise UsageError(f"run summarizes accuracy per precision, which a {accuracy.task} model does not have",
                              "use `roberta-deploy eval` (the task's own measures) and `perf` for this model")
         perf_dir = work / "perf"
         perf_dir.mkdir()
-        precisions_built = list(accuracy["bundles"])
-        paths = [work / accuracy["bundles"][precision] for precision in precisions_built]
+        precisions_built = list(accuracy.bundles)
+        paths = [work / accuracy.bundles[precision] for precision in precisions_built]
         base = PerfOptions(bundle=paths[0], duration=options.perf_seconds, warmup=1.0)
         # Every precision in the same interleaved rounds (measurement.py): a burst of load falls on all alike.
         step(f"perf {', '.join(precisions_built)}: batch 1, full length, interleaved rounds")
@@ -80,34 +80,35 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
         rows, perf_runs, sweeps = [], {}, {}
         if options.sweep:
             step(f"perf {', '.join(precisions_built)}: throughput per batch size and per sequence length")
-            shapes = sweep_shapes(min(bundle_max_batch(path) for path in paths), accuracy["max_seq_length"])
+            shapes = sweep_shapes(min(bundle_max_batch(path) for path in paths), accuracy.max_seq_length)
             points = measure_shapes(paths, [(batch, seq) for _, batch, seq in shapes],
                                     seconds=max(0.05, options.perf_seconds / 4), warmup=0.1)
             for precision, bundle_points in zip(precisions_built, points):
                 sweeps[precision] = [{**point, "sweep": axis} for (axis, _, _), point in zip(shapes, bundle_points)]
                 (perf_dir / f"{precision}-sweep.json").write_text(json.dumps(sweeps[precision], indent=2) + "\n")
         for precision, latency, throughput in zip(precisions_built, latencies, throughputs):
-            bundle = accuracy["bundles"][precision]
+            bundle = accuracy.bundles[precision]
+            written = {}
             for name, result in (("latency", latency), ("throughput", throughput)):
-                result["bundle"] = str(Path(options.output) / bundle)
-                (perf_dir / f"{precision}-{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-            perf_runs[precision] = {"latency": latency, "throughput": throughput}
-            accuracy_row = next(row for row in accuracy["rows"]
-                                if row["precision"] == precision and row["batch_size"] == max(options.batch_sizes))
-            rows.append({"precision": precision, "accuracy": accuracy_row["accuracy"],
-                         "agreement_with_fp32": accuracy_row["agreement_with_fp32"],
-                         "max_abs_logit_diff_vs_fp32": accuracy_row["max_abs_logit_diff_vs_fp32"],
-                         "latency_p50_ms_batch1": latency["latency_ms"]["median"],
-                         "latency_p99_ms_batch1": latency["latency_ms"]["p99"],
-                         "throughput_texts_per_second": throughput["throughput_sequences_per_second"],
-                         "throughput_interval": throughput["throughput_interval"]})
+                written[name] = replace(result, bundle=str(Path(options.output) / bundle)).to_json()
+                (perf_dir / f"{precision}-{name}.json").write_text(json.dumps(written[name], indent=2) + "\n")
+            perf_runs[precision] = written
+            accuracy_row = next(row for row in accuracy.rows
+                                if row.precision == precision and row.batch_size == max(options.batch_sizes))
+            rows.append({"precision": precision, "accuracy": accuracy_row.details["accuracy"],
+                         "agreement_with_fp32": accuracy_row.agreement_with_fp32,
+                         "max_abs_logit_diff_vs_fp32": accuracy_row.max_abs_logit_diff_vs_fp32,
+                         "latency_p50_ms_batch1": latency.latency_ms["median"],
+                         "latency_p99_ms_batch1": latency.latency_ms["p99"],
+                         "throughput_texts_per_second": throughput.throughput_sequences_per_second,
+                         "throughput_interval": throughput.throughput_interval})
         summary = {"model": options.model, "data": str(options.data), "backend": options.backend,
-                   "device": accuracy["device"],
-                   "examples": accuracy["rows"][0]["examples"], "max_seq_length": accuracy["max_seq_length"],
+                   "device": accuracy.device,
+                   "examples": accuracy.rows[0].examples, "max_seq_length": accuracy.max_seq_length,
                    "rows": rows}
         (work / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         (work / SUMMARY_MARKDOWN).write_text(summary_markdown(summary))
-        (work / REPORT_HTML).write_text(run_report_html(summary, accuracy, perf_runs, sweeps), encoding="utf-8")
+        (work / REPORT_HTML).write_text(run_report_html(summary, accuracy.to_json(), perf_runs, sweeps), encoding="utf-8")
     return summary
 
 

@@ -81,7 +81,7 @@ def check_texts(texts: list, limits: Limits, field: str) -> list:
             raise InputDataError(
                 f"`{field}` item {index} has {sum(len(part) for part in parts)} characters, past the limit of "
                 f"{limits.max_input_chars}",
-                f"send shorter texts, or start the server with a larger --max-input-chars")
+                "send shorter texts, or start the server with a larger --max-input-chars")
     return texts
 
 

@@ -26,10 +26,10 @@ from ..tasks import DEFAULT_THRESHOLD, MULTI_LABEL, REGRESSION, SINGLE_LABEL, Ta
 from .finetune import MANIFEST_NAME
 from .loop import (DEV_MEASURES, encode_rows, label_tensor, length_bucketed_batches, make_optimizer, model_inputs,
                    pad_batch, predict_logits, task_measure, training_torch_state)
+from .student_model import student_from_teacher
 
 MANIFEST_SCHEMA_VERSION = 1
 RESUME_FOLDER = ".distill-resume"  # inside --output: one state file per student while it trains
-LAYER_INDEX = re.compile(r"\.layer\.(\d+)\.")  # BERT/RoBERTa encoder.layer.N, DistilBERT transformer.layer.N
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,6 @@ class DistillResult:
     held_back_rows: int
     teacher_held_back: float  # the teacher's measure against gold on the held-back rows
     students: tuple[StudentResult, ...] = field(default_factory=tuple)
-
-
-def kept_layers(teacher_layers: int, student_layers: int) -> tuple[int, ...]:
-    """The teacher layers a student of `student_layers` starts from: the top one of each of as many
-    equal blocks, so the last layer (the one the classifier was trained on) is always kept."""
-    return tuple(round((index + 1) * teacher_layers / student_layers) - 1 for index in range(student_layers))
 
 
 def distill(options: DistillOptions, on_progress: Callable[[DistillProgress], None] | None = None) -> DistillResult:
@@ -270,29 +264,6 @@ def _as_labels(logits, task: str) -> list:
     if task == REGRESSION:
         return logits[:, 0].astype(float).tolist()
     return logits.argmax(axis=1).tolist()
-
-
-def student_from_teacher(teacher, layers: int):
-    """A copy of the teacher's architecture with `layers` layers, holding the teacher's embeddings, its
-    kept layers (kept_layers) and its classifier; returns (student, kept layers)."""
-    import copy
-
-    from transformers import AutoModelForSequenceClassification
-
-    kept = kept_layers(teacher.config.num_hidden_layers, layers)
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = layers
-    student = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
-    teacher_state = teacher.state_dict()
-    state = {}
-    for name in student.state_dict():
-        source = LAYER_INDEX.sub(lambda match: f".layer.{kept[int(match.group(1))]}.", name, count=1)
-        if source not in teacher_state:
-            raise ModelLoadError(f"the student's weight {name} has no counterpart {source} in the teacher",
-                                 "distil a BERT, RoBERTa or DistilBERT sequence classifier")
-        state[name] = teacher_state[source].detach().clone()
-    student.load_state_dict(state)
-    return student, kept
 
 
 def _distil_student(teacher, tokenizer, teacher_folder: Path, layers: int, data: _Data, task: str,

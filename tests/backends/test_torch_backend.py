@@ -164,8 +164,8 @@ def test_perf_reports_the_device(bundle_factory):
 
     report = run_benchmark(PerfOptions(bundle=bundle_factory("torch", "fp32"), duration=0.2, warmup=0.0,
                                        batch_size=2, seq_len=16))
-    assert report["device"]["device"] == "cpu" and report["device"]["dtype"] == "float32"
-    assert report["device"]["torch_threads"] >= 1 and report["calls"] > 0
+    assert report.device["device"] == "cpu" and report.device["dtype"] == "float32"
+    assert report.device["torch_threads"] >= 1 and report.calls > 0
 
 
 # The runtime must load and run a torch bundle where OpenVINO (and ONNX Runtime) are not installed, as
@@ -285,7 +285,7 @@ def test_perf_reports_the_gpu(cuda_bundle):
     from roberta_deploy.jobs.perf import PerfOptions, run_benchmark
 
     report = run_benchmark(PerfOptions(bundle=cuda_bundle("fp16"), duration=0.5, warmup=0.2, batch_size=8))
-    assert report["device"]["name"] and report["device"]["memory_bytes"] > 0
+    assert report.device["name"] and report.device["memory_bytes"] > 0
 
 
 def test_an_unknown_device_is_refused_at_load(bundle_factory):

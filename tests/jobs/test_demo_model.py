@@ -20,12 +20,12 @@ def test_demo_model_scores_on_the_dev_split_at_every_offered_precision(backend, 
     assert "fp32" in precisions and "int8" in precisions
     report = evaluate(EvalOptions(model=str(DEMO_MODEL_DIR), data=dev_tsv, output=tmp_path / "eval", backend=backend,
                                   precisions=precisions, batch_sizes=(32,), calibration_data=DEMO_SAMPLES_PATH))
-    assert [row["precision"] for row in report["rows"]] == list(precisions)
-    for row in report["rows"]:
-        assert row["examples"] == 1200
-        assert row["accuracy"] >= 0.88, row
-        assert row["build_check"]["passed"], row["build_check"]
-    fp32_accuracy = report["rows"][0]["accuracy"]
-    for row in report["rows"][1:]:
-        assert fp32_accuracy - row["accuracy"] <= 0.005, row  # the fast precisions stay within 0.5 points
-        assert row["agreement_with_fp32"] >= 0.98
+    assert [row.precision for row in report.rows] == list(precisions)
+    for row in report.rows:
+        assert row.examples == 1200
+        assert row.details["accuracy"] >= 0.88, row
+        assert row.build_check["passed"], row.build_check
+    fp32_accuracy = report.rows[0].details["accuracy"]
+    for row in report.rows[1:]:
+        assert fp32_accuracy - row.details["accuracy"] <= 0.005, row  # the fast precisions stay within 0.5 points
+        assert row.agreement_with_fp32 >= 0.98

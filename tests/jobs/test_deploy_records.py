@@ -14,7 +14,7 @@ from test_cli import assert_one_line_error, invoke
 
 from roberta_deploy.atomic import MARKER_FILE, remove_abandoned_staging
 from roberta_deploy.errors import OutputExistsError
-from roberta_deploy.jobs.deploy import _previous_deployment
+from roberta_deploy.jobs.deployment_record import previous_deployment
 
 QUICK = ("--backend", "onnxruntime", "--no-serve", "--perf-seconds", 0.05, "--timing-rounds", 3, "--timing-cap", 1,
          "--max-seq-length", 64)
@@ -42,17 +42,17 @@ def our_folder(tmp_path, record: str):
 
 @pytest.mark.parametrize("case", sorted(DAMAGED))
 def test_a_damaged_record_in_our_folder_is_stale(case, tmp_path):
-    previous, stale = _previous_deployment(our_folder(tmp_path, DAMAGED[case]))
+    previous, stale = previous_deployment(our_folder(tmp_path, DAMAGED[case]))
     assert previous is None and stale.startswith("deployment.json ")
 
 
 def test_a_good_record_is_read_and_a_damaged_one_in_a_foreign_folder_refused(tmp_path):
-    assert _previous_deployment(our_folder(tmp_path, json.dumps(GOOD))) == (GOOD, None)
+    assert previous_deployment(our_folder(tmp_path, json.dumps(GOOD))) == (GOOD, None)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "deployment.json").write_text("{}")
     with pytest.raises(OutputExistsError, match="is not a deployment"):
-        _previous_deployment(foreign)
+        previous_deployment(foreign)
 
 
 def test_only_staging_nobody_holds_is_removed(tmp_path):

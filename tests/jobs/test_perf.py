@@ -14,5 +14,6 @@ def test_progress_is_reported_through_warm_up_and_timing(bundle_factory):
     timing = [(elapsed, planned) for phase, elapsed, planned in seen if phase == "timing"]
     assert [elapsed for elapsed, _ in timing] == sorted(elapsed for elapsed, _ in timing)
     assert {planned for _, planned in timing} == {0.5}
-    assert len(report["times"]) == report["calls"]
-    assert {"p50", "p99.9", "p90", "p95", "p99"} <= set(report["latency_ms"])
+    assert len(report.times) == report.calls
+    assert {"p50", "p99.9", "p90", "p95", "p99"} <= set(report.latency_ms)
+    assert report.to_json()["times"] == report.times and "rounds" not in report.to_json()

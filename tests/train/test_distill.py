@@ -15,7 +15,8 @@ from conftest import VOCAB, make_task_checkpoint
 from serve_client import call, post_json, wait_until
 
 from roberta_deploy.errors import OutputExistsError, UsageError
-from roberta_deploy.train.distill import DistillOptions, distill, kept_layers
+from roberta_deploy.train.distill import DistillOptions, distill
+from roberta_deploy.train.student_model import kept_layers
 
 TOY_CHARACTERS = "好差棒烂美丑快慢贵廉干净脏乱香臭热冷新旧大小"  # every one is in the demo vocab
 TEACHER_LAYERS = 3
