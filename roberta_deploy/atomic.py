@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import OutputError, OutputExistsError, OutputLockedError
+from .interrupts import raise_if_stopped
 
 # Written into every folder this tool creates: what --overwrite looks for before it replaces one.
 MARKER_FILE = ".roberta-deploy-output.json"
@@ -199,6 +200,7 @@ class OutputFolder:
                 yield temporary
                 _write_marker(temporary)
                 self._check_target()  # a writer that ignores our lock may have filled it meanwhile
+                raise_if_stopped()  # a Ctrl-C a library swallowed (interrupts.py) still leaves no output
                 _replace_folder(temporary, final_path)
             except OSError as error:
                 if error.errno in _OUTPUT_ERRNOS and error.filename in (None, *_names_under(temporary, final_path)):
@@ -421,6 +423,7 @@ def atomic_write_text(path: str | Path, text: str, flag: str = "--output") -> No
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600
+        raise_if_stopped()
         os.replace(temporary, target)
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):

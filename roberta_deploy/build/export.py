@@ -105,126 +105,129 @@ def export_model(options: ExportOptions, on_step: Callable[[str], None] | None =
     if not 11 <= options.opset <= 21:
         raise UsageError(f"--opset {options.opset} is not supported", "use an opset between 11 and 21 (default 17)")
     check_texts, pairs = load_check_texts(options.check_data)
-    step("loading checkpoint")
-    folder = resolve_checkpoint(options.model)
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    # Reserved before the slow load, so a second writer of the same output fails at once, and Ctrl-C or SIGTERM
+    # during the load finds the output already ours to clean up.
+    with output:
+        step("loading checkpoint")
+        folder = resolve_checkpoint(options.model)
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    try:
-        config = AutoConfig.from_pretrained(str(folder))
-    except Exception as error:
-        raise ModelLoadError(f"cannot read the config of {folder}: {error}".splitlines()[0],
-                             "point --model at a Hugging Face checkpoint") from None
-    architectures = config.architectures or []
-    if architectures and not any(name.endswith("ForSequenceClassification") for name in architectures):
-        raise ModelLoadError(f"{folder} holds a {architectures[0]}, not a sequence classifier",
-                             "fine-tune it first (roberta-deploy finetune) or pass a *ForSequenceClassification checkpoint")
-    try:
-        with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager")
-    except Exception as error:
-        raise ModelLoadError(f"cannot load {folder} as a sequence classifier: {error}".splitlines()[0],
-                             "check that the weights match config.json") from None
-    model.eval()
-    tokenizer = load_fast_tokenizer(folder)
-    unknown_share = check_tokenizer_on_texts(tokenizer, check_texts)
-    max_positions = getattr(config, "max_position_embeddings", None)
-    # RoBERTa offsets positions by padding_idx + 1, so its usable length is two less.
-    usable_positions = max_positions - (2 if config.model_type in ("roberta", "xlm-roberta") else 0) \
-        if max_positions else None
-    if usable_positions and options.max_seq_length > usable_positions:
-        raise UsageError(f"--max-seq-length {options.max_seq_length} exceeds the model's {usable_positions} positions",
-                         f"use --max-seq-length {usable_positions} or less")
-    forward_parameters = inspect.signature(model.forward).parameters
-    input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in forward_parameters else [])
-    labels = [str(config.id2label[index]) for index in range(config.num_labels)]
-    task = Task.from_config(getattr(config, "problem_type", None), config.num_labels, trained_on_pairs(folder, config))
-    if len(tokenizer) > config.vocab_size:
-        raise ModelLoadError(f"the tokenizer of {folder} has {len(tokenizer)} tokens but the model's embedding table "
-                             f"only {config.vocab_size}: texts would map to ids past the table",
-                             "use the tokenizer the model was trained with")
+        try:
+            config = AutoConfig.from_pretrained(str(folder))
+        except Exception as error:
+            raise ModelLoadError(f"cannot read the config of {folder}: {error}".splitlines()[0],
+                                 "point --model at a Hugging Face checkpoint") from None
+        architectures = config.architectures or []
+        if architectures and not any(name.endswith("ForSequenceClassification") for name in architectures):
+            raise ModelLoadError(f"{folder} holds a {architectures[0]}, not a sequence classifier",
+                                 "fine-tune it first (roberta-deploy finetune) or pass a *ForSequenceClassification checkpoint")
+        try:
+            with quiet_transformers():
+                model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager")
+        except Exception as error:
+            raise ModelLoadError(f"cannot load {folder} as a sequence classifier: {error}".splitlines()[0],
+                                 "check that the weights match config.json") from None
+        model.eval()
+        tokenizer = load_fast_tokenizer(folder)
+        unknown_share = check_tokenizer_on_texts(tokenizer, check_texts)
+        max_positions = getattr(config, "max_position_embeddings", None)
+        # RoBERTa offsets positions by padding_idx + 1, so its usable length is two less.
+        usable_positions = max_positions - (2 if config.model_type in ("roberta", "xlm-roberta") else 0) \
+            if max_positions else None
+        if usable_positions and options.max_seq_length > usable_positions:
+            raise UsageError(f"--max-seq-length {options.max_seq_length} exceeds the model's {usable_positions} positions",
+                             f"use --max-seq-length {usable_positions} or less")
+        forward_parameters = inspect.signature(model.forward).parameters
+        input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in forward_parameters else [])
+        labels = [str(config.id2label[index]) for index in range(config.num_labels)]
+        task = Task.from_config(getattr(config, "problem_type", None), config.num_labels, trained_on_pairs(folder, config))
+        if len(tokenizer) > config.vocab_size:
+            raise ModelLoadError(f"the tokenizer of {folder} has {len(tokenizer)} tokens but the model's embedding table "
+                                 f"only {config.vocab_size}: texts would map to ids past the table",
+                                 "use the tokenizer the model was trained with")
 
-    with output, output.staging() as work:
-        step("writing tokenizer")
-        tokenizer_dir = work / TOKENIZER_DIR
-        tokenizer.save_pretrained(str(tokenizer_dir))
-        config.save_pretrained(str(work))  # config.json: what transformers and Optimum read (id2label, model_type)
-        if not (tokenizer_dir / TOKENIZER_FILE).is_file():
-            raise ModelLoadError("the tokenizer did not save a tokenizer.json", "use a checkpoint with a fast tokenizer")
-        meta = {"pad_token_id": int(tokenizer.pad_token_id), "unk_token_id": tokenizer.unk_token_id,
-                "unknown_token_share_on_check_texts": round(unknown_share, 5)}
-        (tokenizer_dir / TOKENIZER_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        encoder = TextEncoder.from_folder(tokenizer_dir, options.max_seq_length)
-        inputs = encoder.encode_padded(check_texts)
-        _check_runtime_tokenizer_matches(tokenizer, check_texts, inputs.input_ids, options.max_seq_length)
-        pair_inputs = encoder.encode_padded(pairs) if pairs else None
-        if pairs:
-            _check_runtime_tokenizer_matches(tokenizer, pairs, pair_inputs.input_ids, options.max_seq_length,
-                                             pair_inputs.token_type_ids)
-            type_vocab_size = getattr(config, "type_vocab_size", None)
-            if "token_type_ids" in input_names and type_vocab_size and \
-                    int(pair_inputs.token_type_ids.max()) >= type_vocab_size:
-                # A BERT-style pair template on a model with one token type: such pairs would index
-                # past its embedding table (the runtime refuses them), so they are not checked either.
-                if task.text_pairs:
-                    raise ModelLoadError(f"the tokenizer gives token type ids up to "
-                                         f"{int(pair_inputs.token_type_ids.max())} for text pairs, but the model has "
-                                         f"{type_vocab_size} token type(s)",
-                                         "use the tokenizer the model was fine-tuned with")
-                pairs, pair_inputs = [], None
+        with output.staging() as work:
+            step("writing tokenizer")
+            tokenizer_dir = work / TOKENIZER_DIR
+            tokenizer.save_pretrained(str(tokenizer_dir))
+            config.save_pretrained(str(work))  # config.json: what transformers and Optimum read (id2label, model_type)
+            if not (tokenizer_dir / TOKENIZER_FILE).is_file():
+                raise ModelLoadError("the tokenizer did not save a tokenizer.json", "use a checkpoint with a fast tokenizer")
+            meta = {"pad_token_id": int(tokenizer.pad_token_id), "unk_token_id": tokenizer.unk_token_id,
+                    "unknown_token_share_on_check_texts": round(unknown_share, 5)}
+            (tokenizer_dir / TOKENIZER_META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            encoder = TextEncoder.from_folder(tokenizer_dir, options.max_seq_length)
+            inputs = encoder.encode_padded(check_texts)
+            _check_runtime_tokenizer_matches(tokenizer, check_texts, inputs.input_ids, options.max_seq_length)
+            pair_inputs = encoder.encode_padded(pairs) if pairs else None
+            if pairs:
+                _check_runtime_tokenizer_matches(tokenizer, pairs, pair_inputs.input_ids, options.max_seq_length,
+                                                 pair_inputs.token_type_ids)
+                type_vocab_size = getattr(config, "type_vocab_size", None)
+                if "token_type_ids" in input_names and type_vocab_size and \
+                        int(pair_inputs.token_type_ids.max()) >= type_vocab_size:
+                    # A BERT-style pair template on a model with one token type: such pairs would index
+                    # past its embedding table (the runtime refuses them), so they are not checked either.
+                    if task.text_pairs:
+                        raise ModelLoadError(f"the tokenizer gives token type ids up to "
+                                             f"{int(pair_inputs.token_type_ids.max())} for text pairs, but the model has "
+                                             f"{type_vocab_size} token type(s)",
+                                             "use the tokenizer the model was fine-tuned with")
+                    pairs, pair_inputs = [], None
 
-        step("exporting to ONNX")
-        onnx_path = work / ONNX_FILE
-        example = tuple(torch.from_numpy(getattr(inputs, name)[:2]) for name in input_names)
-        dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-        dynamic_axes["logits"] = {0: "batch"}
-        with torch.no_grad(), quiet_in_this_thread(("torch",)):
-            # The tracer warns about shape-dependent Python branches in transformers; the parity
-            # check below at two other shapes is what proves the graph generalises.
-            torch.onnx.export(model, example, str(onnx_path), input_names=input_names, output_names=["logits"],
-                              dynamic_axes=dynamic_axes, opset_version=options.opset, do_constant_folding=True,
-                              dynamo=False)
+            step("exporting to ONNX")
+            onnx_path = work / ONNX_FILE
+            example = tuple(torch.from_numpy(getattr(inputs, name)[:2]) for name in input_names)
+            dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+            dynamic_axes["logits"] = {0: "batch"}
+            with torch.no_grad(), quiet_in_this_thread(("torch",)):
+                # The tracer warns about shape-dependent Python branches in transformers; the parity
+                # check below at two other shapes is what proves the graph generalises.
+                torch.onnx.export(model, example, str(onnx_path), input_names=input_names, output_names=["logits"],
+                                  dynamic_axes=dynamic_axes, opset_version=options.opset, do_constant_folding=True,
+                                  dynamo=False)
 
-        step("checking ONNX against PyTorch")
-        shortest = np.argsort(encoder.encode(check_texts).lengths)[:5]
-        short_inputs = encoder.encode_padded([check_texts[index] for index in shortest])
-        feeds_list = [batch.as_feeds(input_names) for batch in (inputs, short_inputs, pair_inputs) if batch is not None]
-        max_difference, tolerance = 0.0, 0.0
-        for feeds, exported in zip(feeds_list, onnx_reference_logits(onnx_path, feeds_list)):
-            with torch.no_grad():
-                reference = model(**{name: torch.from_numpy(value) for name, value in feeds.items()}).logits.numpy()
-            max_difference = max(max_difference, float(np.abs(reference - exported).max()))
-            tolerance = max(tolerance, parity_tolerance(reference))
-        if not max_difference <= tolerance:
-            raise NumericalCheckError(
-                f"ONNX logits differ from PyTorch by {max_difference:.3g} (tolerance {tolerance:.3g})",
-                "try another --opset, or report the model type; nothing was written")
-        manifest = write_manifest(work, KIND_EXPORT, {
-            "source_model": str(options.model),
-            "source_model_sha256": checkpoint_hash(folder),
-            "architecture": architectures[0] if architectures else type(model).__name__,
-            "model_type": config.model_type,
-            "num_labels": config.num_labels,
-            "labels": labels,
-            **task.to_manifest(),
-            "max_seq_length": options.max_seq_length,
-            "opset": options.opset,
-            "inputs": input_names,
-            "outputs": ["logits"],
-            "dynamic_axes": {"batch": 0, "sequence": 1},
-            "hidden_size": config.hidden_size,
-            "num_attention_heads": config.num_attention_heads,
-            "num_hidden_layers": config.num_hidden_layers,
-            "vocab_size": config.vocab_size,
-            "type_vocab_size": getattr(config, "type_vocab_size", None),
-            "pad_token_id": int(tokenizer.pad_token_id),
-            "parameters": int(sum(parameter.numel() for parameter in model.parameters())),
-            "checks": {"onnx_vs_pytorch": {
-                "passed": True, "max_abs_logit_diff": max_difference, "tolerance": tolerance,
-                "texts": len(check_texts), "pairs": len(pairs), "shapes": [list(feeds["input_ids"].shape) for feeds in feeds_list],
-                "text_source": str(options.check_data or DEMO_SAMPLES_PATH)}},
-        })
-    return ExportArtifact(Path(options.output), manifest)
+            step("checking ONNX against PyTorch")
+            shortest = np.argsort(encoder.encode(check_texts).lengths)[:5]
+            short_inputs = encoder.encode_padded([check_texts[index] for index in shortest])
+            feeds_list = [batch.as_feeds(input_names) for batch in (inputs, short_inputs, pair_inputs) if batch is not None]
+            max_difference, tolerance = 0.0, 0.0
+            for feeds, exported in zip(feeds_list, onnx_reference_logits(onnx_path, feeds_list)):
+                with torch.no_grad():
+                    reference = model(**{name: torch.from_numpy(value) for name, value in feeds.items()}).logits.numpy()
+                max_difference = max(max_difference, float(np.abs(reference - exported).max()))
+                tolerance = max(tolerance, parity_tolerance(reference))
+            if not max_difference <= tolerance:
+                raise NumericalCheckError(
+                    f"ONNX logits differ from PyTorch by {max_difference:.3g} (tolerance {tolerance:.3g})",
+                    "try another --opset, or report the model type; nothing was written")
+            manifest = write_manifest(work, KIND_EXPORT, {
+                "source_model": str(options.model),
+                "source_model_sha256": checkpoint_hash(folder),
+                "architecture": architectures[0] if architectures else type(model).__name__,
+                "model_type": config.model_type,
+                "num_labels": config.num_labels,
+                "labels": labels,
+                **task.to_manifest(),
+                "max_seq_length": options.max_seq_length,
+                "opset": options.opset,
+                "inputs": input_names,
+                "outputs": ["logits"],
+                "dynamic_axes": {"batch": 0, "sequence": 1},
+                "hidden_size": config.hidden_size,
+                "num_attention_heads": config.num_attention_heads,
+                "num_hidden_layers": config.num_hidden_layers,
+                "vocab_size": config.vocab_size,
+                "type_vocab_size": getattr(config, "type_vocab_size", None),
+                "pad_token_id": int(tokenizer.pad_token_id),
+                "parameters": int(sum(parameter.numel() for parameter in model.parameters())),
+                "checks": {"onnx_vs_pytorch": {
+                    "passed": True, "max_abs_logit_diff": max_difference, "tolerance": tolerance,
+                    "texts": len(check_texts), "pairs": len(pairs), "shapes": [list(feeds["input_ids"].shape) for feeds in feeds_list],
+                    "text_source": str(options.check_data or DEMO_SAMPLES_PATH)}},
+            })
+        return ExportArtifact(Path(options.output), manifest)
 
 
 def _check_runtime_tokenizer_matches(tokenizer, texts: Sequence, runtime_ids: np.ndarray, max_seq_length: int,

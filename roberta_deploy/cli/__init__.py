@@ -7,7 +7,7 @@ from __future__ import annotations
 # Each module registers its commands on the app; imported in the order `--help` lists them.
 from . import build, infer, evaluate, perf, finetune, distill, serve, deploy  # noqa: F401,I001
 from .app import app
-from .exits import EXIT_GRACE_S, end_within, install_sigterm_handler
+from .exits import EXIT_GRACE_S, EXIT_INTERRUPTED, EXIT_TERMINATED, end_within, exit_now, install_sigterm_handler
 
 __all__ = ["app", "main"]
 
@@ -20,5 +20,8 @@ def main() -> None:
         # Whatever the outcome, the exit itself is bounded too: a signal can land inside a weakref callback
         # of the import system, where Python ignores the exception and the import lock may stay taken,
         # so that another library's thread (OpenVINO's telemetry) waits for it, and the exit for that thread.
-        end_within(EXIT_GRACE_S, ended.code if isinstance(ended.code, int) else 0 if ended.code is None else 1)
+        code = ended.code if isinstance(ended.code, int) else 0 if ended.code is None else 1
+        end_within(EXIT_GRACE_S, code)
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+            exit_now(code)
         raise

@@ -3,10 +3,10 @@ every exit bounded in time."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
-import signal
 import threading
 from typing import Callable
 
@@ -14,6 +14,7 @@ import typer
 from rich.text import Text
 
 from ..errors import RobertaDeployError
+from ..interrupts import Terminated, install_stop_handlers, raise_if_stopped
 from ..flags import check_flags, checks_of
 from .console import error_console
 
@@ -22,17 +23,10 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_GRACE_S = 20.0  # once a command is done, how long the interpreter's own exit may take
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt so outputs and workers are cleaned up."""
-
-
-def raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
 def install_sigterm_handler() -> None:
-    """SIGTERM unwinds like Ctrl-C: staging folders are removed and workers joined before the exit."""
-    signal.signal(signal.SIGTERM, raise_terminated)
+    """SIGTERM unwinds like Ctrl-C: staging folders are removed and workers joined before the exit. Both are
+    remembered (interrupts.py), so one that a library swallowed is raised again before any output is committed."""
+    install_stop_handlers()
 
 
 def reports_errors(command: Callable) -> Callable:
@@ -48,7 +42,9 @@ def reports_errors(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             check_flags(kwargs, checks, flag_names)
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            raise_if_stopped()  # a signal a library swallowed after the last commit still ends with its code
+            return result
         except RobertaDeployError as error:
             error_console.print(Text.assemble(("error:", "red"), " ", error.one_line()))
             code = error.exit_code
@@ -79,6 +75,22 @@ def option_flag(annotation) -> str | None:
             if declaration.startswith("--"):
                 return declaration.split("/")[0]
     return None
+
+
+def exit_now(code: int) -> None:
+    """End a stopped command with `code` once its outputs were cleaned up and its workers joined, without the
+    interpreter's finalization. A Ctrl-C that reached Python code run from C (PyRun_String, as some libraries
+    do while they import) leaves CPython's "KeyboardInterrupt went unhandled" flag set even after we caught it,
+    and the interpreter's exit then kills the process with SIGINT: exit status -2 instead of 130 (1 in 6
+    interrupted `export` runs)."""
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def end_within(seconds: float, code: int) -> None:

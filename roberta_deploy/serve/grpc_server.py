@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import struct
 import time
@@ -176,8 +175,7 @@ class GrpcService:
         app.check_accepting()  # a drain may have begun meanwhile
         with app.slot():
             started = time.perf_counter()
-            future = await app.off_loop(functools.partial(model.batcher.submit, parsed.texts,
-                                                          truncate=state.limits.auto_truncate))
+            future = await app.submit(model, parsed.texts, truncate=state.limits.auto_truncate)
             try:
                 result = await asyncio.wrap_future(future)
             except asyncio.CancelledError:

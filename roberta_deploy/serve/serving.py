@@ -17,7 +17,7 @@ import hmac
 import logging
 import time
 import uuid
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Awaitable, Callable
@@ -190,8 +190,7 @@ class ServingApp:
         client's disconnect."""
         started = time.perf_counter()
         truncate = self.limits.auto_truncate if truncate is None else truncate
-        future = await self.off_loop(functools.partial(model.batcher.submit, texts, truncate=truncate,
-                                                       truncation_direction=truncation_direction))
+        future = await self.submit(model, texts, truncate=truncate, truncation_direction=truncation_direction)
         waiter = asyncio.wrap_future(future)
         disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
         try:
@@ -207,6 +206,17 @@ class ServingApp:
         self.state.metrics.observe_result(model.name, result, total_s)
         return result, total_s
 
+    async def submit(self, model: ServedModel, texts: list, **options) -> Future:
+        """model.batcher.submit on a worker thread (it tokenizes). A request cancelled meanwhile (its client gone,
+        its gRPC deadline passed) gets the batcher's future cancelled as soon as submit returns, so the batcher
+        drops its texts before compute instead of computing them for no one."""
+        submitted = self.executor.submit(functools.partial(model.batcher.submit, texts, **options))
+        try:
+            return await asyncio.wrap_future(submitted)
+        except asyncio.CancelledError:
+            submitted.add_done_callback(_cancel_submitted)
+            raise
+
     async def read_body(self, request: Request) -> bytes:
         limit = self.limits.payload_limit
         declared = request.headers.get("content-length")
@@ -219,6 +229,11 @@ class ServingApp:
                 raise _too_large(size, limit)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _cancel_submitted(submitted: Future) -> None:
+    if not submitted.cancelled() and submitted.exception() is None:
+        submitted.result().cancel()
 
 
 def _too_large(size: int, limit: int) -> RequestTooLargeError:

@@ -127,6 +127,7 @@ def test_grpc_errors_come_from_the_one_table(server, client):
 def test_a_cancelled_or_late_rpc_is_dropped_before_compute(server, client):
     engine, gate = server.engine, server.gate
     dropped = metric(server.port, "roberta_deploy_batcher_dropped_total", headers=HTTP_AUTH, model="fake")
+    submitted = metric(server.port, "roberta_deploy_batcher_requests_total", headers=HTTP_AUTH, model="fake")
     calls = len(engine.calls)
     gate.clear()
     try:
@@ -139,8 +140,9 @@ def test_a_cancelled_or_late_rpc_is_dropped_before_compute(server, client):
         answers = []
         context = client.async_infer("fake", text_inputs(["cancelled"]), lambda result, error: answers.append(error),
                                      headers=AUTH)
-        wait_until(lambda: metric(server.port, "roberta_deploy_queue_size", headers=HTTP_AUTH, model="fake") >= 1,
-                   "the cancelled request waits in the batcher")
+        # Submitted: "computing", "late" and this one (the queue alone may still hold "late" at this point).
+        wait_until(lambda: metric(server.port, "roberta_deploy_batcher_requests_total", headers=HTTP_AUTH,
+                                  model="fake") == submitted + 3, "the cancelled request waits in the batcher")
         context.cancel()
         wait_until(lambda: metric(server.port, "roberta_deploy_requests_total", headers=HTTP_AUTH, outcome="dropped",
                                   route="/inference.GRPCInferenceService/ModelInfer") == 2,
@@ -203,6 +205,7 @@ def test_kserve_grpc_client_classifies_texts_and_pairs_and_gets_errors(server):
 def test_kserve_grpc_client_deadline_drops_the_texts(server):
     engine, gate = server.engine, server.gate
     dropped = metric(server.port, "roberta_deploy_batcher_dropped_total", headers=HTTP_AUTH, model="fake")
+    submitted = metric(server.port, "roberta_deploy_batcher_requests_total", headers=HTTP_AUTH, model="fake")
     calls = len(engine.calls)
     gate.clear()
     try:

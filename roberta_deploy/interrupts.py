@@ -1,0 +1,61 @@
+"""Stop signals that are never lost between the moment they arrive and the moment work becomes permanent.
+
+Python runs a signal handler between bytecodes of the main thread, and an exception raised inside a weakref
+callback or a __del__ (the import system runs both) is printed as "Exception ignored" and dropped: a Ctrl-C that
+lands there lets the command run on, write its output and exit 0. So the command line's handlers note the signal
+here as well as raising it, and the places that make work permanent (atomic.py's commits) call `raise_if_stopped`,
+which raises it again: after Ctrl-C or SIGTERM nothing is committed, whether or not the first raise got through.
+A signal that lands while a module is being imported is not raised there at all but sent again a moment later.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+_received: int | None = None  # the first stop signal this process was sent, once handlers are installed
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so outputs and workers are cleaned up."""
+
+
+REDELIVERY_S = 0.1  # how soon a signal that landed inside an import is sent again
+
+
+def _stop(signum, frame) -> None:
+    global _received
+    if _received is None:
+        _received = signum
+    if _inside_import(frame):
+        # An exception raised while a module initializes can abort the process from native code (torch's
+        # import, interrupted, ended in SIGABRT) or be dropped by the import system; the signal is sent again
+        # shortly, until it lands outside every import.
+        timer = threading.Timer(REDELIVERY_S, os.kill, args=(os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def install_stop_handlers() -> None:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM raises Terminated in the main thread; both are remembered."""
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+
+def raise_if_stopped() -> None:
+    """Raise the stop signal this process was sent, if any (a no-op where no handler was installed)."""
+    if _received == signal.SIGINT:
+        raise KeyboardInterrupt()
+    if _received == signal.SIGTERM:
+        raise Terminated()
