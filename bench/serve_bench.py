@@ -13,6 +13,7 @@ share of the CPU during each measurement is recorded (the machine is shared).
     python bench/serve_bench.py --prepare-only                     # build the bundles (cached in --workdir)
     python bench/serve_bench.py --duration 60 --markdown out.md    # BERT-base and demo, side by side
     python bench/serve_bench.py --skip-throughput --soak-seconds 600
+    python bench/serve_bench.py --bundle "bert-base 512 int8=/tmp/b512/bert-base-512-int8" --clients 8
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--soak-seconds", type=float, default=0.0)
     parser.add_argument("--soak-clients", type=int, default=32)
     parser.add_argument("--disconnect-share", type=float, default=0.1)
-    parser.add_argument("--soak-bundle", choices=("bert-base int8", "demo int8"), default="bert-base int8")
+    parser.add_argument("--soak-bundle", default="bert-base int8",
+                        help="Which bundle the soak runs: bert-base int8, demo int8, or a --bundle NAME.")
+    parser.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH",
+                        help="Measure this bundle instead of the built ones (repeatable), e.g. one exported at "
+                             "--max-seq-length 512.")
     parser.add_argument("--prepare-only", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true", help="Only the soak.")
     parser.add_argument("--output", type=Path, default=None, help="JSON report (default: <workdir>/serve.json).")
@@ -407,9 +412,16 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def given_bundle(text: str) -> tuple[str, Path]:
+    name, separator, path = text.partition("=")
+    if not separator or not Path(path).is_dir():
+        sys.exit(f"--bundle {text!r}: pass NAME=PATH with PATH a bundle folder")
+    return name, Path(path).resolve()
+
+
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    bundles = prepare(arguments)
+    bundles = dict(given_bundle(text) for text in arguments.bundle) or prepare(arguments)
     if arguments.prepare_only:
         return 0
     texts = read_dataset(arguments.data).texts
@@ -437,6 +449,8 @@ def main(argv=None) -> int:
                                               "full_batch": batch, "server": served}
         if arguments.soak_seconds > 0:
             bundle_name = arguments.soak_bundle
+            if bundle_name not in bundles:
+                sys.exit(f"--soak-bundle {bundle_name!r} is not one of {', '.join(bundles)}")
             offline = offline_bert if offline_bert and bundle_name.startswith("bert") else \
                 offline_infer(bundles[bundle_name], arguments.data, Path(scratch))
             offline["label_names"] = list(LABELS)  # both bundles: negative, positive
