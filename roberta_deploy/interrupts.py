@@ -15,6 +15,7 @@ import signal
 import threading
 
 _received: int | None = None  # the first stop signal this process was sent, once handlers are installed
+_raised = False  # whether it was raised: a re-delivery scheduled before then is not sent after it
 
 
 class Terminated(BaseException):
@@ -32,10 +33,21 @@ def _stop(signum, frame) -> None:
         # An exception raised while a module initializes can abort the process from native code (torch's
         # import, interrupted, ended in SIGABRT) or be dropped by the import system; the signal is sent again
         # shortly, until it lands outside every import.
-        timer = threading.Timer(REDELIVERY_S, os.kill, args=(os.getpid(), signum))
+        timer = threading.Timer(REDELIVERY_S, _redeliver, args=(signum,))
         timer.daemon = True
         timer.start()
         return
+    _raise(signum)
+
+
+def _redeliver(signum: int) -> None:
+    if not _raised:  # raise_if_stopped may have raised it meanwhile; a second one would cut into the cleanup
+        os.kill(os.getpid(), signum)
+
+
+def _raise(signum: int) -> None:
+    global _raised
+    _raised = True
     raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
@@ -55,7 +67,5 @@ def install_stop_handlers() -> None:
 
 def raise_if_stopped() -> None:
     """Raise the stop signal this process was sent, if any (a no-op where no handler was installed)."""
-    if _received == signal.SIGINT:
-        raise KeyboardInterrupt()
-    if _received == signal.SIGTERM:
-        raise Terminated()
+    if _received is not None:
+        _raise(_received)
