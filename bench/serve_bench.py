@@ -422,6 +422,8 @@ def given_bundle(text: str) -> tuple[str, Path]:
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     bundles = dict(given_bundle(text) for text in arguments.bundle) or prepare(arguments)
+    if arguments.soak_seconds > 0 and arguments.soak_bundle not in bundles:  # before any measurement, not after
+        sys.exit(f"--soak-bundle {arguments.soak_bundle!r} is not one of {', '.join(bundles)}: pass one of them")
     if arguments.prepare_only:
         return 0
     texts = read_dataset(arguments.data).texts
@@ -449,8 +451,6 @@ def main(argv=None) -> int:
                                               "full_batch": batch, "server": served}
         if arguments.soak_seconds > 0:
             bundle_name = arguments.soak_bundle
-            if bundle_name not in bundles:
-                sys.exit(f"--soak-bundle {bundle_name!r} is not one of {', '.join(bundles)}")
             offline = offline_bert if offline_bert and bundle_name.startswith("bert") else \
                 offline_infer(bundles[bundle_name], arguments.data, Path(scratch))
             offline["label_names"] = list(LABELS)  # both bundles: negative, positive

@@ -16,13 +16,11 @@ import threading
 
 _received: int | None = None  # the first stop signal this process was sent, once handlers are installed
 _raised = False  # whether it was raised: a re-delivery scheduled before then is not sent after it
+REDELIVERY_S = 0.1  # how soon a signal that landed inside an import is sent again
 
 
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread like KeyboardInterrupt so outputs and workers are cleaned up."""
-
-
-REDELIVERY_S = 0.1  # how soon a signal that landed inside an import is sent again
 
 
 def _stop(signum, frame) -> None:

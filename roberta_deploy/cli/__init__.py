@@ -7,13 +7,15 @@ from __future__ import annotations
 # Each module registers its commands on the app; imported in the order `--help` lists them.
 from . import build, infer, evaluate, perf, finetune, distill, serve, deploy  # noqa: F401,I001
 from .app import app
-from .exits import EXIT_GRACE_S, EXIT_INTERRUPTED, EXIT_TERMINATED, end_within, exit_now, install_sigterm_handler
+from ..interrupts import install_stop_handlers
+from .exits import EXIT_GRACE_S, EXIT_INTERRUPTED, EXIT_TERMINATED, end_within, exit_now
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    install_sigterm_handler()
+    # Ctrl-C and SIGTERM unwind alike (outputs cleaned up, workers joined) and are remembered (interrupts.py).
+    install_stop_handlers()
     try:
         app()
     except SystemExit as ended:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import os
+import sys
 import threading
 from typing import Callable
 
@@ -14,19 +16,13 @@ import typer
 from rich.text import Text
 
 from ..errors import RobertaDeployError
-from ..interrupts import Terminated, install_stop_handlers, raise_if_stopped
+from ..interrupts import Terminated, raise_if_stopped
 from ..flags import check_flags, checks_of
 from .console import error_console
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_GRACE_S = 20.0  # once a command is done, how long the interpreter's own exit may take
-
-
-def install_sigterm_handler() -> None:
-    """SIGTERM unwinds like Ctrl-C: staging folders are removed and workers joined before the exit. Both are
-    remembered (interrupts.py), so one that a library swallowed is raised again before any output is committed."""
-    install_stop_handlers()
 
 
 def reports_errors(command: Callable) -> Callable:
@@ -83,9 +79,6 @@ def exit_now(code: int) -> None:
     do while they import) leaves CPython's "KeyboardInterrupt went unhandled" flag set even after we caught it,
     and the interpreter's exit then kills the process with SIGINT: exit status -2 instead of 130 (1 in 6
     interrupted `export` runs)."""
-    import logging
-    import sys
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -203,31 +203,37 @@ def run_benchmark(options: PerfOptions, on_progress: Callable[[str, float, float
     latencies = [call[1] for thread_calls in calls_per_thread for call in thread_calls]
     sequences = sum(counter[0] for counter in counters)
     tokens = sum(counter[1] for counter in counters)
-    shapes = [tuple(batch[0].shape) for batch in batches]
     times = None
     if options.record_times:
-        # One entry per timed call, ordered by start: which context ran it, when it started (ms after
-        # timing began), how long it took, and the batch shape it ran.
-        times = sorted(({"context": number, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4),
-                         "batch": call[2], "seq_len": call[3]}
-                        for number, thread_calls in enumerate(calls_per_thread) for call in thread_calls),
-                       key=lambda entry: entry["start_ms"])
+        times = sorted((_time_entry(number, call) for number, thread_calls in enumerate(calls_per_thread)
+                        for call in thread_calls), key=lambda entry: entry["start_ms"])
     return PerfRun(
-        bundle=str(options.bundle), backend=engine.backend, precision=engine.precision, device=engine.device_info(),
-        shape_profile=engine.profile.describe(), hint=options.hint, threads=len(contexts),
-        cpu_threads=engine.settings.cpu_threads, batch_size=options.batch_size,
-        input="data" if options.data else "random", data=str(options.data) if options.data else None,
-        seq_len=None if options.data else batches[0][0].shape[1],
-        distinct_shapes=len(set(shapes)), mean_padded_length=float(np.mean([shape[1] for shape in shapes])),
-        load_seconds=load_seconds, first_inference_ms=first_inference_ms,
-        warmup_seconds=options.warmup, wall_seconds=wall, calls=len(latencies),
+        **_what_was_timed(options.bundle, engine, contexts, batches, options),
+        load_seconds=load_seconds, first_inference_ms=first_inference_ms, wall_seconds=wall, calls=len(latencies),
         sequences=sequences, useful_tokens=tokens,
         throughput_sequences_per_second=sequences / wall if wall > 0 else None,
         throughput_tokens_per_second=tokens / wall if wall > 0 else None,
-        latency_ms=percentiles(latencies, options.percentiles), percentiles=list(options.percentiles),
-        host=host_description(),
-        warnings=list(engine.warnings),  # e.g. the bundle was verified on a CPU with flags this one lacks
-        times=times)
+        latency_ms=percentiles(latencies, options.percentiles), host=host_description(), times=times)
+
+
+def _what_was_timed(bundle: Path, engine, contexts: list, batches: list, options: PerfOptions) -> dict:
+    """The PerfRun fields that describe the bundle, its engine and the inputs, the same for every way of timing."""
+    shapes = [tuple(batch[0].shape) for batch in batches]
+    return {"bundle": str(bundle), "backend": engine.backend, "precision": engine.precision,
+            "device": engine.device_info(), "shape_profile": engine.profile.describe(), "hint": options.hint,
+            "threads": len(contexts), "cpu_threads": engine.settings.cpu_threads, "batch_size": options.batch_size,
+            "input": "data" if options.data else "random", "data": str(options.data) if options.data else None,
+            "seq_len": None if options.data else batches[0][0].shape[1], "distinct_shapes": len(set(shapes)),
+            "mean_padded_length": float(np.mean([shape[1] for shape in shapes])), "warmup_seconds": options.warmup,
+            "percentiles": list(options.percentiles),
+            "warnings": list(engine.warnings)}  # e.g. the bundle was verified on a CPU with flags this one lacks
+
+
+def _time_entry(context: int, call: tuple) -> dict:
+    """One timed call (--export-times): which context ran it, when it started (ms after timing began), how
+    long it took, and the batch shape it ran."""
+    return {"context": context, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4), "batch": call[2],
+            "seq_len": call[3]}
 
 
 COMPARE_ROUNDS = 5  # interleaved rounds of perf --compare and of run's measurements: the median round counts
@@ -340,26 +346,15 @@ def _run_report(item: _Loaded, timing: Timing, options: PerfOptions) -> PerfRun:
     rate = timing.rate
     latencies = [call[1] for call in item.calls]
     wall = sum(round_.seconds for round_ in timing.rounds)
-    shapes = [tuple(batch[0].shape) for batch in item.batches]
-    times = None
-    if options.record_times:
-        times = [{"context": 0, "start_ms": round(call[0], 4), "latency_ms": round(call[1], 4),
-                  "batch": call[2], "seq_len": call[3]} for call in sorted(item.calls)]
+    times = [_time_entry(0, call) for call in sorted(item.calls)] if options.record_times else None
     return PerfRun(
-        bundle=str(item.bundle), backend=engine.backend, precision=engine.precision, device=engine.device_info(),
-        shape_profile=engine.profile.describe(), hint=options.hint, threads=len(item.contexts),
-        cpu_threads=engine.settings.cpu_threads, batch_size=options.batch_size,
-        input="data" if options.data else "random", data=str(options.data) if options.data else None,
-        seq_len=None if options.data else item.batches[0][0].shape[1],
-        distinct_shapes=len(set(shapes)), mean_padded_length=float(np.mean([shape[1] for shape in shapes])),
-        load_seconds=item.load_seconds, first_inference_ms=item.first_inference_ms,
-        warmup_seconds=options.warmup, wall_seconds=wall, calls=len(latencies),
-        sequences=sum(round_.items for round_ in timing.rounds), useful_tokens=item.tokens,
+        **_what_was_timed(item.bundle, engine, item.contexts, item.batches, options),
+        load_seconds=item.load_seconds, first_inference_ms=item.first_inference_ms, wall_seconds=wall,
+        calls=len(latencies), sequences=sum(round_.items for round_ in timing.rounds), useful_tokens=item.tokens,
         throughput_sequences_per_second=rate.value, throughput_interval=rate.to_dict(),
         throughput_tokens_per_second=item.tokens / wall if wall > 0 else None,
         rounds=timing.to_dict(), latency_ms=percentiles(latencies, options.percentiles),
-        percentiles=list(options.percentiles), host={**host_description(), **machine_load()},
-        warnings=list(engine.warnings), times=times)
+        host={**host_description(), **machine_load()}, times=times)
 
 
 def measure_shapes(bundles: list[Path], shapes: list[tuple[int, int]], *, seconds: float, warmup: float,
