@@ -23,7 +23,11 @@ DEFAULT_PAD_MULTIPLE = 1
 # without bound (live memory, not fragmentation: docs/serving.md, "Memory under load"). So online batches
 # are padded to a few lengths and cut to a few row counts. Offline runs keep exact lengths: a run's shapes
 # are few and known up front.
-ONLINE_ROW_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+# Powers of two: at max length 512 the old grid (1, 2, 3, 4, 6, 8, 12, ...) gave 121 shapes and the server's memory
+# grew for minutes as rare ones arrived (+25% over a 10-minute soak); powers of two give about as many shapes at
+# 512 as the old grid did at 128 (docs/serving.md, "Memory at max length 512"). A window cut from 12 rows to 8
+# leaves 4 for the next batch, which under load is already forming.
+ONLINE_ROW_COUNTS = tuple(1 << power for power in range(11))
 
 
 def online_lengths(max_seq_length: int) -> tuple[int, ...]:
@@ -119,11 +123,18 @@ def offline_batch_settings(profile, max_seq_length: int, batch_size: int, max_ba
     return batch_size, max_batch_tokens
 
 
+# Lengths past this do not raise the token budget. The budget once grew with max_seq_length: at 512 a batch
+# could be 16 x 512 tokens, and one such batch took an OpenVINO context from 285 MB to 1.7 GB (attention
+# buffers grow with rows x length^2) for no speed a 4 x 512 batch lacks: a GEMM over 2,048 tokens already
+# keeps a core busy (docs/serving.md, "Memory at max length 512").
+BUDGET_LENGTH_CAP = 128
+
+
 def default_token_budget(max_seq_length: int, batch_size: int, contexts: int) -> int:
-    """Padded tokens per batch when none is given: the contexts together hold one full-length batch, which
-    keeps peak memory down at the same speed (docs/benchmarks.md, "What moved roberta-deploy from 1.46x to
-    1.53x", point 3)."""
-    return max(max_seq_length, batch_size * max_seq_length // contexts)
+    """Padded tokens per batch when none is given: the contexts together hold one full batch of
+    BUDGET_LENGTH_CAP-token texts (at least one text of max_seq_length), which keeps peak memory down at the
+    same speed (docs/benchmarks.md, "What moved roberta-deploy from 1.46x to 1.53x", point 3)."""
+    return max(max_seq_length, batch_size * min(max_seq_length, BUDGET_LENGTH_CAP) // contexts)
 
 
 def padded_token_count(batches: Sequence[PlannedBatch], rows_per_batch: int | None = None) -> int:

@@ -10,7 +10,8 @@ from fake_engine import FakeEngine, expected_logits
 
 from roberta_deploy.errors import BackendError, InputDataError, NotReadyError, OverloadedError, UsageError
 from roberta_deploy.runtime import Batcher, RequestResult
-from roberta_deploy.runtime.batching import ONLINE_ROW_COUNTS, online_lengths, online_row_count
+from roberta_deploy.runtime.batching import (ONLINE_ROW_COUNTS, default_token_budget, online_lengths,
+                                             online_row_count)
 from roberta_deploy.runtime.online import PADDING_ALLOWANCE
 
 WAIT_S = 20  # generous: only a hang comes near it
@@ -168,7 +169,18 @@ def test_online_lengths_and_row_counts():
     assert online_lengths(128) == (16, 32, 48, 64, 80, 96, 112, 128)
     assert online_lengths(512)[-5:] == (256, 320, 384, 448, 512) and len(online_lengths(512)) == 16
     assert online_lengths(100)[-1] == 100 and online_lengths(8) == (8,)
-    assert [online_row_count(rows, cap=21) for rows in (1, 5, 7, 11, 20, 21, 40)] == [1, 4, 6, 8, 16, 21, 21]
+    assert [online_row_count(rows, cap=21) for rows in (1, 5, 7, 11, 20, 21, 40)] == [1, 4, 4, 8, 16, 21, 21]
+
+
+def test_the_token_budget_does_not_grow_past_128_token_texts():
+    # At max length 512 the budget once allowed 16 x 512 batches: one took an OpenVINO context from 285 MB
+    # to 1.7 GB. Now a 512 bundle batches 4 full-length texts, and as many tokens as a 128 bundle otherwise.
+    assert default_token_budget(512, 32, 2) == default_token_budget(128, 32, 2) == 2048
+    assert default_token_budget(64, 32, 2) == 1024 and default_token_budget(512, 1, 2) == 512
+    shapes = {max_seq: {(online_row_count(rows, max(1, min(32, 2048 // length))), length)
+                        for length in online_lengths(max_seq) for rows in range(1, 33)} for max_seq in (128, 512)}
+    assert max(rows * length for rows, length in shapes[512]) <= 2048
+    assert len(shapes[512]) <= 2 * len(shapes[128]) <= 100, {key: len(value) for key, value in shapes.items()}
 
 
 def test_a_failing_batch_fails_only_the_requests_in_it():
