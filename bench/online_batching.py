@@ -26,7 +26,10 @@ DESIGNS = {
     "before": "the window grew from the oldest row to the token budget; lengths a multiple of 16 to 128, 32 to "
               "256, 64 beyond",
     "padding-cap": "the window stops where it would pad more than PADDING_ALLOWANCE over its rows' own length "
-                   "classes (the library's design)",
+                   "classes; rows cut to a power of two, token budget as for 128-token texts (the library's design)",
+    "padding-cap-old-grid": "padding-cap with the grid before issue 21's memory fix: rows cut to 1, 2, 3, 4, 6, 8, "
+                            "12, 16, 24, 32, and a token budget that grows with max_seq_length (batch x length / "
+                            "contexts)",
     "padding-cap-fine": "padding-cap, with lengths a multiple of 8 to 128, 16 to 256, 32 beyond",
     "exact-lengths-small-cache": "every batch padded only to its longest row (any shape), OpenVINO's "
                                  "CPU_RUNTIME_CACHE_CAPACITY=64 to bound the per-shape caches instead",
@@ -99,6 +102,13 @@ def make_batcher(design: str, engine):
     if design == "before":
         batcher._select_rows = before_select_rows.__get__(batcher)
         batcher._online_lengths = before_lengths(engine.max_seq_length)
+    elif design == "padding-cap-old-grid":
+        from roberta_deploy.runtime import online
+
+        old_counts = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+        online.online_row_count = lambda rows, cap: cap if rows >= cap else max(c for c in old_counts if c <= rows)
+        batcher.max_batch_tokens = max(engine.max_seq_length,
+                                       batcher.max_batch_size * engine.max_seq_length // batcher.context_count)
     elif design == "padding-cap-fine":
         batcher._online_lengths = fine_lengths(engine.max_seq_length)
     elif design == "exact-lengths-small-cache":
