@@ -93,3 +93,18 @@ def test_the_library_refuses_the_same_before_any_work(demo_export, tmp_path):
         build_engine(BuildOptions(export_dir=demo_export, output=tmp_path / "b", backend="openvino",
                                   precision="int8", quantization="dynamic"))
     assert not (tmp_path / "b").exists()
+
+
+def test_precision_auto_times_both_int8_modes_and_the_chosen_bundle_says_which(tiny_exports, samples_tsv, tmp_path):
+    result = invoke("build", "--export", tiny_exports["bert"].folder, "--output", tmp_path / "auto", "--backend",
+                    "onnxruntime", "--precision", "auto", "--calibration-data", samples_tsv,
+                    "--calibration-samples", 32, "--timing-cap", 1)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text(encoding="utf-8"))
+    rows = manifest["precision_selection"]["candidates"]
+    assert [(row["precision"], row.get("quantization")) for row in rows] == [
+        ("fp32", None), ("int8", None), ("int8", "dynamic")]
+    assert "  int8 (dynamic): accuracy" in result.output
+    chosen = next(row for row in rows if row["verdict"].startswith("chosen"))
+    expected_mode = (chosen.get("quantization") or "static") if chosen["precision"] == "int8" else None
+    assert manifest.get("quantization") == expected_mode
