@@ -42,6 +42,29 @@ TOLERANCES = {
 }
 
 
+# How int8 scales activations. static: scales calibrated on real texts at build time, fixed in the graph.
+# dynamic: weights quantized at build time, each activation's scale computed from every batch at run time
+# (no calibration data; a text's logits then depend slightly on what it is batched with).
+STATIC = "static"
+DYNAMIC = "dynamic"
+QUANTIZATION_MODES = (STATIC, DYNAMIC)
+
+
+def canonical_quantization(name: str, precision: str) -> str:
+    """The int8 mode `name` for a build of `precision` (canonical, or auto); UsageError for an unknown mode,
+    or for dynamic with anything but int8."""
+    key = name.strip().lower()
+    if key not in QUANTIZATION_MODES:
+        raise UsageError(f"unknown quantization {name!r}", f"use one of {', '.join(QUANTIZATION_MODES)}")
+    if key == DYNAMIC and precision == AUTO:
+        raise UsageError("--quantization dynamic picks one int8 build; --precision auto already tries every int8 "
+                         "mode its backend has", "pass --precision int8, or leave --quantization off")
+    if key == DYNAMIC and precision != "int8":
+        raise UsageError(f"--quantization dynamic applies to int8, not {precision}",
+                         "pass --precision int8, or leave --quantization off")
+    return key
+
+
 def canonical_precision(name: str, allow_auto: bool = False) -> str:
     key = name.strip().lower()
     key = ALIASES.get(key, key)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..manifest import BACKEND_REQUIREMENTS
-from ..precision import PRECISIONS
+from ..precision import PRECISIONS, STATIC
 from ..shapes import ShapeProfile
 
 if TYPE_CHECKING:  # the runtime loads backends; only a build hands them an export
@@ -50,7 +50,8 @@ class BuildRequest:
     export: "ExportArtifact"
     precision: str  # canonical: fp32, fp16, bf16 or int8
     profile: ShapeProfile
-    calibration_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)  # int8 only
+    calibration_feeds: list[dict[str, np.ndarray]] = field(default_factory=list)  # static int8 only
+    quantization: str = STATIC  # int8 only: static (calibrated) or dynamic (precision.QUANTIZATION_MODES)
     device: str = CPU  # where the bundle will run and is verified
     checkpoint: Path | None = None  # the export's source checkpoint, for backends that ship its weights
 
@@ -88,6 +89,7 @@ class Backend(ABC):
     name: str  # a key of manifest.BACKEND_REQUIREMENTS, where its engine file names are declared
     devices: tuple[str, ...] = (CPU,)  # device kinds this backend can run on
     builds_from_checkpoint = False  # True: build needs the export's source checkpoint (BuildRequest.checkpoint)
+    quantization_modes: tuple[str, ...] = (STATIC,)  # int8 modes it builds (precision.QUANTIZATION_MODES)
 
     @property
     def engine_files(self) -> tuple[str, ...]:
@@ -110,6 +112,12 @@ class Backend(ABC):
     def unsupported_reason(self, precision: str, device: str = CPU) -> str | None:
         """None when this backend runs `precision` well on `device` here; otherwise why not and what to
         use instead. `device` has passed check_device."""
+
+    def check_quantization(self, quantization: str) -> None:
+        """Raise UsageError when this backend has no int8 build of mode `quantization` (canonical)."""
+        if quantization not in self.quantization_modes:
+            raise UsageError(f"the {self.name} backend has no {quantization} int8 quantization",
+                             f"pass --backend onnxruntime, or --quantization {self.quantization_modes[0]}")
 
     def check_device(self, device: str) -> None:
         """Raise UsageError when this backend cannot run on `device` (canonical) on this machine."""

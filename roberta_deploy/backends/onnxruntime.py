@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: transformer-fused fp32 graphs, static QDQ int8; the portable path (CUDA/TensorRT EPs later)."""
+"""ONNX Runtime backend: transformer-fused fp32 graphs, static QDQ or dynamic int8; the portable path (CUDA/TensorRT
+EPs later)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import onnxruntime as ort
 
 from ..errors import BundleError
 from ..manifest import BACKEND_REQUIREMENTS
+from ..precision import DYNAMIC, STATIC
 from ..quiet import quiet_in_this_thread
 from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
 
@@ -17,6 +19,8 @@ from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Run
 
 class ONNXRuntimeBackend(Backend):
     name = "onnxruntime"
+    # dynamic: what Optimum's `quantize --avx512_vnni` gives, with no calibration data (docs/benchmarks.md)
+    quantization_modes = (STATIC, DYNAMIC)
 
     def capabilities(self) -> tuple[str, ...]:
         # The CPU provider's kernels: fp32 everywhere, int8 (MLAS: AVX2, VNNI, AMX where present); fp16 only
@@ -37,9 +41,13 @@ class ONNXRuntimeBackend(Backend):
         fused_path = output_dir / ".fused.onnx"
         fused_ops = _fuse_transformer(request.export.onnx_path, fused_path, manifest)
         settings: dict = {"graph_fusions": fused_ops}
-        if request.precision == "int8":
+        if request.precision == "int8" and request.quantization == DYNAMIC:
+            settings["quantization"] = _quantize_dynamic(request.export.onnx_path, output_dir / MODEL_FILE)
+            fused_path.unlink()
+        elif request.precision == "int8":
             _quantize_static(request, output_dir / MODEL_FILE)
-            settings["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            settings["quantization"] = {"tool": "onnxruntime.quantization.quantize_static", "mode": STATIC,
+                                        "format": "QDQ",
                                         "weights": "int8 per-channel", "activations": "uint8 per-tensor",
                                         "ops": ["MatMul"],
                                         "kept_in_higher_precision": "Gemm (pooler, classifier) and every non-MatMul op"}
@@ -95,6 +103,21 @@ def _quantize_static(request: BuildRequest, destination: Path) -> None:
                         quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                         activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"],
                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def _quantize_dynamic(source: Path, destination: Path) -> dict:
+    """int8 weights (per output channel) for every MatMul with a constant weight; each batch's activations are
+    scaled at run time (uint8, per tensor), so no calibration. Optimum's avx512_vnni config, on the unfused
+    graph as for static (ORT fuses the rest at session start). Returns the manifest's description."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet_in_this_thread(("",)):  # as in _quantize_static: its advice goes to the root logger
+        quantize_dynamic(str(source), str(destination), op_types_to_quantize=["MatMul"], per_channel=True,
+                         reduce_range=False, weight_type=QuantType.QInt8,
+                         extra_options={"MatMulConstBOnly": True})
+    return {"tool": "onnxruntime.quantization.quantize_dynamic", "mode": DYNAMIC, "weights": "int8 per-channel",
+            "activations": "uint8 per-tensor, scaled per batch at run time", "ops": ["MatMul"],
+            "kept_in_higher_precision": "Gemm (pooler, classifier) and every non-MatMul op"}
 
 
 class ONNXRuntimeEngine(LoadedEngine):

@@ -22,9 +22,10 @@ from ..data import read_dataset
 from ..errors import UsageError
 from ..manifest import KIND_BUNDLE, read_manifest, write_manifest
 from ..measurement import AccuracyGate, TimingPlan, machine_load, texts_to_resolve
+from ..precision import STATIC
 from ..tasks import SINGLE_LABEL, Task
 from .bundle import BuildOptions, BuildResult, build_engine, held_out_of_calibration
-from .candidates import CandidateSpec, build_candidates, choose, measure_candidates
+from .candidates import CandidateSpec, build_candidates, choose, measure_candidates, specs_for
 from .export import ExportArtifact
 
 GENERATED_MANIFEST_KEYS = ("schema_version", "kind", "created", "files", "library_versions")
@@ -52,15 +53,15 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
     scoring = held_out_of_calibration(dataset, options.calibration_samples, options.verification_samples)
     device = canonical_device(options.device)
     backend = get_backend(options.backend)
-    specs = [CandidateSpec(backend.name, precision) for precision in backend.precisions(device)]  # fp32 first
+    specs = specs_for(backend, backend.precisions(device))  # fp32 first; int8 once per mode the backend has
     Path(options.output).parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".auto-precision-", dir=Path(options.output).parent))
     try:
         def build_one(spec: CandidateSpec) -> Path:
-            step(f"building {spec.precision}")
-            build_engine(replace(options, precision=spec.precision, output=scratch / spec.precision, overwrite=False),
-                         on_step)
-            return scratch / spec.precision
+            step(f"building {spec.name}")
+            build_engine(replace(options, precision=spec.precision, quantization=spec.quantization or STATIC,
+                                 output=scratch / spec.folder_name, overwrite=False), on_step)
+            return scratch / spec.folder_name
 
         candidates = build_candidates(specs, build_one)
         measure_candidates(candidates, scoring, timing, latency=False, device=device, on_step=step)
@@ -69,6 +70,8 @@ def build_fastest_within_budget(options: BuildOptions, accuracy_budget_points: f
         rows = []
         for candidate in candidates:
             row = {"precision": candidate.spec.precision, "verdict": candidate.verdict}
+            if candidate.spec.quantization:
+                row["quantization"] = candidate.spec.quantization
             if candidate.measurement is not None:
                 measured = candidate.measurement.to_dict()
                 row.update({key: measured[key] for key in ("accuracy", "accuracy_interval", "texts_per_second",

@@ -25,7 +25,7 @@ from ..machine import available_memory_bytes
 from .export import ExportArtifact, onnx_reference_logits
 from .loader_files import write_loader_files
 from ..manifest import KIND_BUNDLE, write_manifest
-from ..precision import AUTO, canonical_precision
+from ..precision import AUTO, STATIC, canonical_precision, canonical_quantization
 from ..shapes import ShapeProfile
 from ..tasks import SINGLE_LABEL, Task, agreement_text, compare_with_reference
 
@@ -40,6 +40,7 @@ class BuildOptions:
     output: Path
     backend: str = DEFAULT_BACKEND
     precision: str = "fp32"  # fp32, fp16, bf16, int8, or a vendor alias
+    quantization: str = STATIC  # int8: static (calibrated) or dynamic (scaled per batch; onnxruntime only)
     device: str = CPU  # where the bundle runs and is verified: cpu, or cuda[:N] (torch backend)
     dynamic_shape: bool = True  # dynamic: any shape in the ranges; static: fixed shapes, compiled once
     batch_size: int = 32  # static batch; for dynamic, the default max batch is max(batch_size, 64)
@@ -62,6 +63,7 @@ class BuildOptions:
         # The one place a build's precision name is canonicalized (aliases, case); "auto" is build
         # --precision auto's, which build_fastest_within_budget handles.
         object.__setattr__(self, "precision", canonical_precision(self.precision, allow_auto=True))
+        object.__setattr__(self, "quantization", canonical_quantization(self.quantization, self.precision))
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
         raise UsageError("build_engine builds one precision, not auto", "call build_fastest_within_budget")
     device = canonical_device(options.device)
     backend = require_precision(options.backend, precision, device)
+    quantization = options.quantization if precision == "int8" else None
+    if quantization is not None:
+        backend.check_quantization(quantization)
+    calibrated = quantization == STATIC
     checkpoint = source_checkpoint(export) if backend.builds_from_checkpoint else None
     max_seq_length = options.max_seq_length if options.max_seq_length is not None else export.manifest["max_seq_length"]
     COUNT.require(max_seq_length, "--max-seq-length")
@@ -104,12 +110,14 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
         from ..backends.base import BuildRequest
 
         calibration_feeds = []
-        if precision == "int8":
+        if calibrated:
             calibration_feeds = [batch.feeds for batch in _padded_batches(encoder, calibration.inputs, profile,
                                                                           input_names, CALIBRATION_BATCH)]
-        step(f"building {backend.name} {precision} ({profile.describe()})")
+        step(f"building {backend.name} {precision}{f' ({quantization})' if quantization else ''} "
+             f"({profile.describe()})")
         request = BuildRequest(export=export, precision=precision, profile=profile,
-                               calibration_feeds=calibration_feeds, device=device, checkpoint=checkpoint)
+                               calibration_feeds=calibration_feeds, device=device, checkpoint=checkpoint,
+                               quantization=quantization or STATIC)
         backend_settings = backend.build(request, work)
         shutil.copytree(export.tokenizer_dir, work / TOKENIZER_DIR)
         write_loader_files(export, work)
@@ -121,6 +129,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
                 "vocab_size", "type_vocab_size", "num_labels", "created") if key in export.manifest},
             "backend": backend.name,
             "precision": precision,
+            **({"quantization": quantization} if quantization else {}),  # int8's mode, for every later stage
             "device": device,
             "backend_settings": backend_settings,
             "shape_profile": profile.to_dict(),
@@ -129,7 +138,7 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
             **task.to_manifest(),
             "max_seq_length": profile.max_seq,
             "calibration": ({"source": dataset.source, "texts": len(calibration.texts)}
-                            if precision == "int8" else None),
+                            if calibrated else None),
             "checks": dict(export.manifest.get("checks", {})),
             # Where the speed and the check below were obtained; loading elsewhere warns (machine.py).
             "verified_on": {"cpu": this_cpu(), "backend_capabilities": list(backend.capabilities())},
@@ -140,9 +149,10 @@ def build_engine(options: BuildOptions, on_step: Callable[[str], None] | None = 
         content["checks"]["against_fp32_reference"] = check
         if not check["passed"] and not options.allow_tolerance_failure:
             raise NumericalCheckError(
-                f"{backend.name} {precision} logits differ from fp32 by {check['max_abs_logit_diff']:.3g} "
-                f"(tolerance {check['tolerance']:.3g}; {agreement_text(check)})",
-                "use a higher precision, more --calibration-samples, or --allow-tolerance-failure to keep it")
+                f"{backend.name} {precision}{f' ({quantization})' if quantization else ''} logits differ from fp32 by "
+                f"{check['max_abs_logit_diff']:.3g} (tolerance {check['tolerance']:.3g}; {agreement_text(check)})",
+                "use a higher precision, " + ("more --calibration-samples" if calibrated else "--quantization static")
+                + ", or --allow-tolerance-failure to keep it")
         manifest = write_manifest(work, KIND_BUNDLE, content)
     return BuildResult(Path(options.output), manifest)
 

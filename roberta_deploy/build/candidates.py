@@ -6,7 +6,8 @@ check rejects, then scores every built candidate on the same texts and times the
 rounds (measurement.py), and `choose` applies the rule: within the accuracy budget, the fastest when it
 clears every other (the interval of its per-round speed ratio over each lies above 1), else the tie goes to
 the more exact precision and the simpler backend.
-A distilled student is one more spec, built from its own export.
+A distilled student is one more spec, built from its own export. A backend with more than one int8 mode
+(ONNX Runtime: static and dynamic) offers one spec per mode.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Callable
 
 import numpy as np
 
+from ..backends.base import Backend
 from ..data import Dataset
 from ..errors import NumericalCheckError
 from ..measurement import (AccuracyGate, Interval, PairedComparison, Timing, TimingPlan, compare_paired,
                            leaders_separated, rank_by_speed, time_interleaved, wilson_interval)
 from ..runtime.batcher import Batcher
+from ..precision import STATIC
 from ..runtime.engine import LATENCY, THROUGHPUT, Engine
 
 # A tie within noise goes to the more exact precision, then to the backend with fewer conversions between
@@ -29,6 +32,8 @@ from ..runtime.engine import LATENCY, THROUGHPUT, Engine
 # torch rebuilds from the checkpoint). Unknown names sort last.
 PRECISION_EXACTNESS = ("fp32", "fp16", "bf16", "int8")
 BACKEND_SIMPLICITY = ("onnxruntime", "openvino", "torch")
+# Then static int8 before dynamic: its outputs do not depend on what a text is batched with.
+QUANTIZATION_STABILITY = (STATIC, "dynamic")
 
 
 @dataclass(frozen=True)
@@ -37,21 +42,39 @@ class CandidateSpec:
     precision: str  # canonical (precision.canonical_precision), asked of the backend when the plan was made
     export_dir: Path | None = None  # what it is built from; None: the job's own export
     label: str = ""  # tells candidates from different exports apart, e.g. "student"
+    # int8's mode other than the default (static, calibrated): "dynamic"; None for the default and other
+    # precisions, so their names, folders and deployment.json records stay what they were.
+    quantization: str | None = None
+
+    def __post_init__(self):
+        if self.quantization == STATIC:
+            object.__setattr__(self, "quantization", None)
 
     @property
     def name(self) -> str:
-        return " ".join(part for part in (self.label, self.backend, self.precision) if part)
+        return " ".join(part for part in self._parts() if part)
 
     @property
     def folder_name(self) -> str:
-        return "-".join(part for part in (self.label, self.backend, self.precision) if part)
+        return "-".join(part for part in self._parts() if part)
+
+    def _parts(self) -> tuple[str, ...]:
+        return (self.label, self.backend, self.precision, self.quantization or "")
 
     def preference(self) -> tuple:
         """Lower is preferred when candidates tie within noise."""
         def rank(order: tuple[str, ...], name: str) -> int:
             return order.index(name) if name in order else len(order)
 
-        return (rank(PRECISION_EXACTNESS, self.precision), rank(BACKEND_SIMPLICITY, self.backend), self.name)
+        return (rank(PRECISION_EXACTNESS, self.precision), rank(BACKEND_SIMPLICITY, self.backend),
+                rank(QUANTIZATION_STABILITY, self.quantization or STATIC), self.name)
+
+
+def specs_for(backend: Backend, precisions) -> list[CandidateSpec]:
+    """One spec per precision of `backend`, in order; int8 once per quantization mode the backend builds."""
+    return [CandidateSpec(backend.name, precision, quantization=mode)
+            for precision in precisions
+            for mode in (backend.quantization_modes if precision == "int8" else (None,))]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .. import flags
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR
-from ..jobs.deploy_report import interval_text
+from ..jobs.deploy_report import interval_text, precision_label
 from .app import BATCHING, INPUT, LIMITS, MODEL, OUTPUT, command, examples
 from .common import BACKEND_HELP, DEVICE_HELP, PRECISION_HELP, TEXT_PAIR_HELP, parse_int_list, stdin_for
 from .console import console, step_printer
@@ -50,6 +50,7 @@ def export(
 
 @command(epilog=examples(
     "roberta-deploy build --export export --output bundle --backend openvino --precision int8",
+    "roberta-deploy build --export export --output bundle --backend onnxruntime --precision int8 --quantization dynamic",
     "roberta-deploy build --export export --output bundle --precision auto --calibration-data dev.tsv",
     "roberta-deploy build --export export --output bundle --static-shape --batch-size 8 --seq-buckets 32,64",
     "roberta-deploy build --export export --output bundle --backend torch --device cuda --precision fp16"))
@@ -63,6 +64,11 @@ def build(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP + " `auto` picks the fastest within "
                                                                  "--accuracy-budget.",
                                            rich_help_panel=MODEL)] = "fp32",
+    quantization: Annotated[str, typer.Option(help="int8 only: static scales activations as calibrated on "
+                                                   "--calibration-data; dynamic (onnxruntime) scales each batch at "
+                                                   "run time: no calibration data, but a text's logits shift "
+                                                   "slightly with its batch.",
+                                              rich_help_panel=MODEL)] = "static",
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " The bundle is verified there and runs there by "
                                                            "default.", rich_help_panel=MODEL)] = "cpu",
     dynamic_shape: Annotated[bool, typer.Option("--dynamic-shape/--static-shape",
@@ -114,8 +120,8 @@ def build(
     from ..precision import AUTO  # numpy
     from ..tasks import agreement_text
     options = BuildOptions(
-        export_dir=export, output=output, backend=backend, precision=precision, device=device,
-        dynamic_shape=dynamic_shape,
+        export_dir=export, output=output, backend=backend, precision=precision, quantization=quantization,
+        device=device, dynamic_shape=dynamic_shape,
         batch_size=batch_size, max_seq_length=max_seq_length, min_batch=min_batch, max_batch=max_batch,
         min_seq=min_seq, max_seq=max_seq, seq_buckets=parse_int_list(seq_buckets, "--seq-buckets") if seq_buckets else (),
         calibration_data=calibration_data, calibration_samples=calibration_samples,
@@ -140,10 +146,10 @@ def build(
                         f"{candidate['paired_vs_fp32']['disagreements']} disagreements), "
                         f"{interval_text(candidate['texts_per_second_interval'], '{:,.0f}')} texts/s "
                         if "accuracy" in candidate else "")
-            console.print(f"  {candidate['precision']}: {measured}-> {candidate['verdict']}")
+            console.print(f"  {precision_label(candidate)}: {measured}-> {candidate['verdict']}")
         if selection["accuracy_gate"]["note"]:
             console.print(selection["accuracy_gate"]["note"])
-    console.print(f"built {manifest['backend']} {manifest['precision']} bundle at {output} "
+    console.print(f"built {manifest['backend']} {precision_label(manifest)} bundle at {output} "
                   f"({describe_shapes(manifest)}); vs fp32: max |diff| {check['max_abs_logit_diff']:.3g} "
                   f"(tolerance {check['tolerance']:.3g}), {agreement_text(check)} "
                   f"on {check['texts']} texts: {verdict}")
@@ -170,7 +176,7 @@ def inspect(
         return
     table = Table(title=f"{kind} {bundle}", show_header=False)
     for key in ("schema_version", "created", "source_model", "source_model_sha256", "architecture", "backend",
-                "precision", "max_seq_length", "labels", "inputs", "backend_settings", "calibration"):
+                "precision", "quantization", "max_seq_length", "labels", "inputs", "backend_settings", "calibration"):
         if manifest.get(key) is not None:
             table.add_row(key, json.dumps(manifest[key], ensure_ascii=False) if not isinstance(manifest[key], str)
                           else manifest[key])

@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import flags
 from ..defaults import AUTO_BACKEND, AUTO_BACKENDS, DEFAULT_MAX_SEQ_LENGTH
 from ..errors import UsageError
-from ..jobs.deploy_report import interval_text
+from ..jobs.deploy_report import interval_text, precision_label
 from .app import BATCHING, INPUT, MODEL, OUTPUT, command, examples
 from .common import parse_int_list, stdin_for
 from .console import console, step_printer
@@ -111,7 +111,7 @@ def deploy_command(
         console.print("accuracy was not checked: no --data was given (pass labelled texts to let deploy choose a "
                       "faster precision within --accuracy-budget)")
     student = f"{choice['label']} " if choice.get("label") else ""
-    console.print(f"chosen: {student}{choice['backend']} {choice['precision']} ({output / choice['bundle']}): "
+    console.print(f"chosen: {student}{choice['backend']} {precision_label(choice)} ({output / choice['bundle']}): "
                   f"{choice['reason']}")
     console.print(f"wrote {output / DEPLOYMENT_MARKDOWN}, {output / DEPLOYMENT_JSON} and {output / REPORT_HTML}")
     if serve:
@@ -146,7 +146,8 @@ def candidates_table(report: dict) -> Table:
     for row in report["candidates"]:
         measured = row.get("measured") or {}
         paired = row.get("paired_vs_fp32")
-        table.add_row(row.get("label") or "model", row["backend"], row["precision"], row["status"],
+        table.add_row(row.get("label") or "model", row["backend"], precision_label(row),
+                      row["status"],
                       interval_text(measured.get("accuracy_interval"), "{:.4f}"),
                       _format(row.get("points_vs_fp32"), "{:+.2f}"),
                       f"{paired['disagreements']}/{paired['texts']}" if paired else "",

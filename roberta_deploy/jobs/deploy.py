@@ -19,7 +19,8 @@ from typing import Callable
 from ..atomic import MARKER_FILE, OutputFolder, atomic_write_json, atomic_write_text, remove_abandoned_staging
 from ..backends import get_backend, offered_precisions
 from ..build.bundle import BuildOptions, build_engine, held_out_of_calibration
-from ..build.candidates import Candidate, CandidateSpec, Choice, Measurement, build_candidates, choose, measure_candidates
+from ..build.candidates import (Candidate, CandidateSpec, Choice, Measurement, build_candidates, choose,
+                                measure_candidates, specs_for)
 from ..build.checkpoint import checkpoint_hash, resolve_checkpoint
 from ..build.export import DEFAULT_OPSET, ExportArtifact, ExportOptions, export_model
 from ..data import Dataset, read_dataset
@@ -29,7 +30,7 @@ from ..errors import (BundleError, NumericalCheckError, OutputExistsError, Rober
 from ..manifest import MANIFEST_FILE, file_sha256
 from ..machine import this_cpu
 from ..measurement import AccuracyGate, TimingPlan, machine_load, texts_to_resolve
-from ..precision import AUTO, canonical_precision
+from ..precision import AUTO, STATIC, canonical_precision
 from .deploy_report import deployment_markdown
 from .deployment_record import (DEPLOYMENT_JSON, KIND, SCHEMA_VERSION, bundle_changed, previous_deployment,
                                 why_not_reusable)
@@ -144,8 +145,8 @@ def _check_distill(options: DeployOptions, checkpoint: Path) -> None:
 
 
 def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[CandidateSpec, ...]:
-    """(backend, precision) pairs to build, the fp32 reference first; what each backend offers is asked of
-    this machine. With one precision asked for and labelled data, fp32 is built too: the reference."""
+    """(backend, precision, int8 mode) specs to build, the fp32 reference first; what each backend offers is
+    asked of this machine. With one precision asked for and labelled data, fp32 is built too: the reference."""
     if backend_name.strip().lower() == AUTO_BACKEND:
         names = []
         for name in AUTO_BACKENDS:
@@ -157,21 +158,18 @@ def _candidates(backend_name: str, precision: str, scored: bool) -> tuple[Candid
             raise UsageError("no CPU backend is installed", "pip install 'roberta-deploy[openvino]'")
     else:
         names = [get_backend(backend_name).name]
-    candidates = []
+    candidates: list[CandidateSpec] = []
     for name in names:
         offered = offered_precisions(name)
-        if precision == AUTO:
-            candidates += [(name, offered_precision) for offered_precision in offered]
-        elif precision in offered:
-            candidates.append((name, precision))
+        wanted = offered if precision == AUTO else [precision] if precision in offered else []
+        candidates += specs_for(get_backend(name), wanted)
     if not candidates:
         reason = get_backend(names[0]).unsupported_reason(precision)
         raise UnsupportedPrecisionError(f"{' and '.join(names)} cannot build {precision} here", reason)
-    if scored and not any(candidate_precision == "fp32" for _, candidate_precision in candidates):
-        candidates.insert(0, (candidates[0][0], "fp32"))
-    fp32_first = sorted(candidates, key=lambda candidate: candidate[1] != "fp32")[:1]
-    return tuple(CandidateSpec(backend, candidate_precision) for backend, candidate_precision
-                 in fp32_first + [candidate for candidate in candidates if candidate not in fp32_first])
+    if scored and not any(candidate.precision == "fp32" for candidate in candidates):
+        candidates.insert(0, CandidateSpec(candidates[0].backend, "fp32"))
+    fp32_first = [candidate for candidate in candidates if candidate.precision == "fp32"][:1]
+    return tuple(fp32_first + [candidate for candidate in candidates if candidate not in fp32_first])
 
 
 def _label_names(checkpoint: Path) -> list[str] | None:
@@ -243,7 +241,7 @@ def prepare_deployment(plan: Plan, on_step: Callable[[str], None] | None = None)
                                         options.max_seq_length, options.distill_epochs, step)
             report["students"] = [student.record for student in students]
             # A student is one more spec per backend and precision, built from its own export.
-            specs += [CandidateSpec(spec.backend, spec.precision, export_dir=student.export.folder, label=student.name)
+            specs += [replace(spec, export_dir=student.export.folder, label=student.name)
                       for student in students for spec in plan.candidates]
         # Records of candidates this run does not try (another --backend or --precision) are kept, so that
         # switching back reuses their bundles too.
@@ -335,6 +333,8 @@ def _build_one(plan: Plan, export: ExportArtifact, spec: CandidateSpec, earlier:
                       "verification_samples": VERIFICATION_SAMPLES}
     record = records[name] = {"backend": spec.backend, "precision": spec.precision, "bundle": f"{BUNDLES_DIR}/{name}",
                               "build_settings": build_settings}
+    if spec.quantization:  # only where not the default, so the records of static int8 bundles stay reusable
+        build_settings["quantization"] = record["quantization"] = spec.quantization
     if spec.label:
         record["label"] = spec.label
     why = why_not_reusable(earlier, "build_settings", build_settings)
@@ -351,7 +351,8 @@ def _build_one(plan: Plan, export: ExportArtifact, spec: CandidateSpec, earlier:
         step(f"{name}: building ({why})")
         try:
             build_engine(BuildOptions(export_dir=spec.export_dir or export.folder, output=bundle, backend=spec.backend,
-                                      precision=spec.precision, calibration_data=options.data,
+                                      precision=spec.precision, quantization=spec.quantization or STATIC,
+                                      calibration_data=options.data,
                                       calibration_samples=options.calibration_samples,
                                       verification_samples=VERIFICATION_SAMPLES, overwrite=True), on_step=step)
         except NumericalCheckError as error:
@@ -444,6 +445,7 @@ def _choice_record(plan: Plan, choice: Choice) -> dict:
                  f"{rate.value:,.0f} texts/s ({rate.low:,.0f}-{rate.high:,.0f}), {choice.speedup_vs_reference:.2f}x "
                  f"{reference.spec.name}")
     return {"label": chosen.spec.label, "backend": chosen.spec.backend, "precision": chosen.spec.precision,
+            **({"quantization": chosen.spec.quantization} if chosen.spec.quantization else {}),
             "bundle": f"{BUNDLES_DIR}/"
             f"{chosen.spec.folder_name}", "texts_per_second": rate.value,
             "speedup_vs_reference": choice.speedup_vs_reference, "reference": reference.spec.name,

@@ -4,6 +4,15 @@ and its load; read from what deployment.json holds (report.py draws the same as 
 from __future__ import annotations
 
 
+def precision_label(record: dict) -> str:
+    """A candidate's, choice's or bundle manifest's precision as reports show it: 'int8 (dynamic)' for int8
+    of a mode other than the default (static, calibrated), the precision alone otherwise (older records and
+    manifests have no "quantization": they are static)."""
+    quantization = record.get("quantization")
+    precision = record["precision"]
+    return f"{precision} ({quantization})" if quantization and quantization != "static" else precision
+
+
 def interval_text(interval: dict | None, template: str) -> str:
     """'1,234 (1,200-1,260)': a value and its interval, or '' when there is none."""
     if not interval:
@@ -28,7 +37,7 @@ def deployment_markdown(report: dict) -> str:
              f"Model sha256 {report['model_sha256'][:12]}; data {data}; accuracy budget "
              f"{settings['accuracy_budget_points']:g} points below fp32; precision {settings['precision']}; "
              f"export {report['export']['status']}.", "",
-             f"**Chosen: {_label(choice)}{choice['backend']} {choice['precision']}** (`{choice['bundle']}`): "
+             f"**Chosen: {_label(choice)}{choice['backend']} {precision_label(choice)}** (`{choice['bundle']}`): "
              f"{choice['reason']}.", ""]
     for student in report.get("students", []):
         lines.append(f"- {student['name']}: distilled from the model (its layers "
@@ -54,7 +63,8 @@ def deployment_markdown(report: dict) -> str:
         latency = measured.get("latency_ms_batch1") or {}
         paired = row.get("paired_vs_fp32") or {}
         rounds = measured.get("throughput_rounds") or {}
-        cells = [row.get("label") or "model", row["backend"], row["precision"], row["status"],
+        cells = [row.get("label") or "model", row["backend"], precision_label(row),
+                 row["status"],
                  interval_text(measured.get("accuracy_interval"), "{:.4f}"),
                  _number(row.get("points_vs_fp32"), "{:+.2f}"),
                  f"{paired['disagreements']} of {paired['texts']}" if paired else "",

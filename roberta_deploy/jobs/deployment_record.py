@@ -57,7 +57,7 @@ def record_problem(record) -> str | None:
             if not isinstance(row, dict) or not all(isinstance(row.get(name), str) for name in ("backend", "precision")):
                 return f"has a {key} entry that is not a record of a backend and precision"
             for name, expected in (("build_settings", dict), ("measurement_settings", dict), ("measured", dict),
-                                   ("rejected", str), ("bundle_manifest_sha256", str)):
+                                   ("rejected", str), ("bundle_manifest_sha256", str), ("quantization", str)):
                 if name in row and not isinstance(row[name], expected):
                     return f"has a {key} entry whose {name} is {type(row[name]).__name__}"
     return None

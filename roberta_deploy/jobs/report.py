@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 
 from .charts import INSTALL_CHARTS, Charts, plain_number  # noqa: F401  (INSTALL_CHARTS: what a page without charts says)
-from .deploy_report import timing_text
+from .deploy_report import precision_label, timing_text
 
 REPORT_HTML = "report.html"
 STYLE = """
@@ -135,7 +135,8 @@ def deployment_report_html(report: dict) -> str:
     """The `deploy` page: every candidate's accuracy, throughput and batch-1 latency with their intervals, the
     choice and why, the machine and its load. `report` is what deployment.json holds."""
     measured = [row for row in report["candidates"] if "measured" in row]
-    names = [" ".join(part for part in (row.get("label"), row["backend"], row["precision"]) if part)
+    names = [" ".join(part for part in (row.get("label"), row["backend"],
+                                        precision_label(row)) if part)
              for row in measured]
     choice, settings = report["choice"], report["settings"]
     chosen = next((name for name, row in zip(names, measured) if row["bundle"] == choice["bundle"]), None)
@@ -179,7 +180,7 @@ def deployment_report_html(report: dict) -> str:
     for row in report["candidates"]:
         figures = row.get("measured") or {}
         paired = row.get("paired_vs_fp32")
-        rows.append([row.get("label") or "model", row["backend"], row["precision"],
+        rows.append([row.get("label") or "model", row["backend"], precision_label(row),
                      cell(figures.get("accuracy_interval"), "{:.3f}"),
                      "" if row.get("points_vs_fp32") is None else f"{row['points_vs_fp32']:+.2f}",
                      f"{paired['disagreements']} of {paired['texts']}" if paired else "",
@@ -193,11 +194,12 @@ def deployment_report_html(report: dict) -> str:
              "" if report["accuracy_checked"] else '<p class="note">Accuracy was not checked: no --data was given.</p>',
              f'<p class="note">Tied within noise: {_e(", ".join(choice["tied_with"]))}.</p>'
              if choice.get("tied_within_noise") else ""]
+    chosen = " ".join(part for part in (choice.get("label"), choice["backend"], precision_label(choice)) if part)
     body = [f"<h1>roberta-deploy deploy: {_e(report['model'])}: accuracy, throughput and latency of "
             f"{len(report['candidates'])} candidates</h1>",
             _meta(f"{texts} {report['scored_on']}; accuracy budget {settings['accuracy_budget_points']:g} points; "
                   f"export {report['export']['status']}", report["machine"], _others_shares(measured)),
-            f"<p><strong>Chosen: {_e(' '.join(part for part in (choice.get('label'), choice['backend'], choice['precision']) if part))}</strong> "
+            f"<p><strong>Chosen: {_e(chosen)}</strong> "
             f"(<code>{_e(choice['bundle'])}</code>): {_e(choice['reason'])}.</p>", *notes,
             "<h2>Candidates</h2>", table, f'<p class="meta">{_e(timing_text(settings))}.</p>',
             "<h2>Charts</h2>", charts.html(), _host_section(report["machine"])]

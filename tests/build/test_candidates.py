@@ -94,3 +94,26 @@ def test_what_may_not_be_chosen_and_what_is_past_the_budget_get_their_verdicts()
 def test_a_measurement_survives_deployment_json():
     original = measured("openvino", "int8", (300, 290, 310)).measurement
     assert Measurement.from_dict(original.to_dict()) == original
+
+
+def test_onnxruntime_offers_int8_once_per_mode_and_only_the_dynamic_one_is_renamed():
+    from roberta_deploy.backends import get_backend
+    from roberta_deploy.build.candidates import specs_for
+
+    specs = specs_for(get_backend("onnxruntime"), ("fp32", "int8"))
+    assert [(spec.name, spec.folder_name) for spec in specs] == [
+        ("onnxruntime fp32", "onnxruntime-fp32"), ("onnxruntime int8", "onnxruntime-int8"),
+        ("onnxruntime int8 dynamic", "onnxruntime-int8-dynamic")]
+    assert CandidateSpec("onnxruntime", "int8", quantization="static") == specs[1]  # static is the default
+    assert [spec.folder_name for spec in specs_for(get_backend("openvino"), ("int8",))] == ["openvino-int8"]
+
+
+def test_a_tie_between_int8_modes_goes_to_the_calibrated_one():
+    # Tied round by round; the calibrated build's outputs do not depend on what a text is batched with.
+    candidates = [measured("onnxruntime", "fp32", (100, 90, 110)),
+                  measured("onnxruntime", "int8", (200, 150, 250), rates=[150, 200, 250, 200, 200]),
+                  measured("onnxruntime", "int8", (205, 160, 240), rates=[240, 205, 160, 205, 205])]
+    candidates[2].spec = CandidateSpec("onnxruntime", "int8", quantization="dynamic")
+    choice = choose(candidates, None, None)
+    assert choice.chosen is candidates[1] and choice.tied_within_noise
+    assert candidates[2].verdict == "tied within noise with onnxruntime int8, which is preferred"

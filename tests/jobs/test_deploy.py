@@ -11,6 +11,7 @@ import math
 import re
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,18 @@ def installed_backends() -> list[str]:
     return names
 
 
+def offered_candidates() -> list[tuple[str, str, str | None]]:
+    """(backend, precision, int8 mode) of every candidate deploy builds here: ONNX Runtime's int8 twice, calibrated
+    (the default, no mode recorded) and dynamic."""
+    return [(backend, precision, mode) for backend in installed_backends() for precision in offered_precisions(backend)
+            for mode in ((None, "dynamic") if (backend, precision) == ("onnxruntime", "int8") else (None,))]
+
+
+def shown_precision(row: dict) -> str:
+    """The precision column of deploy's tables: 'int8 (dynamic)' for the dynamic candidate."""
+    return row["precision"] + (f" ({row['quantization']})" if row.get("quantization") else "")
+
+
 def lower_ratio(faster: list[float], slower: list[float]) -> float:
     """The lower end of the 95% order-statistic interval of the median per-round ratio faster / slower (the whole
     range when fewer than 6 rounds cannot reach 95%)."""
@@ -61,7 +74,7 @@ def expected_choice(candidates: list[dict], budget: float, scored_texts: int) ->
     """The rule, recomputed from the recorded figures: within the budget (scored_texts held-back texts cannot
     resolve a budget under 6 x 100 / scored_texts points, so by disagreements with fp32), the fastest median
     round wins when its per-round speed ratio over every other stays above 1 (interval); else, among those it
-    does not clear, the most exact precision, then the simpler backend."""
+    does not clear, the most exact precision, then the simpler backend, then static int8 before dynamic."""
     measured = [row for row in candidates if "measured" in row]
     if budget > 0 and scored_texts >= 600 / budget:
         within = [row for row in measured if -row["points_vs_fp32"] <= budget + 1e-9]
@@ -72,7 +85,8 @@ def expected_choice(candidates: list[dict], budget: float, scored_texts: int) ->
     fastest = max(within, key=lambda row: float(np.median(rates[row["bundle"]])))
     tied = [row for row in within if row is fastest
             or lower_ratio(rates[fastest["bundle"]], rates[row["bundle"]]) <= 1.0]
-    return min(tied, key=lambda row: (PRECISION_ORDER.index(row["precision"]), BACKEND_ORDER.index(row["backend"])))
+    return min(tied, key=lambda row: (PRECISION_ORDER.index(row["precision"]), BACKEND_ORDER.index(row["backend"]),
+                                      row.get("quantization") is not None))
 
 
 def manifest_times(output) -> dict[str, str]:
@@ -109,8 +123,7 @@ def test_the_choice_and_the_reports_follow_from_what_every_candidate_measured(de
     output, _, result = deployment
     report = json.loads((output / "deployment.json").read_text(encoding="utf-8"))
     candidates = report["candidates"]
-    assert [(row["backend"], row["precision"]) for row in candidates] == [
-        (backend, precision) for backend in installed_backends() for precision in offered_precisions(backend)]
+    assert [(row["backend"], row["precision"], row.get("quantization")) for row in candidates] == offered_candidates()
     assert report["scored_texts"] == SAMPLES - CALIBRATION and report["accuracy_checked"]
     measured = [row for row in candidates if "measured" in row]
     reference = measured[0]
@@ -135,6 +148,10 @@ def test_the_choice_and_the_reports_follow_from_what_every_candidate_measured(de
         assert figures["latency_p50_ms_interval"]["low"] <= figures["latency_p50_ms_interval"]["high"]
         bundle = json.loads((output / row["bundle"] / "manifest.json").read_text())
         assert (bundle["backend"], bundle["precision"]) == (row["backend"], row["precision"])
+        # Every int8 bundle says how it was quantized; the dynamic one was not calibrated.
+        int8_mode = row.get("quantization") or "static"
+        assert bundle.get("quantization") == (int8_mode if row["precision"] == "int8" else None)
+        assert (bundle["calibration"] is None) == (bundle.get("quantization") != "static")
         assert bundle["checks"]["against_fp32_reference"]["passed"]
     for row in candidates:
         if "measured" not in row:
@@ -147,7 +164,7 @@ def test_the_choice_and_the_reports_follow_from_what_every_candidate_measured(de
            "would)" in " ".join(result.output.split())
     assert choice["tied_within_noise"] == (len(choice["tied_with"]) > 1)
     assert ("tied within noise" in choice["reason"]) == choice["tied_within_noise"]
-    assert (choice["backend"], choice["precision"]) == (chosen["backend"], chosen["precision"])
+    assert (choice["backend"], shown_precision(choice)) == (chosen["backend"], shown_precision(chosen))
     assert choice["bundle"] == chosen["bundle"] and chosen["verdict"].startswith("chosen")
     assert sum(row["verdict"].startswith("chosen") for row in candidates) == 1
     assert report["machine"]["cpu_model"] == this_cpu()["model"]
@@ -155,18 +172,18 @@ def test_the_choice_and_the_reports_follow_from_what_every_candidate_measured(de
     assert (output / "export" / "manifest.json").is_file() and report["export"]["status"] == "exported"
 
     markdown = (output / "deployment.md").read_text(encoding="utf-8")
-    assert f"**Chosen: {choice['backend']} {choice['precision']}**" in markdown
+    assert f"**Chosen: {choice['backend']} {shown_precision(choice)}**" in markdown
     assert "cannot resolve a 0.5-point budget" in markdown and "load average" in markdown
     for row in measured:
         accuracy, rate = row["measured"]["accuracy_interval"], row["measured"]["texts_per_second_interval"]
-        assert (f"| {row['backend']} | {row['precision']} | built, measured | {accuracy['value']:.4f} "
+        assert (f"| {row['backend']} | {shown_precision(row)} | built, measured | {accuracy['value']:.4f} "
                 f"({accuracy['low']:.4f}-{accuracy['high']:.4f}) | {row['points_vs_fp32']:+.2f} | "
                 f"{row['paired_vs_fp32']['disagreements']} of {report['scored_texts']} | ") in markdown
         assert f"| {rate['value']:,.1f} ({rate['low']:,.1f}-{rate['high']:,.1f}) |" in markdown
     assert this_cpu()["model"] in markdown
     assert_self_contained_with_charts((output / "report.html").read_text(encoding="utf-8"),
                                       ["chart-accuracy", "chart-throughput", "chart-latency"])
-    assert f"chosen: {choice['backend']} {choice['precision']}" in result.output
+    assert f"chosen: {choice['backend']} {shown_precision(choice)}" in result.output
 
 
 def test_a_new_budget_chooses_again_from_the_same_artifacts(deployment):
@@ -179,7 +196,7 @@ def test_a_new_budget_chooses_again_from_the_same_artifacts(deployment):
     assert {row["status"] for row in report["candidates"]} <= {"reused", "reused (rejected)"}
     chosen = expected_choice(report["candidates"], 0, report["scored_texts"])
     assert "no number of texts resolves a budget of 0" in report["choice"]["accuracy_gate"]["note"]
-    assert (report["choice"]["backend"], report["choice"]["precision"]) == (chosen["backend"], chosen["precision"])
+    assert report["choice"]["bundle"] == chosen["bundle"]
     assert "building" not in result.output and "reusing" in result.output
 
 
@@ -198,7 +215,7 @@ def test_a_second_deploy_reuses_everything_and_serves_what_the_engine_predicts(d
         assert report["export"]["status"] == "reused"
         assert {row["status"] for row in report["candidates"]} <= {"reused", "reused (rejected)"}
         choice = report["choice"]
-        name = f"{choice['backend']}-{choice['precision']}"
+        name = Path(choice["bundle"]).name
         assert re.search(rf"serving {name} at {server.url}", log), log
         assert f"try: curl -s {server.url}/predict" in log and f"POST /v2/models/{name}/infer" in log
 
@@ -227,7 +244,7 @@ def test_deploy_ray_serves_the_chosen_bundle_on_a_local_ray_and_sigterm_leaves_n
         log = "\n".join(server.lines)
         assert "building" not in log and "started a local Ray instance" in log, log
         choice = json.loads((output / "deployment.json").read_text(encoding="utf-8"))["choice"]
-        name = f"{choice['backend']}-{choice['precision']}"
+        name = Path(choice["bundle"]).name
         assert f"serving {name} at {server.url}" in log and f"POST /v2/models/{name}/infer" in log, log
         assert f"try: curl -s {server.url}/predict" in log and "Authorization: Bearer" in log, log
 
@@ -356,3 +373,16 @@ def test_a_model_folder_given_as_dot_is_deployed_under_its_own_name(tmp_path, mo
     monkeypatch.chdir(tmp_path / "my-model")
     assert _folder_name(".") == _folder_name("./") == "my-model"
     assert _folder_name("org/hub-model") == "org--hub-model"
+
+
+@pytest.mark.parametrize("backend, precision", [("auto", "auto"), ("onnxruntime", "int8"), ("openvino", "int8")])
+def test_onnxruntime_int8_is_a_candidate_calibrated_and_dynamic_where_onnxruntime_is_offered(backend, precision):
+    specs = deploy_module._candidates(backend, precision, scored=True)
+    assert specs[0].precision == "fp32"
+    folders = [spec.folder_name for spec in specs]
+    has_onnxruntime = backend in ("auto", "onnxruntime") and "onnxruntime" in installed_backends()
+    assert ("onnxruntime-int8-dynamic" in folders) == has_onnxruntime
+    if has_onnxruntime:  # the calibrated one keeps its name (and so its bundle folder and records)
+        assert folders.index("onnxruntime-int8") + 1 == folders.index("onnxruntime-int8-dynamic")
+        assert specs[folders.index("onnxruntime-int8-dynamic")].name == "onnxruntime int8 dynamic"
+    assert not any(spec.quantization for spec in specs if spec.backend != "onnxruntime")

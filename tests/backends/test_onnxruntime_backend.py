@@ -1,0 +1,110 @@
+"""ONNX Runtime's dynamic int8 (issue 21): built from the demo model without calibration, held to int8's tolerance
+against fp32, self-described in its manifest, in agreement with fp32 on the demo samples; and the flag
+combinations that have no dynamic build are one-line usage errors before any work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, invoke
+
+from roberta_deploy.build.bundle import BuildOptions, build_engine
+from roberta_deploy.build.export import ExportOptions, export_model
+from roberta_deploy.data import read_dataset
+from roberta_deploy.defaults import DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
+from roberta_deploy.errors import EXIT_CODES, UsageError
+from roberta_deploy.precision import TOLERANCES
+from roberta_deploy.runtime.engine import Engine
+
+USAGE_EXIT = next(code for code, meaning in EXIT_CODES.items() if meaning.startswith("bad flags"))
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    return export_model(ExportOptions(model=str(DEMO_MODEL_DIR), output=tmp_path_factory.mktemp("demo") / "export",
+                                      max_seq_length=128)).folder
+
+
+@pytest.fixture(scope="module")
+def demo_bundles(demo_export, tmp_path_factory):
+    """The demo model's fp32 bundle and its dynamic int8 one (through the CLI, as a user builds it)."""
+    root = tmp_path_factory.mktemp("bundles")
+    build_engine(BuildOptions(export_dir=demo_export, output=root / "fp32", backend="onnxruntime"))
+    result = invoke("build", "--export", demo_export, "--output", root / "dynamic", "--backend", "onnxruntime",
+                    "--precision", "int8", "--quantization", "dynamic")
+    assert result.exit_code == 0, result.output
+    return root / "fp32", root / "dynamic", result.output
+
+
+def test_a_dynamic_int8_build_passes_verification_and_records_its_mode(demo_bundles):
+    _, dynamic, output = demo_bundles
+    manifest = json.loads((dynamic / "manifest.json").read_text(encoding="utf-8"))
+    check = manifest["checks"]["against_fp32_reference"]
+    assert check["passed"] and check["max_abs_logit_diff"] <= check["tolerance"]
+    assert check["tolerance"] >= TOLERANCES["int8"].absolute  # int8's own tolerance, not loosened
+    assert manifest["precision"] == "int8" and manifest["quantization"] == "dynamic"
+    quantization = manifest["backend_settings"]["quantization"]
+    assert quantization["tool"] == "onnxruntime.quantization.quantize_dynamic" and quantization["mode"] == "dynamic"
+    assert manifest["calibration"] is None  # nothing was calibrated
+    assert "built onnxruntime int8 (dynamic) bundle" in output and ": passed" in output
+    shown = invoke("inspect", dynamic)
+    assert shown.exit_code == 0 and "quantize_dynamic" in shown.output
+
+
+def test_dynamic_int8_predictions_agree_with_fp32_on_the_demo_samples(demo_bundles):
+    fp32, dynamic, _ = demo_bundles
+    texts = read_dataset(DEMO_SAMPLES_PATH).texts
+    reference, quantized = (Engine.load(bundle).predict(texts) for bundle in (fp32, dynamic))
+    assert len(texts) > 100
+    assert float(np.mean(quantized.labels == reference.labels)) >= 0.98
+    assert float(np.abs(quantized.probabilities - reference.probabilities).max()) < 0.1
+
+
+def test_the_calibrated_int8_build_records_static(demo_export, tmp_path):
+    manifest = build_engine(BuildOptions(export_dir=demo_export, output=tmp_path / "static", backend="onnxruntime",
+                                         precision="int8", calibration_samples=16, verification_samples=16)).manifest
+    assert manifest["quantization"] == "static" and manifest["calibration"]["texts"] == 16
+    assert manifest["backend_settings"]["quantization"]["tool"] == "onnxruntime.quantization.quantize_static"
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (("--backend", "onnxruntime", "--precision", "fp32", "--quantization", "dynamic"),
+     ("--quantization dynamic applies to int8, not fp32", "pass --precision int8")),
+    (("--backend", "onnxruntime", "--quantization", "dynamic"), ("applies to int8, not fp32",)),
+    (("--backend", "onnxruntime", "--precision", "auto", "--quantization", "dynamic"),
+     ("--precision auto already tries every int8 mode",)),
+    (("--backend", "openvino", "--precision", "int8", "--quantization", "dynamic"),
+     ("the openvino backend has no dynamic int8 quantization", "pass --backend onnxruntime")),
+    (("--backend", "torch", "--precision", "int8", "--quantization", "dynamic"), ("torch cannot build int8",)),
+    (("--backend", "onnxruntime", "--precision", "int8", "--quantization", "weights"),
+     ("unknown quantization 'weights'", "use one of static, dynamic")),
+])
+def test_a_mode_without_a_dynamic_build_is_a_usage_error(demo_export, tmp_path, flags, fragments):
+    result = invoke("build", "--export", demo_export, "--output", tmp_path / "b", *flags)
+    assert result.exit_code == USAGE_EXIT
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_library_refuses_the_same_before_any_work(demo_export, tmp_path):
+    with pytest.raises(UsageError, match="has no dynamic int8"):
+        build_engine(BuildOptions(export_dir=demo_export, output=tmp_path / "b", backend="openvino",
+                                  precision="int8", quantization="dynamic"))
+    assert not (tmp_path / "b").exists()
+
+
+def test_precision_auto_times_both_int8_modes_and_the_chosen_bundle_says_which(tiny_exports, samples_tsv, tmp_path):
+    result = invoke("build", "--export", tiny_exports["bert"].folder, "--output", tmp_path / "auto", "--backend",
+                    "onnxruntime", "--precision", "auto", "--calibration-data", samples_tsv,
+                    "--calibration-samples", 32, "--timing-cap", 1)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text(encoding="utf-8"))
+    rows = manifest["precision_selection"]["candidates"]
+    assert [(row["precision"], row.get("quantization")) for row in rows] == [
+        ("fp32", None), ("int8", None), ("int8", "dynamic")]
+    assert "  int8 (dynamic): accuracy" in result.output
+    chosen = next(row for row in rows if row["verdict"].startswith("chosen"))
+    expected_mode = (chosen.get("quantization") or "static") if chosen["precision"] == "int8" else None
+    assert manifest.get("quantization") == expected_mode
