@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,13 +118,13 @@ def prepare_infinity_venv(venv: Path) -> Path:
     """infinity-emb in its own venv (its transformers/optimum pins differ from roberta-deploy's). A marker file
     written after a successful install and import says the venv is complete."""
     python, marker = venv / "bin" / "python", venv / "peers-ready.txt"
-    if marker.is_file():
+    if marker.is_file() and marker.read_text().splitlines()[0] == " ".join(INFINITY_REQUIREMENTS):
         return python
     run_logged([sys.executable, "-m", "venv", "--clear", str(venv)], "infinity venv")
     run_logged([python, "-m", "pip", "install", *INFINITY_REQUIREMENTS], "infinity-emb install (minutes)")
     run_logged([python, "-c", "import infinity_emb, optimum.onnxruntime, torch"], "infinity import check")
     freeze = run_logged([python, "-m", "pip", "freeze"], "infinity venv versions").stdout
-    marker.write_text(freeze)
+    marker.write_text(" ".join(INFINITY_REQUIREMENTS) + "\n" + freeze)
     return python
 
 
@@ -145,31 +146,45 @@ def quantize_flag() -> str:
 
 def prepare_infinity_models(python: Path, checkpoint: Path, folder: Path, servers) -> tuple[dict, str | None]:
     """ONNX models for infinity's optimum engine: `optimum-cli export onnx`, and `onnxruntime quantize` of it.
-    Each is a folder of its own: infinity serves the quantized file whenever one is present on a CPU."""
+    Each is a folder of its own: infinity serves the quantized file whenever one is present on a CPU.
+
+    The fp32 model is served after `optimum-cli onnxruntime optimize -O2` (attention, LayerNorm and GELU fusions):
+    infinity optimizes the graph itself at start, but with the optimum that its extra resolves to (2.x) that step
+    fails ("OptimizationConfig ... unexpected keyword argument 'optimize_with_onnxruntime_only'") and it would serve
+    the unfused graph; optimum 1.x, where the step works, cannot import with torch 2.13. The int8 model is
+    quantized from the plain export, as infinity's docs do it."""
     optimum_cli = python.parent / "optimum-cli"
-    fp32, int8 = folder / "infinity-onnx-fp32", folder / "infinity-onnx-int8"
+    exported, fp32, int8 = folder / "infinity-onnx-export", folder / "infinity-onnx-fp32-O2", folder / "infinity-onnx-int8"
     models, flag = {}, None
-    if {"infinity-optimum-fp32", "infinity-optimum-int8"} & set(servers) and not fp32.is_dir():
-        temporary = fp32.with_name(fp32.name + ".partial")
-        run_logged([optimum_cli, "export", "onnx", "--model", checkpoint, "--task", "text-classification",
-                    temporary], "optimum-cli export onnx")
-        temporary.rename(fp32)
+    if {"infinity-optimum-fp32", "infinity-optimum-int8"} & set(servers) and not exported.is_dir():
+        _made_by([optimum_cli, "export", "onnx", "--model", checkpoint, "--task", "text-classification"], exported,
+                 "optimum-cli export onnx")
+    if "infinity-optimum-fp32" in servers and not fp32.is_dir():
+        _made_by([optimum_cli, "onnxruntime", "optimize", "--onnx_model", exported, "-O2", "-o"], fp32,
+                 "optimum-cli onnxruntime optimize -O2", exported)
     if "infinity-optimum-int8" in servers:
         flag = quantize_flag()
         if not int8.is_dir():
-            temporary = int8.with_name(int8.name + ".partial")
-            run_logged([optimum_cli, "onnxruntime", "quantize", "--onnx_model", fp32, flag, "-o", temporary],
-                       f"optimum-cli onnxruntime quantize {flag}")
-            for path in fp32.iterdir():  # the config and tokenizer files travel with the quantized model
-                if path.suffix != ".onnx" and not (temporary / path.name).exists():
-                    (temporary / path.name).write_bytes(path.read_bytes())
-            temporary.rename(int8)
+            _made_by([optimum_cli, "onnxruntime", "quantize", "--onnx_model", exported, flag, "-o"], int8,
+                     f"optimum-cli onnxruntime quantize {flag}", exported)
         models["infinity-optimum-int8"] = int8
     if "infinity-optimum-fp32" in servers:
         models["infinity-optimum-fp32"] = fp32
     if "infinity-torch-fp32" in servers:
         models["infinity-torch-fp32"] = checkpoint
     return models, flag
+
+
+def _made_by(command: list, folder: Path, what: str, source: Path | None = None) -> None:
+    """Run an optimum-cli step whose last argument is the output folder, under a temporary name; the source's config
+    and tokenizer files travel with the model (infinity loads them from the same folder)."""
+    temporary = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(temporary, ignore_errors=True)
+    run_logged([*command, temporary], what)
+    for path in source.iterdir() if source else ():
+        if path.suffix != ".onnx" and not (temporary / path.name).exists():
+            shutil.copyfile(path, temporary / path.name)
+    temporary.rename(folder)
 
 
 # -- running servers ----------------------------------------------------------------------------------------
@@ -189,6 +204,10 @@ class RunningServer:
 
     def stop(self) -> int:
         raise NotImplementedError
+
+    def notes(self) -> list[str]:
+        """What the server said at start that decides its speed (which model file, graph optimization)."""
+        return []
 
 
 class RobertaDeployServer(RunningServer):
@@ -222,8 +241,10 @@ class InfinityServer(RunningServer):
         self.port = free_port()
         engine = "torch" if name == "infinity-torch-fp32" else "optimum"
         model_id = str(model) if engine == "torch" else "."  # the optimum engine is started inside its folder
+        # --no-model-warmup: infinity's warm-up sends "warm " x 512 (1,026 tokens with this vocab) untruncated, which
+        # fails a 512-position BERT at start; the bench's own warm-up load precedes every measurement instead.
         command = [str(python.parent / "infinity_emb"), "v2", "--model-id", model_id, "--engine", engine,
-                   "--device", "cpu", "--port", str(self.port), "--host", "127.0.0.1"]
+                   "--device", "cpu", "--no-model-warmup", "--port", str(self.port), "--host", "127.0.0.1"]
         env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
         env.pop("PYTHONPATH", None)
@@ -247,6 +268,11 @@ class InfinityServer(RunningServer):
                 return connection.recv(64).startswith(b"HTTP/1.1 200")
         except OSError:
             return False
+
+    def notes(self) -> list[str]:
+        wanted = ("ptimiz", "onnx", "quantiz", "WARNING", "bettertransformer")
+        return [line.strip() for line in self.log_file.read_text(errors="replace").splitlines()
+                if any(word in line for word in wanted)][:20]
 
     def body(self, text: str) -> bytes:
         return json_bytes({"input": [text]})

@@ -117,12 +117,14 @@ def cut_texts(tokenizer, texts: list[str], max_length: int) -> list[str]:
     so every server computes the same tokens and none truncates on its own."""
     cut = []
     for text in texts:
+        tokens = max_length - 2
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        keep = max_length - 2
-        while len(offsets) > keep:
-            text = text[:offsets[keep - 1][1]]
-            offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-            keep -= 1  # a word cut inside may re-tokenize into more pieces; rare, and one token less settles it
+        keep = tokens
+        while len(offsets) > tokens:
+            shorter = text[:offsets[keep - 1][1]]
+            if len(tokenizer(shorter, add_special_tokens=False)["input_ids"]) <= tokens:
+                text, offsets = shorter, []
+            keep -= 1  # a word cut inside may re-tokenize into more pieces: cut one token earlier
         cut.append(text)
     return cut
 
@@ -199,7 +201,7 @@ def measure_server(name: str, prepared: Prepared, max_length: int, texts: list[s
         start_s = time.monotonic() - started
         rss_ready = server.process.memory_info().rss
         if reference is not None:
-            answers = check_answers(server, texts[:len(reference)], reference)
+            answers = {**check_answers(server, texts[:len(reference)], reference), "server_notes": server.notes()}
         bodies = [server.body(text) for text in texts]
         for clients in client_order:
             with CpuShares(server.process) as cpu:
