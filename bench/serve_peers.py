@@ -231,7 +231,7 @@ def offline_infer(bundle: Path, data: Path, scratch: Path) -> dict:
     rows = [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
     return {"texts": metrics["examples"], "texts_per_second": metrics["texts_per_second"],
             "others_cpu_share": cpu.others_share, "load_average_1min": os.getloadavg()[0],
-            "labels": [row["label"] for row in rows]}
+            "labels": [row["label_name"] for row in rows]}
 
 
 def write_texts(path: Path, texts: list[str]) -> Path:
@@ -329,6 +329,7 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {p99} | {offline} | {ratio} | {agreement} "
                          f"| {row['errors']} | {row['others_cpu_share_max']:.0%} |")
         verdicts = [f"{count} client{'s' * (int(count) > 1)}: " + (
+            "n/a (infinity answered nothing in the window)" if v["ratio"] is None else
             f"tie ({v['ratio']:.2f}x, ranges overlap)" if v["tie"] else f"{v['ratio']:.2f}x")
             + f" ({v['roberta_deploy']} vs {v['infinity']})" for count, v in part["best_vs_fastest"].items()]
         if verdicts:
