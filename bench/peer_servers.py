@@ -26,7 +26,7 @@ from serve_bench import Server, cli, environment
 
 INFINITY_REQUIREMENTS = ("infinity-emb[server,torch,optimum]==0.0.78",
                          "torch==2.13.0")  # the CPU wheel on this disk; unpinned, pip pulls a multi-GB CUDA build
-START_TIMEOUT_S = 600  # infinity's optimum engine optimizes the ONNX graph on its first start
+START_TIMEOUT_S = 600  # infinity took 25-45 s to become healthy on a busy 2-core machine; generous on purpose
 STOP_TIMEOUT_S = 60
 
 
