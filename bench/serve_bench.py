@@ -285,6 +285,7 @@ def soak(bundle: Path, texts: list[str], offline: dict, arguments) -> dict:
     counts = {"requests": 0, "texts": 0, "disconnected": 0, "label_flips": 0, "beyond_tolerance": 0,
               "wrong_length": 0, "errors": 0}
     worst = [0.0]
+    error_kinds: dict[str, int] = {}  # what each error was: a timeout, a refused connection, a status
     started = time.monotonic()
     stop_sampling = threading.Event()
 
@@ -311,13 +312,15 @@ def soak(bundle: Path, texts: list[str], offline: dict, arguments) -> dict:
             try:
                 status, _, answer = await asyncio.wait_for(
                     connection.request("POST", "/predict", body, {"Content-Type": "application/json"}), 60)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as error:
                 connection.close()
                 counts["errors"] += 1
+                error_kinds[type(error).__name__] = error_kinds.get(type(error).__name__, 0) + 1
                 continue
             counts["requests"] += 1
             if status != 200:
                 counts["errors"] += 1
+                error_kinds[f"HTTP {status}"] = error_kinds.get(f"HTTP {status}", 0) + 1
                 continue
             answer = json.loads(answer)
             if len(answer) != len(chosen):
@@ -362,7 +365,8 @@ def soak(bundle: Path, texts: list[str], offline: dict, arguments) -> dict:
             "dropped_before_compute": dropped, "dropped_counted_by_server": dropped_http,
             "rss_mb_ready": rss_ready, "rss_mb_baseline": after_first_minute, "rss_mb_end": end,
             "rss_growth_after_baseline": (end / after_first_minute - 1) if end and after_first_minute else None,
-            "rss_samples": samples, "others_cpu_share": cpu.others_share, "exit_code": exit_code}
+            "error_kinds": error_kinds, "rss_samples": samples, "others_cpu_share": cpu.others_share,
+            "exit_code": exit_code}
 
 
 # -- report -------------------------------------------------------------------------------------------------

@@ -85,8 +85,15 @@ class WorkerCore:
         self._listeners: list[Callable[[BatchStats], None]] = []
         self._counters = collections.Counter()
 
-    def start(self) -> Self:
-        """Create the contexts, run each once on this thread, then start one worker per context."""
+    def start(self, *, reserve_largest_batch: bool = False) -> Self:
+        """Create the contexts, run each once on this thread, then start one worker per context.
+
+        reserve_largest_batch: also run the largest batch an online batch can be (max length, as many rows as
+        the token budget takes) on every context, so each holds the buffers its largest batch needs before the
+        first request rather than growing them when such a batch first arrives, minutes into serving (at max
+        length 512 one such batch added 260 MB to a running server: docs/serving.md, "Memory at max length
+        512"). Servers pass True; offline runs meet their longest batch first anyway.
+        """
         with self._condition:
             if self._state != "new":
                 raise NotReadyError(f"this batcher was already started ({self._state})",
@@ -94,9 +101,12 @@ class WorkerCore:
             self._state = "starting"
         try:
             contexts = [self.engine.create_context() for _ in range(self.context_count)]
-            warm_up = self._warm_up_inputs()
-            for context in contexts:
-                context.run(warm_up.input_ids, warm_up.attention_mask, warm_up.token_type_ids)
+            warm_ups = [self._warm_up_inputs()]
+            if reserve_largest_batch and self._bucket_lengths is None:
+                warm_ups.append(self._largest_batch_inputs())
+            for warm_up in warm_ups:
+                for context in contexts:
+                    context.run(warm_up.input_ids, warm_up.attention_mask, warm_up.token_type_ids)
         except BaseException:
             with self._condition:
                 self._state = "new"
@@ -186,6 +196,15 @@ class WorkerCore:
         encoder = self.engine.encoder
         encoded = encoder.encode(["warm-up"])
         return encoder.pad(encoded, [0], int(encoded.lengths[0]))
+
+    def _largest_batch_inputs(self):
+        """As many max-length rows as the token budget takes: attention buffers grow with rows x length^2, so
+        under a budget of rows x length the longest rows need the most memory."""
+        encoder = self.engine.encoder
+        length = self.engine.max_seq_length
+        rows = max(1, min(self.max_batch_size, self.max_batch_tokens // length))
+        encoded = encoder.encode(["warm-up " * length] * rows)  # cut to max_seq_length tokens
+        return encoder.pad(encoded, range(rows), length)
 
     def _fail_waiting(self, error: BaseException) -> None:
         """Under the condition: fail every queued request and batch."""

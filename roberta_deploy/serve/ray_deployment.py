@@ -321,7 +321,7 @@ class ReplicaServer:
             engine = Engine.load(folder, contexts=options.batching.contexts, cpu_threads=ray_options.cpu_threads,
                                  hint=THROUGHPUT, pin_threads=False)
             model = served_model(bundle.name, engine, options)
-            model.batcher.start()  # every context runs once before Ray routes a request here
+            model.batcher.start(reserve_largest_batch=True)  # every context runs before Ray routes a request here
             self.state.add_model(model)
         self.state.ready = True
         self._app = create_app(self.state)

@@ -227,7 +227,7 @@ class Server:
                     return
                 model = self.open_model(spec, self.options)
                 self._models.append(model)
-                model.batcher.start()  # every context runs once before the model counts as ready
+                model.batcher.start(reserve_largest_batch=True)  # every context runs before the model counts as ready
                 self.state.add_model(model)
                 engine = model.engine
                 self.on_event(f"warmed up {model.name}: {engine.backend} {engine.precision} from {spec.path}")

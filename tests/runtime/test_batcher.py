@@ -45,6 +45,22 @@ def test_every_context_runs_once_on_the_starting_thread_before_any_worker_exists
     assert not batcher.running and not batcher.ready
 
 
+
+def test_a_server_batcher_runs_its_largest_batch_on_every_context_before_it_is_ready():
+    # The largest online batch (max length, as many rows as the budget takes) sets a context's buffers; run
+    # before any request, memory does not jump minutes into serving when such a batch first arrives.
+    engine = FakeEngine(contexts=2, max_seq_length=32)
+    with Batcher(engine, max_batch_tokens=100, max_batch_size=8) as batcher:
+        assert {call["shape"] for call in engine.calls} == {(1, len("warm-up") + 2)}  # only the short warm-up text
+    engine = FakeEngine(contexts=2, max_seq_length=32)
+    batcher = Batcher(engine, max_batch_tokens=100, max_batch_size=8).start(reserve_largest_batch=True)
+    try:
+        shapes = [(call["context"], call["shape"]) for call in engine.calls]
+        assert shapes[2:] == [(0, (3, 32)), (1, (3, 32))], shapes  # 100 // 32 rows of 32 tokens on each context
+        assert batcher.submit("好").result(timeout=10).logits.shape == (1, 2)
+    finally:
+        batcher.close()
+
 def test_concurrent_requests_get_their_own_rows_back_in_order_with_timings():
     engine = FakeEngine(contexts=2)
     rng = np.random.default_rng(0)
