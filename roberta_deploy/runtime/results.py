@@ -115,6 +115,7 @@ class BatchStats:
     tokens: int  # rows x padded_length
     inference_s: float  # engine time of this batch
     context: int  # which worker ran it
+    real_tokens: int = 0  # the texts' own tokens (tokens - real_tokens is padding)
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,8 @@ class WorkerCore:
             return
         rows = sum(positions.size for _, positions, _ in parts)
         stats = BatchStats(rows=rows, padded_length=batch.padded_length, tokens=rows * batch.padded_length,
-                           inference_s=inference_s, context=number)
+                           inference_s=inference_s, context=number,
+                           real_tokens=int(inputs.attention_mask[:rows].sum()))
         with self._condition:
             self._counters["batches"] += 1
             listeners = list(self._listeners)

@@ -38,6 +38,9 @@ class ServerMetrics:
                                     buckets=BATCH_SIZE_BUCKETS, registry=registry)
         self.batch_tokens = Histogram("roberta_deploy_batch_tokens", "Padded tokens (rows x padded length) per batch",
                                       ["model"], buckets=BATCH_TOKEN_BUCKETS, registry=registry)
+        # With roberta_deploy_batch_tokens_sum: how much of what the engine computed was padding.
+        self.batch_real_tokens = Counter("roberta_deploy_batch_real_tokens", "The texts' own tokens in engine "
+                                         "batches (padding not counted)", ["model"], registry=registry)
         self.batch_inference = Histogram("roberta_deploy_batch_inference_duration_seconds",
                                          "Engine time per batch", ["model"], buckets=DURATION_BUCKETS,
                                          registry=registry)
@@ -66,10 +69,12 @@ class ServerMetrics:
         self.queue_size.labels(model=model_name).set_function(lambda: batcher.queued_texts)
         size, tokens, seconds = (self.batch_size.labels(model=model_name), self.batch_tokens.labels(model=model_name),
                                  self.batch_inference.labels(model=model_name))
+        real_tokens = self.batch_real_tokens.labels(model=model_name)
 
         def on_batch(stats) -> None:  # called from the batcher's worker threads; prometheus-client locks
             size.observe(stats.rows)
             tokens.observe(stats.tokens)
+            real_tokens.inc(stats.real_tokens)
             seconds.observe(stats.inference_s)
             statistics.on_batch(stats)
 

@@ -240,10 +240,11 @@ def test_grpc_overload_and_drain_answer_unavailable_and_finish_what_was_accepted
             # --payload-limit is gRPC's message limit: refused before any handler runs.
             error = grpc_error(lambda: triton.infer("fake", text_inputs(["x" * 3000]), client_timeout=30))
             assert error.status() == "StatusCode.RESOURCE_EXHAUSTED"
+            warm_up_calls = len(running.engine.calls)
             gate.clear()
             answers = []
             triton.async_infer("fake", text_inputs(["held"]), lambda result, error: answers.append((result, error)))
-            wait_until(lambda: len(running.engine.calls) == 2, "the held request is inside the engine")
+            wait_until(lambda: len(running.engine.calls) == warm_up_calls + 1, "the held request is inside the engine")
             error = grpc_error(lambda: triton.infer("fake", text_inputs(["more"]), client_timeout=30))
             assert error.status() == "StatusCode.UNAVAILABLE" and "--max-concurrent-requests" in error.message()
             stopping = Background(running.server.stop)

@@ -248,9 +248,10 @@ def test_a_disconnected_client_is_dropped_before_compute_and_counted(start_serve
     gate.set()
     server = start_server(contexts=1, gate=gate)
     server.wait_ready()
+    warm_up_calls = len(server.engine.calls)  # the warm-up text and the largest batch, on each context
     gate.clear()
     computing = Background(post_json, server.port, "/predict", {"inputs": "computing"})
-    wait_until(lambda: len(server.engine.calls) == 2, "the first request is inside the engine")  # warm-up + it
+    wait_until(lambda: len(server.engine.calls) == warm_up_calls + 1, "the first request is inside the engine")
     body = json.dumps({"inputs": "abandoned"}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
         client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -263,8 +264,8 @@ def test_a_disconnected_client_is_dropped_before_compute_and_counted(start_serve
     assert computing.result()[0] == 200
     wait_until(lambda: metric(server.port, "roberta_deploy_batcher_dropped_total", model="fake") == 1,
                "the batcher drops the abandoned request")
-    computed = [row for call_ in server.engine.calls for row in call_["rows"]]
-    assert len(computed) == 2  # warm-up and "computing": the abandoned text never reached the engine
+    computed = [row for call_ in server.engine.calls[warm_up_calls:] for row in call_["rows"]]
+    assert len(computed) == 1  # "computing" only: the abandoned text never reached the engine
 
 
 def test_concurrent_requests_are_merged_into_one_batch(start_server):
@@ -272,9 +273,10 @@ def test_concurrent_requests_are_merged_into_one_batch(start_server):
     gate.set()
     server = start_server(contexts=1, gate=gate)
     server.wait_ready()
+    warm_up_calls = len(server.engine.calls)
     gate.clear()
     first = Background(post_json, server.port, "/predict", {"inputs": "first"})
-    wait_until(lambda: len(server.engine.calls) == 2, "the first request is inside the engine")
+    wait_until(lambda: len(server.engine.calls) == warm_up_calls + 1, "the first request is inside the engine")
     texts = ["two", "three", "four", "five"]
     waiting = [Background(post_json, server.port, "/predict", {"inputs": text}) for text in texts]
     wait_until(lambda: metric(server.port, "roberta_deploy_queue_size", model="fake") == 4, "four requests wait")
@@ -286,6 +288,10 @@ def test_concurrent_requests_are_merged_into_one_batch(start_server):
             {"short": row[0], "long": row[1]}, rel=1e-5)
     assert metric(server.port, "roberta_deploy_batch_size_count", model="fake") == 2
     assert metric(server.port, "roberta_deploy_batch_size_sum", model="fake") == 5
+    # Padded and real tokens: "first" alone, then the four (lengths + 2 specials), each batch padded to 16.
+    assert metric(server.port, "roberta_deploy_batch_tokens_sum", model="fake") == 16 + 4 * 16
+    assert metric(server.port, "roberta_deploy_batch_real_tokens_total", model="fake") == sum(
+        len(text) + 2 for text in ["first", *texts])
 
 
 def test_stop_answers_every_accepted_request_then_ends(start_server):
@@ -317,7 +323,8 @@ def test_several_models_each_with_their_own_batcher(start_server):
     assert status == 200 and body["model_name"] == "alpha"
     status, _, body = post_json(server.port, "/models/beta", {"inputs": "abc"})
     assert status == 200 and len(body[0]) == 2
-    assert len(server.engines["alpha"].calls) == 3 and len(server.engines["beta"].calls) == 4  # 2 warm-ups each
+    # Each engine: a warm-up text and the largest batch on each of its 2 contexts, then its own requests.
+    assert len(server.engines["alpha"].calls) == 4 + 1 and len(server.engines["beta"].calls) == 4 + 2
     status, _, info = call(server.port, "GET", "/info")
     assert json.loads(info)["models"] == ["alpha", "beta"] and json.loads(info)["model_id"] == "alpha"
 
