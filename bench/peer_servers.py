@@ -209,6 +209,10 @@ class RunningServer:
         """What the server said at start that decides its speed (which model file, graph optimization)."""
         return []
 
+    def token_counts(self) -> tuple[float, float] | None:
+        """(padded, real) tokens the engine has computed so far, where the server counts them; else None."""
+        return None
+
 
 class RobertaDeployServer(RunningServer):
     """`roberta-deploy serve --bundle B --port 0` with its defaults (serve_bench.Server starts and stops it)."""
@@ -228,6 +232,10 @@ class RobertaDeployServer(RunningServer):
 
     def stop(self) -> int:
         return self.server.stop()
+
+    def token_counts(self) -> tuple[float, float] | None:
+        return (self.server.metric("roberta_deploy_batch_tokens_sum"),
+                self.server.metric("roberta_deploy_batch_real_tokens_total"))
 
 
 class InfinityServer(RunningServer):

@@ -208,8 +208,13 @@ def measure_server(name: str, prepared: Prepared, max_length: int, texts: list[s
             answers = {**check_answers(server, texts[:len(reference)], reference), "server_notes": server.notes()}
         bodies = [server.body(text) for text in texts]
         for clients in client_order:
+            tokens_before = server.token_counts()
             with CpuShares(server.process) as cpu:
                 result = asyncio.run(closed_loop(server, bodies, clients, arguments.warmup, arguments.duration))
+            tokens_after = server.token_counts()
+            if tokens_before is not None and tokens_after is not None:  # warm-up load included: same batching
+                padded, real = (after - before for before, after in zip(tokens_before, tokens_after))
+                result["padded_per_real_token"] = padded / real if real else None
             results.append({"server": name, "max_length": max_length, "clients": clients, **result,
                             "load_average_1min": os.getloadavg()[0], "others_cpu_share": cpu.others_share,
                             "server_cpu_share": cpu.server_s / (cpu.wall_s * os.cpu_count()),
@@ -217,7 +222,8 @@ def measure_server(name: str, prepared: Prepared, max_length: int, texts: list[s
                             "start_seconds": start_s})
             log(f"  {name} @ {max_length}, {clients} clients: {result['requests_per_second']:.1f} req/s, "
                 f"p99 {result['latency_ms'].get('p99', float('nan')):.0f} ms, {result['errors']} errors, "
-                f"others {cpu.others_share:.0%}")
+                f"others {cpu.others_share:.0%}" + (f", padded/real tokens {result['padded_per_real_token']:.2f}"
+                                                    if result.get("padded_per_real_token") else ""))
     finally:
         exit_code = server.stop()
     for result in results:

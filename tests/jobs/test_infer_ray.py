@@ -213,7 +213,9 @@ def assert_same_results(ours: list[dict], reference: list[dict], ours_metrics: d
 
 
 def assert_close(ours, reference, where: str = "metrics") -> None:
-    """Equal, but floats (correlations, errors over scores that differ in the last digits) within 1e-4."""
+    """Equal, but floats (correlations, errors over scores that differ in the last digits) within 1e-4: relative,
+    or absolute for values near 0 (a random model's Spearman of 0.045 moved 4.7e-6 when two nearly equal scores,
+    each within the rows' 1e-4, swapped ranks)."""
     if isinstance(reference, dict):
         assert isinstance(ours, dict) and ours.keys() == reference.keys(), (where, ours, reference)
         for key in reference:
@@ -223,7 +225,7 @@ def assert_close(ours, reference, where: str = "metrics") -> None:
         for index, (mine, theirs) in enumerate(zip(ours, reference)):
             assert_close(mine, theirs, f"{where}[{index}]")
     elif isinstance(reference, float):
-        assert ours == pytest.approx(reference, rel=1e-4, abs=1e-6), (where, ours, reference)
+        assert ours == pytest.approx(reference, rel=1e-4, abs=1e-4), (where, ours, reference)
     else:
         assert ours == reference, (where, ours, reference)
 
