@@ -31,7 +31,7 @@ from ..runtime.engine import THROUGHPUT, Engine
 from .app import ServerState, create_app
 from .bundle_cache import cached_bundle, default_cache_root, pack_bundle, unpack_bundle
 from .options import ServeOptions
-from .server import STOP_SIGNALS, check_bundles, served_model
+from .server import STOP_SIGNALS, check_bundles, restore_stop_handlers, served_model
 
 RAY_EXTRA_FIX = "pip install 'roberta-deploy[ray]'"
 DEPLOYMENT_NAME = "roberta-deploy"
@@ -265,8 +265,7 @@ def serve_until_stopped(options: ServeOptions, ray_options: RayOptions,
         try:
             endpoint.close()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            restore_stop_handlers(previous, stopped_by_signal=stop.is_set())
     on_event("stopped: every accepted request was answered")
 
 

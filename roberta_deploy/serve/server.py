@@ -4,7 +4,8 @@ cut the rest), close the batchers, exit 0.
 
 This module owns the process while serving: it installs handlers for SIGTERM and SIGINT and puts the
 previous ones back when the server stops (uvicorn does the same, but re-raises the signal afterwards,
-which would end the process with a signal instead of exit code 0).
+which would end the process with a signal instead of exit code 0). A server stopped by a signal leaves
+both ignored instead: the process is exiting, and a repeated signal must not change its exit code.
 """
 
 from __future__ import annotations
@@ -102,6 +103,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def restore_stop_handlers(previous: dict, stopped_by_signal: bool) -> None:
+    """Put back the stop handlers serving replaced, or ignore further stop signals if one stopped it.
+
+    Once a signal stopped serving, the process is on its way out with exit code 0 (bounded by the command
+    line's exit timer): a repeated SIGTERM from a supervisor, or a second Ctrl-C, must not turn a clean drain
+    into 143, a traceback's 1 (raised after the command returned), or death by the signal (Python resets its
+    own handlers to the default during finalization; an ignored signal stays ignored)."""
+    for sig, handler in previous.items():
+        signal.signal(sig, signal.SIG_IGN if stopped_by_signal else handler)
+
+
 class _GracefulServer(uvicorn.Server):
     """uvicorn's server with our stop signals: mark draining, then let uvicorn finish open connections."""
 
@@ -110,6 +122,7 @@ class _GracefulServer(uvicorn.Server):
         self._on_stop = on_stop
         self.cut_requests = 0
         self._companions = companions  # async context managers served on the same loop (gRPC)
+        self.stopped_by_signal = False
 
     async def serve(self, sockets=None) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -126,8 +139,7 @@ class _GracefulServer(uvicorn.Server):
         try:
             yield
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            restore_stop_handlers(previous, stopped_by_signal=self.stopped_by_signal)
 
     async def shutdown(self, sockets=None) -> None:
         """uvicorn's drain (timeout_graceful_shutdown: --drain-timeout), noting how many requests it cut off."""
@@ -138,6 +150,7 @@ class _GracefulServer(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: stop waiting for open connections
         self._on_stop(sig)
+        self.stopped_by_signal = True
         self.should_exit = True
 
 

@@ -4,6 +4,7 @@ and raw HTTP. Every call and wait has a timeout, so a hang fails the test instea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -273,9 +275,26 @@ def test_sigterm_answers_every_request_in_flight_then_exits_0(serve_bundle, held
         for (_, _, body), probabilities in zip(answers, reference.probabilities):
             assert scores_by_label(body) == pytest.approx(dict(zip(reference.label_names, probabilities.tolist())),
                                                           abs=1e-4)
-        assert process.stop() == 0
+        assert process.stop() == 0, "\n".join(process.lines)
         log = "\n".join(process.lines)
         assert "SIGTERM" in log and "every accepted request was answered" in log
+    finally:
+        process.kill()
+
+
+def test_sigterm_repeated_while_the_server_stops_still_exits_0(serve_bundle):
+    """A supervisor that sends SIGTERM again (as this file's stop() does when the process has not exited yet)
+    must not change the exit code. Before the fix a repeat that landed after the server put the command line's
+    handlers back ended it with 143, with a traceback's 1 (CI) or by the signal itself."""
+    process = ServerProcess("--bundle", str(serve_bundle))
+    try:
+        process.wait_ready()
+        process.process.send_signal(signal.SIGTERM)
+        while process.process.poll() is None:  # every 2 ms until it is gone, so every stage of the exit gets one
+            with contextlib.suppress(ProcessLookupError):
+                process.process.send_signal(signal.SIGTERM)
+            time.sleep(0.002)
+        assert process.stop() == 0, "\n".join(process.lines)
     finally:
         process.kill()
 
