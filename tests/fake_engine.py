@@ -85,6 +85,9 @@ class FakeContext:
             raise RuntimeError("simulated engine failure")
         return np.stack([mask.sum(1), (ids * mask).sum(1) / 100], axis=1).astype(np.float32)[:batch]
 
+    def warm_up(self, input_ids, attention_mask, token_type_ids=None) -> None:
+        self.run(input_ids, attention_mask, token_type_ids)  # as Context.warm_up on a one-resource backend
+
 
 class FakeEngine:
     """The engine surface: encoder, profile, settings, label_names, max_seq_length, create_context()."""

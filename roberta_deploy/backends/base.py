@@ -75,6 +75,11 @@ class Runner(ABC):
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """feeds: int64 (batch, seq) arrays of a shape the engine accepts -> float32 logits (batch, labels)."""
 
+    def warm_up(self, feeds: dict[str, np.ndarray]) -> None:
+        """Run `feeds` before serving so the memory and kernels they need are taken now (one run here; a backend
+        that chooses between resources per run, as ONNX Runtime's sessions, runs each)."""
+        self.infer(feeds)
+
 
 class LoadedEngine(ABC):
     @abstractmethod
@@ -98,8 +103,8 @@ class Backend(ABC):
 
     def contexts_for(self, cores: int, hint: str) -> int:
         """How many contexts a performance `hint` needs on `cores` cores (OpenVINO's PERFORMANCE_HINT, made
-        explicit). One by default: a backend whose contexts share one thread pool (an ONNX Runtime session's,
-        PyTorch's process-wide one) only queues more of them, and on a GPU one context keeps it fed."""
+        explicit). One by default: a backend whose contexts share one thread pool (PyTorch's process-wide one)
+        only queues more of them, and on a GPU one context keeps it fed."""
         check_hint(hint)
         return 1
 

@@ -3,6 +3,9 @@ EPs later)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from ..errors import BundleError
 from ..manifest import BACKEND_REQUIREMENTS
 from ..precision import DYNAMIC, STATIC
 from ..quiet import quiet_in_this_thread
-from .base import CPU, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner
+from .base import CPU, LATENCY, Backend, BuildRequest, LoadedEngine, RuntimeSettings, Runner, check_hint
 
 (MODEL_FILE,) = BACKEND_REQUIREMENTS["onnxruntime"]["files"][0]
 
@@ -21,6 +24,14 @@ class ONNXRuntimeBackend(Backend):
     name = "onnxruntime"
     # dynamic: what Optimum's `quantize --avx512_vnni` gives, with no calibration data (docs/benchmarks.md)
     quantization_modes = (STATIC, DYNAMIC)
+
+    def contexts_for(self, cores: int, hint: str) -> int:
+        """latency: one context with every thread. throughput: as OpenVINO's, one per core below 8 cores (each
+        concurrent run on 1 thread, docs/serving.md), else one per 4 cores; a context that runs alone still gets
+        every thread (ONNXRuntimeEngine)."""
+        if check_hint(hint) == LATENCY:
+            return 1
+        return cores if cores < 8 else cores // 4
 
     def capabilities(self) -> tuple[str, ...]:
         # The CPU provider's kernels: fp32 everywhere, int8 (MLAS: AVX2, VNNI, AMX where present); fp16 only
@@ -121,40 +132,91 @@ def _quantize_dynamic(source: Path, destination: Path) -> dict:
 
 
 class ONNXRuntimeEngine(LoadedEngine):
+    """A bundle's sessions. With one context, one session set with every thread. With several, a second set with
+    `cpu_threads // contexts` threads that the contexts share while more than one runs: a run on a 1-thread
+    session computes on its caller's thread alone, so two concurrent runs on one such session are as fast as two
+    sessions (and hold the weights once); two runs on 1-thread sessions side by side did 1.05-1.5x the rows/s of
+    one 2-thread session running them in turn, most at small batches (docs/serving.md, "One ONNX Runtime session
+    per core"). A run that finds no other running still gets every thread, so one client loses nothing."""
+
     def __init__(self, bundle_dir: Path, manifest: dict, settings: RuntimeSettings):
         from ..shapes import ShapeProfile
 
         profile = ShapeProfile.from_dict(manifest["shape_profile"])
         lengths = [None] if profile.dynamic else list(profile.static_seq_lengths)
-        self.sessions = {}
-        for length in lengths:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Concurrent runs share the session's pool; give it all threads and run contexts in turn.
-            options.intra_op_num_threads = settings.cpu_threads
-            options.inter_op_num_threads = 1
-            # Idle pool threads sleep instead of spinning: in a server they spun on the cores the event loop and
-            # the tokenizer need; measured 1.05-1.19x the served texts/s in each of 4 paired runs, offline no
-            # slower (docs/serving.md, "ONNX Runtime's thread spinning").
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if length is not None:
-                options.add_free_dimension_override_by_name("batch", profile.max_batch)
-                options.add_free_dimension_override_by_name("sequence", length)
-            try:
-                self.sessions[length] = ort.InferenceSession(str(bundle_dir / MODEL_FILE), options,
-                                                             providers=["CPUExecutionProvider"])
-            except Exception as error:
-                raise BundleError(f"ONNX Runtime cannot load {bundle_dir / MODEL_FILE}: "
-                                  f"{str(error).splitlines()[0]}", "rebuild the bundle") from None
+        model = bundle_dir / MODEL_FILE
+        self.alone_sessions = {length: _session(model, settings.cpu_threads, profile, length) for length in lengths}
+        shared_threads = max(1, settings.cpu_threads // settings.contexts)
+        self.shared_sessions = (self.alone_sessions if shared_threads == settings.cpu_threads else
+                                {length: _session(model, shared_threads, profile, length) for length in lengths})
+        self.contexts = settings.contexts
+        self._running = 0  # runs in progress over every context
+        self._running_lock = threading.Lock()
+        self._reserved_shapes: set[tuple] = set()  # shapes warm_up already ran on every session set
 
     def create_runner(self) -> Runner:
-        return ONNXRuntimeRunner(self.sessions)
+        return ONNXRuntimeRunner(self)
+
+    @contextlib.contextmanager
+    def sessions_for_one_run(self):
+        """The sessions for a run starting now: every thread when no other run is in progress, else the
+        shared ones (a 2-thread run already going and a 1-thread one beside it briefly take 3 threads)."""
+        with self._running_lock:
+            self._running += 1
+            alone = self._running == 1
+        try:
+            yield self.alone_sessions if alone else self.shared_sessions
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def warm_up(self, feeds: dict[str, np.ndarray]) -> None:
+        """Run `feeds` on every session set, the shared one from as many threads at once as there are contexts,
+        so that each session's memory arena holds what its largest concurrent runs need before serving."""
+        shape = next(iter(feeds.values())).shape
+        with self._running_lock:
+            if shape in self._reserved_shapes:
+                return
+            self._reserved_shapes.add(shape)
+        _run(self.alone_sessions, feeds)
+        if self.shared_sessions is not self.alone_sessions:
+            with ThreadPoolExecutor(self.contexts, thread_name_prefix="ort-warm-up") as pool:
+                for result in [pool.submit(_run, self.shared_sessions, feeds) for _ in range(self.contexts)]:
+                    result.result()
+
+
+def _session(model: Path, threads: int, profile, length: int | None):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Concurrent runs on one session share its pool; a 1-thread session runs each on its caller's thread.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: in a server they spun on the cores the event loop and
+    # the tokenizer need; measured 1.05-1.19x the served texts/s in each of 4 paired runs, offline no
+    # slower (docs/serving.md, "ONNX Runtime's thread spinning").
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if length is not None:
+        options.add_free_dimension_override_by_name("batch", profile.max_batch)
+        options.add_free_dimension_override_by_name("sequence", length)
+    try:
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as error:
+        raise BundleError(f"ONNX Runtime cannot load {model}: {str(error).splitlines()[0]}",
+                          "rebuild the bundle") from None
+
+
+def _run(sessions: dict, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = sessions.get(None) or sessions[next(iter(feeds.values())).shape[1]]
+    return np.asarray(session.run(["logits"], feeds)[0], dtype=np.float32)
 
 
 class ONNXRuntimeRunner(Runner):
-    def __init__(self, sessions: dict):
-        self.sessions = sessions
+    def __init__(self, engine: ONNXRuntimeEngine):
+        self.engine = engine
 
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        session = self.sessions.get(None) or self.sessions[next(iter(feeds.values())).shape[1]]
-        return np.asarray(session.run(["logits"], feeds)[0], dtype=np.float32)
+        with self.engine.sessions_for_one_run() as sessions:
+            return _run(sessions, feeds)
+
+    def warm_up(self, feeds: dict[str, np.ndarray]) -> None:
+        self.engine.warm_up(feeds)

@@ -187,6 +187,27 @@ class Context:
         Inputs smaller than the engine accepts (static shapes, or a dynamic minimum) are padded up and
         the filler rows dropped from the result.
         """
+        batch, feeds = self._feeds(input_ids, attention_mask, token_type_ids)
+        with self._lock:
+            logits = self._runner.infer(feeds)[:batch]
+        if logits.ndim != 2 or logits.shape[1] != len(self.engine.label_names):
+            raise BundleError(f"the model gives {logits.shape[-1]} outputs per text but the manifest names "
+                              f"{len(self.engine.label_names)} labels", "rebuild the bundle from its export")
+        if not np.isfinite(logits).all():
+            raise NumericalCheckError("the engine produced NaN or infinite logits",
+                                      "rebuild at a higher precision (fp32) and report the model")
+        return logits
+
+    def warm_up(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                token_type_ids: np.ndarray | None = None) -> None:
+        """Run these inputs as `run` would, on whatever the backend may choose between per run (ONNX Runtime:
+        its every-thread and shared sessions), so memory is taken before serving instead of during it."""
+        _, feeds = self._feeds(input_ids, attention_mask, token_type_ids)
+        with self._lock:
+            self._runner.warm_up(feeds)
+
+    def _feeds(self, input_ids, attention_mask, token_type_ids) -> tuple[int, dict[str, np.ndarray]]:
+        """(rows asked for, the checked and padded feeds the runner takes)."""
         input_ids = _as_int64_matrix("input_ids", input_ids)
         attention_mask = _as_int64_matrix("attention_mask", attention_mask)
         if attention_mask.shape != input_ids.shape:
@@ -206,16 +227,7 @@ class Context:
         arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if (run_batch, run_seq) != (batch, seq):
             arrays = pad_to_shape(arrays, run_batch, run_seq, self.engine.encoder.pad_token_id)
-        feeds = {name: arrays[name] for name in self.engine.input_names}
-        with self._lock:
-            logits = self._runner.infer(feeds)[:batch]
-        if logits.ndim != 2 or logits.shape[1] != len(self.engine.label_names):
-            raise BundleError(f"the model gives {logits.shape[-1]} outputs per text but the manifest names "
-                              f"{len(self.engine.label_names)} labels", "rebuild the bundle from its export")
-        if not np.isfinite(logits).all():
-            raise NumericalCheckError("the engine produced NaN or infinite logits",
-                                      "rebuild at a higher precision (fp32) and report the model")
-        return logits
+        return batch, {name: arrays[name] for name in self.engine.input_names}
 
 
 def _as_int64_matrix(name: str, array) -> np.ndarray:

@@ -101,12 +101,13 @@ class WorkerCore:
             self._state = "starting"
         try:
             contexts = [self.engine.create_context() for _ in range(self.context_count)]
-            warm_ups = [self._warm_up_inputs()]
+            short = self._warm_up_inputs()
+            for context in contexts:  # checked runs: a bundle that computes nonsense fails here
+                context.run(short.input_ids, short.attention_mask, short.token_type_ids)
             if reserve_largest_batch and self._bucket_lengths is None:
-                warm_ups.append(self._largest_batch_inputs())
-            for warm_up in warm_ups:
+                largest = self._largest_batch_inputs()
                 for context in contexts:
-                    context.run(warm_up.input_ids, warm_up.attention_mask, warm_up.token_type_ids)
+                    context.warm_up(largest.input_ids, largest.attention_mask, largest.token_type_ids)
         except BaseException:
             with self._condition:
                 self._state = "new"

@@ -5,6 +5,10 @@ combinations that have no dynamic build are one-line usage errors before any wor
 from __future__ import annotations
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,8 @@ from roberta_deploy.data import read_dataset
 from roberta_deploy.defaults import DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from roberta_deploy.errors import EXIT_CODES, UsageError
 from roberta_deploy.precision import TOLERANCES
+from roberta_deploy.flags import available_cores
+from roberta_deploy.runtime.batcher import Batcher
 from roberta_deploy.runtime.engine import Engine
 
 USAGE_EXIT = next(code for code, meaning in EXIT_CODES.items() if meaning.startswith("bad flags"))
@@ -108,3 +114,77 @@ def test_precision_auto_times_both_int8_modes_and_the_chosen_bundle_says_which(t
     chosen = next(row for row in rows if row["verdict"].startswith("chosen"))
     expected_mode = (chosen.get("quantization") or "static") if chosen["precision"] == "int8" else None
     assert manifest.get("quantization") == expected_mode
+
+
+class RecordedSession:
+    """Wraps an ONNX Runtime session's run: records each call's thread and shape; `gate` (an Event) holds runs
+    until the test opens it."""
+
+    def __init__(self, session, calls: list, name: str, gate=None):
+        self.session, self.calls, self.name, self.gate = session, calls, name, gate
+        self.real_run = session.run
+        session.run = self.run
+
+    def run(self, outputs, feeds):
+        self.calls.append((self.name, threading.current_thread().name, feeds["input_ids"].shape))
+        if self.gate is not None:
+            assert self.gate.wait(60), "the test never opened the gate"
+        return self.real_run(outputs, feeds)
+
+
+def two_context_engine(bundle: Path) -> Engine:
+    if available_cores() < 2:
+        pytest.skip("two contexts need two cores")
+    return Engine.load(bundle, contexts=2, cpu_threads=2)
+
+
+def test_a_lone_run_gets_every_thread_and_concurrent_runs_share_a_one_thread_session(demo_bundles):
+    engine = two_context_engine(demo_bundles[0])
+    sessions = engine._backend_engine
+    alone, shared = sessions.alone_sessions[None], sessions.shared_sessions[None]
+    assert alone.get_session_options().intra_op_num_threads == 2
+    assert shared.get_session_options().intra_op_num_threads == 1
+    texts = read_dataset(DEMO_SAMPLES_PATH).texts[:6]
+    reference = engine.predict(texts).logits
+    calls: list = []
+    gate = threading.Event()
+    RecordedSession(alone, calls, "alone", gate)
+    RecordedSession(shared, calls, "shared")
+    encoded = engine.encoder.encode(texts)
+    batch = engine.encoder.pad(encoded, range(len(texts)), int(encoded.lengths.max()))
+    first, second = engine.create_context(), engine.create_context()
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(first.run, batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        deadline = time.monotonic() + 60
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [name for name, _, _ in calls] == ["alone"]  # nothing else running: both threads
+        beside = second.run(batch.input_ids, batch.attention_mask, batch.token_type_ids)  # one is in progress
+        assert [name for name, _, _ in calls] == ["alone", "shared"]
+        gate.set()
+        logits = held.result(60)
+    for result in (logits, beside):
+        np.testing.assert_allclose(result, reference, atol=TOLERANCES["fp32"].bound(reference))
+    third = second.run(batch.input_ids, batch.attention_mask, batch.token_type_ids)  # alone again
+    assert [name for name, _, _ in calls][-1] == "alone"
+    np.testing.assert_allclose(third, reference, atol=TOLERANCES["fp32"].bound(reference))
+    engine.close()
+
+
+def test_a_server_batcher_reserves_its_largest_batch_on_both_session_sets(demo_bundles):
+    # A server's batcher runs its largest batch before it is ready (memory taken at start, not minutes into
+    # serving); with two contexts the shared session must take it from both at once, as serving will.
+    engine = two_context_engine(demo_bundles[1])
+    calls: list = []
+    RecordedSession(engine._backend_engine.alone_sessions[None], calls, "alone")
+    RecordedSession(engine._backend_engine.shared_sessions[None], calls, "shared")
+    batcher = Batcher(engine, contexts=2, max_batch_tokens=512).start(reserve_largest_batch=True)
+    try:
+        largest = (512 // engine.max_seq_length, engine.max_seq_length)
+        runs = [(name, thread) for name, thread, shape in calls if shape == largest]
+        assert sorted(name for name, _ in runs) == ["alone", "shared", "shared"], calls
+        assert len({thread for name, thread in runs if name == "shared"}) == 2  # from two threads at once
+        assert batcher.submit("好").result(timeout=60).logits.shape == (1, 2)
+    finally:
+        batcher.close()
+        engine.close()
