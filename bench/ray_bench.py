@@ -29,11 +29,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, when run as a script
 
 from artifacts import log  # noqa: E402
-from report import machine_description  # noqa: E402
+from report import machine_description, write_report  # noqa: E402
 from serve_bench import (DEFAULT_CALIBRATION_DATA, DEFAULT_DATA, DEFAULT_WORKDIR,  # noqa: E402
                          CpuShares, Server, prepare, start_cli_server)
 
-from roberta_deploy.atomic import atomic_write_text  # noqa: E402
 from roberta_deploy.data import read_dataset  # noqa: E402
 from roberta_deploy.serve.loadtest import LoadtestOptions, run_loadtest  # noqa: E402
 from roberta_deploy.serve.metrics import metric_value  # noqa: E402
@@ -230,11 +229,7 @@ def main(argv=None) -> int:
             report["measurements"].append((number, result))
     report["summary"] = summarize(report["measurements"])
     output = arguments.output or arguments.workdir.expanduser() / "ray.json"
-    atomic_write_text(output, json.dumps(report, indent=2))
-    markdown = render_markdown(report)
-    if arguments.markdown:
-        atomic_write_text(arguments.markdown, markdown)
-    print(markdown)
+    print(write_report(report, output, arguments.markdown, render_markdown))
     return 0
 
 

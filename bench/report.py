@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -93,6 +94,18 @@ def evaluate_targets(rows: dict) -> tuple[list[dict], str | None]:
         targets.append({"target": "int8 engine peak RSS serving batch 32 < 1 GB",
                         "measured": f"{memory:.0f} MB", "met": memory < TARGET_INT8_PEAK_RSS_MB})
     return targets, best
+
+
+def write_report(report: dict, output: Path, markdown_path: Path | None, render) -> str:
+    """The JSON report at `output` and its markdown (`render(report)`) at `markdown_path` if given, each written
+    whole or not at all; returns the markdown for printing."""
+    from roberta_deploy.atomic import atomic_write_text
+
+    atomic_write_text(output, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    markdown = render(json.loads(json.dumps(report, default=str)))  # as a reader of the JSON sees it
+    if markdown_path:
+        atomic_write_text(markdown_path, markdown)
+    return markdown
 
 
 def machine_description() -> dict:

@@ -41,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, whe
 from artifacts import (CENTRING_SAMPLES, LABELS, ArtifactPaths, log, prepare_bundle, prepare_checkpoint,  # noqa: E402
                        prepare_export)
 from measure import _system_busy_seconds  # noqa: E402
-from report import machine_description  # noqa: E402
+from report import machine_description, write_report  # noqa: E402
 
 import roberta_deploy  # noqa: E402
-from roberta_deploy.atomic import atomic_write_text  # noqa: E402
 from roberta_deploy.data import read_dataset  # noqa: E402
 from roberta_deploy.defaults import DEMO_MODEL_DIR  # noqa: E402
 from roberta_deploy.serve.loadtest import HttpConnection, LoadtestOptions, run_loadtest  # noqa: E402
@@ -462,11 +461,7 @@ def main(argv=None) -> int:
             report["soak"], report["soak_bundle"] = soak(bundles[bundle_name], texts, offline, arguments), bundle_name
     report["load_average_after"] = os.getloadavg()
     output = arguments.output or arguments.workdir.expanduser() / "serve.json"
-    atomic_write_text(output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    markdown = render_markdown(report)
-    if arguments.markdown:
-        atomic_write_text(arguments.markdown, markdown)
-    print(markdown)
+    print(write_report(report, output, arguments.markdown, render_markdown))
     return 0
 
 

@@ -45,11 +45,10 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]  # sibling modu
 from artifacts import CENTRING_SAMPLES, ArtifactPaths, load_tokenizer, log, prepare_checkpoint  # noqa: E402
 from peer_servers import (BUNDLE_BUILDS, REFERENCE_SERVER, SERVERS, Prepared, cache_folder, prepare_bundles,  # noqa: E402
                           prepare_infinity_models, prepare_infinity_venv, start_server)
-from report import machine_description  # noqa: E402
+from report import machine_description, write_report  # noqa: E402
 from serve_bench import (DEFAULT_CALIBRATION_DATA, DEFAULT_DATA, DEFAULT_WORKDIR, CpuShares, cli,  # noqa: E402
                          environment)
 
-from roberta_deploy.atomic import atomic_write_text  # noqa: E402
 from roberta_deploy.data import read_dataset  # noqa: E402
 from roberta_deploy.measurement import Interval, median_interval  # noqa: E402
 from roberta_deploy.serve.loadtest import HttpConnection  # noqa: E402
@@ -403,11 +402,7 @@ def main(argv=None) -> int:
     report["load_average_after"] = os.getloadavg()
     report["summary"] = summarize(report, arguments)
     output = arguments.output or arguments.workdir / "serve-peers.json"
-    atomic_write_text(output, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
-    markdown = render_markdown(json.loads(json.dumps(report, default=str)))
-    if arguments.markdown:
-        atomic_write_text(arguments.markdown, markdown)
-    print(markdown)
+    print(write_report(report, output, arguments.markdown, render_markdown))
     return 0
 
 
