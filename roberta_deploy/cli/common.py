@@ -18,6 +18,8 @@ STDIO = Path("-")  # `--data -` reads stdin; `--json -` and `--output -` write s
 
 BACKEND_HELP = ("Engine to build for: openvino (fastest on Intel CPUs, bf16/int8), onnxruntime (portable) or "
                 "torch (PyTorch; the only one for --device cuda).")
+EVAL_QUANTIZATION_HELP = ("How the int8 bundle scales activations: static (calibrated on --calibration-data) or "
+                          "dynamic (onnxruntime: per batch at run time, no calibration).")
 DEVICE_HELP = "cpu, cuda or cuda:N (cuda needs --backend torch and an NVIDIA GPU)."  # commands that build
 RUN_DEVICE_HELP = ("cpu, cuda or cuda:N (cuda runs bundles built with `build --backend torch` on an NVIDIA GPU). "
                    "Default: the device the bundle was built for.")  # commands that load a bundle

@@ -14,7 +14,7 @@ from .. import flags
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
 from ..jobs.deploy_report import interval_text
 from .app import BATCHING, INPUT, MODEL, OUTPUT, command, examples
-from .common import BACKEND_HELP, DEVICE_HELP, TEXT_PAIR_HELP, parse_int_list, stdin_for
+from .common import BACKEND_HELP, DEVICE_HELP, EVAL_QUANTIZATION_HELP, TEXT_PAIR_HELP, parse_int_list, stdin_for
 from .console import console, step_printer
 from .exits import reports_errors
 from .tables import per_class_table, task_eval_table
@@ -57,6 +57,7 @@ def evaluate_command(
                               flags.COUNT] = DEFAULT_MAX_SEQ_LENGTH,
     calibration_data: Annotated[Optional[Path], typer.Option(help="int8 calibration texts (default: bundled "
                                                                   "samples).", rich_help_panel=INPUT)] = None,
+    quantization: Annotated[str, typer.Option(help=EVAL_QUANTIZATION_HELP, rich_help_panel=MODEL)] = "static",
     bucketing: Annotated[bool, typer.Option(help="Length-bucketed batches (see infer).",
                                             rich_help_panel=BATCHING)] = True,
     text_column: Annotated[Optional[str], typer.Option(help="Text column name.", rich_help_panel=INPUT)] = None,
@@ -77,12 +78,13 @@ def evaluate_command(
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"), max_seq_length=max_seq_length,
         calibration_data=calibration_data, bucketing=bucketing, overwrite=overwrite,
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
-        threshold=threshold), on_step=step_printer())
+        threshold=threshold, quantization=quantization), on_step=step_printer())
     if report.task != "single_label_classification":
         console.print(task_eval_table(report, data, backend))
         console.print(f"wrote {output / ACCURACY_MARKDOWN} and {output / REPORT_HTML}")
         return
-    table = Table(title=f"accuracy on {data} ({report.rows[0].examples} texts, {backend} on {report.device})")
+    int8_mode = f", int8 {report.int8_quantization}" if report.int8_quantization else ""
+    table = Table(title=f"accuracy on {data} ({report.rows[0].examples} texts, {backend} on {report.device}{int8_mode})")
     for column in ("precision", "batch", "accuracy (95% interval)", "macro-F1", "correct", "agreement w/ fp32",
                    "disagree / McNemar p", "max |diff| vs fp32", "truncated"):
         table.add_column(column, justify="right")
@@ -127,6 +129,7 @@ def run(
                               flags.COUNT] = DEFAULT_MAX_SEQ_LENGTH,
     calibration_data: Annotated[Optional[Path], typer.Option(help="int8 calibration texts (default: bundled "
                                                                   "samples).", rich_help_panel=INPUT)] = None,
+    quantization: Annotated[str, typer.Option(help=EVAL_QUANTIZATION_HELP, rich_help_panel=MODEL)] = "static",
     perf_seconds: Annotated[float, typer.Option(help="Timed seconds per perf measurement.",
                                                 rich_help_panel=BATCHING), flags.SECONDS] = 3.0,
     sweep: Annotated[bool, typer.Option(help="Also measure throughput per batch size and per sequence length (a "
@@ -145,7 +148,8 @@ def run(
         model=model, data=data, output=output, backend=backend, device=device,
         precisions=tuple(parse_precision_list(precisions)) if precisions else None,
         batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"), max_seq_length=max_seq_length,
-        calibration_data=calibration_data, perf_seconds=perf_seconds, sweep=sweep, overwrite=overwrite),
+        calibration_data=calibration_data, perf_seconds=perf_seconds, sweep=sweep, overwrite=overwrite,
+        quantization=quantization),
         on_step=step_printer())
     table = Table(title=f"{summary['backend']}: {summary['examples']} texts from {data}")
     for column in ("precision", "accuracy", "agreement w/ fp32", "batch-1 p50 ms", "batch-1 p99 ms",

@@ -11,13 +11,14 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import atomic_directory
-from ..backends import default_precisions, require_precision
+from ..backends import default_precisions, get_backend, require_precision
 from ..backends.base import canonical_device
 from ..build.bundle import BuildOptions, build_engine
 from ..build.candidates import CandidateSpec, build_candidates
 from ..data import read_dataset
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH
 from ..errors import NumericalCheckError, UsageError
+from ..precision import DYNAMIC, STATIC, canonical_quantization
 from ..measurement import compare_paired, machine_load, wilson_interval
 from .infer import check_threshold, classify_dataset
 from .perf import host_description
@@ -58,6 +59,7 @@ class EvalOptions:
     label_column: str | None = None
     text_pair_column: str | None = None  # the second text of pair data; None: the usual names (data.py)
     threshold: float = DEFAULT_THRESHOLD  # multi-label decisions
+    quantization: str = STATIC  # how the int8 bundle scales activations: static (calibrated) or dynamic
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,14 @@ class EvalReport:
     rows: tuple[EvalRow, ...]
     machine: dict
     predicted_vs_gold: dict | None = None  # regression: a sample of predicted vs gold for report.html
+    int8_quantization: str | None = None  # the int8 row's mode (static or dynamic); None without an int8 row
 
     def to_json(self) -> dict:
         report = {"model": self.model, "data": self.data, "backend": self.backend, "task": self.task,
                   "text_pairs": self.text_pairs, "device": self.device, "max_seq_length": self.max_seq_length,
                   "bucketing": self.bucketing, "export": self.export, "bundles": self.bundles,
-                  "rows": [row.to_json() for row in self.rows], "machine": self.machine}
+                  "rows": [row.to_json() for row in self.rows], "machine": self.machine,
+                  "int8_quantization": self.int8_quantization}
         if self.predicted_vs_gold is not None:
             report["predicted_vs_gold"] = self.predicted_vs_gold
         return report
@@ -140,6 +144,12 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
                                   options.precisions or default_precisions(options.backend,
                                                                            canonical_device(options.device)),
                                   options.device)
+    quantization = canonical_quantization(options.quantization, "int8")
+    if quantization == DYNAMIC:  # before the export, as every other flag
+        if "int8" not in precisions:
+            raise UsageError("--quantization dynamic applies to int8, which --precisions leaves out",
+                             "add int8 to --precisions, or leave --quantization off")
+        get_backend(options.backend).check_quantization(quantization)
     if not options.batch_sizes or min(options.batch_sizes) < 1:
         raise UsageError("batch sizes must be positive", "pass --batch-sizes such as 1,32")
     check_threshold(options.threshold)  # before the export, not when the first precision is scored
@@ -172,12 +182,14 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
         step(f"building {spec.precision}")
         result = build_engine(BuildOptions(
             export_dir=export.folder, output=bundle_dir, backend=spec.backend, precision=spec.precision,
-            device=options.device, dynamic_shape=True, max_batch=max_batch, calibration_data=options.calibration_data,
+            quantization=spec.quantization or STATIC, device=options.device, dynamic_shape=True, max_batch=max_batch, calibration_data=options.calibration_data,
             calibration_samples=options.calibration_samples), on_step=step)
         checks[spec.precision] = result.manifest["checks"]["against_fp32_reference"]
         return bundle_dir
 
-    candidates = build_candidates([CandidateSpec(options.backend, precision) for precision in precisions], build_one)
+    specs = [CandidateSpec(options.backend, precision, quantization=quantization if precision == "int8" else None)
+             for precision in precisions]
+    candidates = build_candidates(specs, build_one)
     rejected = [candidate for candidate in candidates if candidate.rejected is not None]
     if rejected:  # eval reports every precision asked for: a rejected one is the error it was
         raise NumericalCheckError(f"{rejected[0].spec.name} drifted past its tolerance: {rejected[0].rejected}",
@@ -221,7 +233,8 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
         max_seq_length=export.manifest["max_seq_length"], bucketing=options.bucketing,
         export=str(export.folder.relative_to(work)) if export.folder.is_relative_to(work) else str(export.folder),
         bundles=bundles, rows=tuple(rows), machine={**host_description(), **machine_load()},
-        predicted_vs_gold={"batch_size": max(options.batch_sizes), **scatter} if task.kind == REGRESSION else None)
+        predicted_vs_gold={"batch_size": max(options.batch_sizes), **scatter} if task.kind == REGRESSION else None,
+        int8_quantization=quantization if "int8" in precisions else None)
     written = report.to_json()
     (work / ACCURACY_JSON).write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (work / ACCURACY_MARKDOWN).write_text(accuracy_markdown(written), encoding="utf-8")
@@ -234,7 +247,8 @@ def accuracy_markdown(report: dict) -> str:
         return task_markdown(report)
     lines = [f"# Accuracy of {report['model']} on {report['data']}", "",
              f"Backend {report['backend']} on {report.get('device', 'cpu')}, max_seq_length {report['max_seq_length']}, "
-             f"length bucketing {'on' if report['bucketing'] else 'off'}.", "",
+             f"length bucketing {'on' if report['bucketing'] else 'off'}"
+             f"{int8_note(report)}.", "",
              "| precision | batch | accuracy | macro-F1 | correct | agreement with fp32 | max abs logit diff vs fp32 "
              "| truncated |",
              "|---|---|---|---|---|---|---|---|"]
@@ -249,6 +263,12 @@ def accuracy_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def int8_note(report: dict) -> str:
+    """', int8 quantization dynamic' (or static) where the report has an int8 row; '' otherwise."""
+    mode = report.get("int8_quantization")
+    return f", int8 quantization {mode}" if mode else ""
+
+
 def format_measure(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -259,7 +279,7 @@ def task_markdown(report: dict) -> str:
     names = list(report["rows"][0]["measures"])
     lines = [f"# {report['task']} of {report['model']} on {report['data']}", "",
              f"Backend {report['backend']} on {report.get('device', 'cpu')}, max_seq_length {report['max_seq_length']}, "
-             f"text pairs {'yes' if report.get('text_pairs') else 'no'}.", "",
+             f"text pairs {'yes' if report.get('text_pairs') else 'no'}{int8_note(report)}.", "",
              "| precision | batch | " + " | ".join(names) + " | agreement with fp32 | max abs logit diff vs fp32 | truncated |",
              "|---|---|" + "---|" * len(names) + "---|---|---|"]
     for row in report["rows"]:

@@ -11,11 +11,12 @@ from ..atomic import atomic_directory
 from ..backends import default_precisions
 from ..backends.base import canonical_device
 from ..defaults import DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH, DEMO_MODEL_DIR, DEMO_SAMPLES_PATH
-from .evaluate import EvalOptions, evaluate_into
+from .evaluate import EvalOptions, evaluate_into, int8_note
 from ..manifest import MANIFEST_FILE
 from .perf import PerfOptions, measure_shapes, time_bundles
 from .report import REPORT_HTML, run_report_html
 from ..errors import UsageError
+from ..precision import STATIC
 from ..tasks import SINGLE_LABEL
 
 SUMMARY_JSON = "summary.json"
@@ -33,6 +34,7 @@ class RunOptions:
     batch_sizes: tuple[int, ...] = (1, 32)
     max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     calibration_data: Path | None = None
+    quantization: str = STATIC  # the int8 bundle's: static (calibrated) or dynamic (onnxruntime)
     perf_seconds: float = 3.0  # timed seconds per bundle and measurement, in interleaved rounds; short: run is a demo
     sweep: bool = True  # also throughput per batch size and per sequence length, for report.html
     overwrite: bool = False
@@ -62,7 +64,7 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
             model=options.model, data=options.data, output=work, backend=options.backend, device=options.device,
             precisions=precisions,
             batch_sizes=options.batch_sizes, max_seq_length=options.max_seq_length,
-            calibration_data=options.calibration_data), on_step)
+            calibration_data=options.calibration_data, quantization=options.quantization), on_step)
         if accuracy.task != SINGLE_LABEL:
             raise UsageError(f"run summarizes accuracy per precision, which a {accuracy.task} model does not have",
                              "use `roberta-deploy eval` (the task's own measures) and `perf` for this model")
@@ -103,7 +105,7 @@ def run_pipeline(options: RunOptions, on_step: Callable[[str], None] | None = No
                          "throughput_texts_per_second": throughput.throughput_sequences_per_second,
                          "throughput_interval": throughput.throughput_interval})
         summary = {"model": options.model, "data": str(options.data), "backend": options.backend,
-                   "device": accuracy.device,
+                   "device": accuracy.device, "int8_quantization": accuracy.int8_quantization,
                    "examples": accuracy.rows[0].examples, "max_seq_length": accuracy.max_seq_length,
                    "rows": rows}
         (work / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
@@ -118,7 +120,8 @@ def bundle_max_batch(bundle_dir: Path) -> int:
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = [f"# roberta-deploy run: {summary['backend']}, {summary['examples']} texts from {summary['data']}", "",
+    lines = [f"# roberta-deploy run: {summary['backend']}, {summary['examples']} texts from {summary['data']}"
+             f"{int8_note(summary)}", "",
              "| precision | accuracy | agreement with fp32 | batch-1 p50 ms | batch-1 p99 ms | texts/s (batched, real lengths) |",
              "|---|---|---|---|---|---|"]
     for row in summary["rows"]:

@@ -188,3 +188,43 @@ def test_a_server_batcher_reserves_its_largest_batch_on_both_session_sets(demo_b
     finally:
         batcher.close()
         engine.close()
+
+
+def test_eval_scores_dynamic_int8_when_asked_and_says_so(tmp_path):
+    output = tmp_path / "eval"
+    result = invoke("eval", "--data", DEMO_SAMPLES_PATH, "--output", output, "--backend", "onnxruntime",
+                    "--precisions", "fp32,int8", "--quantization", "dynamic", "--batch-sizes", "32",
+                    "--max-seq-length", "64")
+    assert result.exit_code == 0, result.output
+    report = json.loads((output / "accuracy.json").read_text(encoding="utf-8"))
+    assert report["int8_quantization"] == "dynamic"
+    assert [row["precision"] for row in report["rows"]] == ["fp32", "int8"]
+    manifest = json.loads((output / report["bundles"]["int8"] / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["quantization"] == "dynamic" and manifest["calibration"] is None
+    assert report["rows"][1]["build_check"]["passed"]
+    assert "int8 quantization dynamic" in (output / "accuracy.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("--backend", "openvino", "--precisions", "fp32,int8"), "the openvino backend has no dynamic int8 quantization"),
+    (("--backend", "onnxruntime", "--precisions", "fp32"), "which --precisions leaves out"),
+])
+def test_eval_refuses_dynamic_int8_it_cannot_build_before_any_work(tmp_path, arguments, message):
+    result = invoke("eval", "--data", DEMO_SAMPLES_PATH, "--output", tmp_path / "eval", "--quantization", "dynamic",
+                    *arguments)
+    assert_one_line_error(result, message)
+    assert result.exit_code == USAGE_EXIT
+    assert not (tmp_path / "eval").exists()
+
+
+def test_run_times_the_dynamic_int8_bundle_when_asked(tmp_path):
+    output = tmp_path / "run"
+    result = invoke("run", "--output", output, "--backend", "onnxruntime", "--precisions", "fp32,int8",
+                    "--quantization", "dynamic", "--batch-sizes", "32", "--max-seq-length", "64", "--no-sweep",
+                    "--perf-seconds", "0.5")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
+    assert summary["int8_quantization"] == "dynamic"
+    assert [row["precision"] for row in summary["rows"]] == ["fp32", "int8"]
+    assert all(row["throughput_texts_per_second"] > 0 for row in summary["rows"])
+    assert "int8 quantization dynamic" in (output / "summary.md").read_text(encoding="utf-8")
