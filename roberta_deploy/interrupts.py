@@ -63,6 +63,11 @@ def install_stop_handlers() -> None:
     signal.signal(signal.SIGTERM, _stop)
 
 
+def received_stop_signal() -> int | None:
+    """The first stop signal this process was sent (SIGINT or SIGTERM), or None."""
+    return _received
+
+
 def raise_if_stopped() -> None:
     """Raise the stop signal this process was sent, if any (a no-op where no handler was installed)."""
     if _received is not None:

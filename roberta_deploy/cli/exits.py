@@ -8,6 +8,7 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import Callable
@@ -16,7 +17,7 @@ import typer
 from rich.text import Text
 
 from ..errors import RobertaDeployError
-from ..interrupts import Terminated, raise_if_stopped
+from ..interrupts import Terminated, raise_if_stopped, received_stop_signal
 from ..flags import check_flags, checks_of
 from .console import error_console
 
@@ -50,6 +51,17 @@ def reports_errors(command: Callable) -> Callable:
         except Terminated:
             error_console.print("terminated; no partial output was left")
             code = EXIT_TERMINATED
+        except Exception:
+            # A library that runs our Python from native code can wrap the stop signal's exception in its own: torch's
+            # ONNX tracer turned a Terminated raised inside a warning it was showing into a RuntimeError (CI, `run`
+            # stopped while exporting). After a stop signal any such error is that signal's exit, not a traceback.
+            stopped = received_stop_signal()
+            if stopped is None:
+                raise
+            interrupted = stopped == signal.SIGINT
+            error_console.print("interrupted; no partial output was left" if interrupted
+                                else "terminated; no partial output was left")
+            code = EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
         # Raised here, not inside the except blocks, where the Exit would carry the error as its __context__, and
         # with it the frames that hold the command's engines, into the interpreter's exit: engines are freed
         # while their libraries still run, not during finalization (where OpenVINO's can abort the process).

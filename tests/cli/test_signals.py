@@ -126,3 +126,40 @@ def test_every_command_ends_with_its_code_on_a_signal(name, sent, code, inputs, 
     assert leftovers == [], "staging left behind"
     # deploy's folder keeps what it finished (its record says so, and the next deploy resumes from it)
     assert os.listdir(work) == (["out"] if name == "deploy" and (work / "out").exists() else []), "partial output"
+
+
+WRAPPING_LIBRARY = """
+import os, signal, sys, time
+import typer
+from roberta_deploy.cli.exits import reports_errors
+from roberta_deploy.interrupts import install_stop_handlers
+
+install_stop_handlers()
+
+@reports_errors
+def command():
+    try:
+        if sys.argv[1] == "signal":
+            os.kill(os.getpid(), signal.SIG%s)
+            time.sleep(30)  # the handler raises here
+        raise ValueError("a library's own failure")
+    except BaseException as error:
+        raise RuntimeError("a library's error") from error  # as torch's ONNX tracer wraps what our code raised
+
+try:
+    command()
+except typer.Exit as ended:
+    sys.exit(ended.exit_code)
+"""
+
+
+@pytest.mark.parametrize("sent, code", SIGNALS, ids=["SIGINT", "SIGTERM"])
+def test_a_signal_that_a_library_wrapped_in_its_own_error_still_ends_with_its_code(sent, code):
+    # CI: `run` got SIGTERM while torch traced the export; the Terminated came back as a RuntimeError: exit 1.
+    script = WRAPPING_LIBRARY % sent.name[3:]
+    result = subprocess.run([sys.executable, "-c", script, "signal"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == code, result.stderr
+    assert "no partial output was left" in result.stderr and "Traceback" not in result.stderr
+    # Without a signal the same error is not hidden: a traceback and exit 1, as for any bug.
+    result = subprocess.run([sys.executable, "-c", script, "none"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "RuntimeError: a library's error" in result.stderr
