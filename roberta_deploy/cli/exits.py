@@ -46,11 +46,9 @@ def reports_errors(command: Callable) -> Callable:
             error_console.print(Text.assemble(("error:", "red"), " ", error.one_line()))
             code = error.exit_code
         except KeyboardInterrupt:
-            error_console.print("interrupted; no partial output was left")
-            code = EXIT_INTERRUPTED
+            code = stopped_by(signal.SIGINT)
         except Terminated:
-            error_console.print("terminated; no partial output was left")
-            code = EXIT_TERMINATED
+            code = stopped_by(signal.SIGTERM)
         except Exception:
             # A library that runs our Python from native code can wrap the stop signal's exception in its own: torch's
             # ONNX tracer turned a Terminated raised inside a warning it was showing into a RuntimeError (CI, `run`
@@ -58,10 +56,7 @@ def reports_errors(command: Callable) -> Callable:
             stopped = received_stop_signal()
             if stopped is None:
                 raise
-            interrupted = stopped == signal.SIGINT
-            error_console.print("interrupted; no partial output was left" if interrupted
-                                else "terminated; no partial output was left")
-            code = EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
+            code = stopped_by(stopped)
         # Raised here, not inside the except blocks, where the Exit would carry the error as its __context__, and
         # with it the frames that hold the command's engines, into the interpreter's exit: engines are freed
         # while their libraries still run, not during finalization (where OpenVINO's can abort the process).
@@ -70,6 +65,13 @@ def reports_errors(command: Callable) -> Callable:
         raise typer.Exit(code)
 
     return wrapper
+
+
+def stopped_by(sig: int) -> int:
+    """Say that the command was stopped (its outputs were already cleaned up); the exit code for `sig`."""
+    interrupted = sig == signal.SIGINT
+    error_console.print(f"{'interrupted' if interrupted else 'terminated'}; no partial output was left")
+    return EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED
 
 
 def option_flag(annotation) -> str | None:

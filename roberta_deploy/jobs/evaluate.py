@@ -182,8 +182,8 @@ def evaluate_into(work: Path, options: EvalOptions, on_step: Callable[[str], Non
         step(f"building {spec.precision}")
         result = build_engine(BuildOptions(
             export_dir=export.folder, output=bundle_dir, backend=spec.backend, precision=spec.precision,
-            quantization=spec.quantization or STATIC, device=options.device, dynamic_shape=True, max_batch=max_batch, calibration_data=options.calibration_data,
-            calibration_samples=options.calibration_samples), on_step=step)
+            quantization=spec.quantization or STATIC, device=options.device, dynamic_shape=True, max_batch=max_batch,
+            calibration_data=options.calibration_data, calibration_samples=options.calibration_samples), on_step=step)
         checks[spec.precision] = result.manifest["checks"]["against_fp32_reference"]
         return bundle_dir
 
