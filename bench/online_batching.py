@@ -33,6 +33,12 @@ DESIGNS = {
     "padding-cap-fine": "padding-cap, with lengths a multiple of 8 to 128, 16 to 256, 32 beyond",
     "exact-lengths-small-cache": "every batch padded only to its longest row (any shape), OpenVINO's "
                                  "CPU_RUNTIME_CACHE_CAPACITY=64 to bound the per-shape caches instead",
+    "exact-lengths": "every batch padded only to its longest row and cut to no row count (any shape), the engine "
+                     "unchanged: for ONNX Runtime, which keeps no kernels per shape",
+    "padding-cap-budget-1024": "padding-cap with a token budget of 1,024 padded tokens per batch",
+    "padding-cap-budget-512": "padding-cap with a token budget of 512 padded tokens per batch",
+    "padding-cap-allowance-1.1": "padding-cap with PADDING_ALLOWANCE 1.1 instead of 1.2",
+    "exact-lengths-budget-1024": "exact-lengths with a token budget of 1,024 padded tokens per batch",
 }
 
 
@@ -111,7 +117,15 @@ def make_batcher(design: str, engine):
                                        batcher.max_batch_size * engine.max_seq_length // batcher.context_count)
     elif design == "padding-cap-fine":
         batcher._online_lengths = fine_lengths(engine.max_seq_length)
-    elif design == "exact-lengths-small-cache":
+    elif design.startswith("padding-cap-budget-"):
+        batcher.max_batch_tokens = max(engine.max_seq_length, int(design.rsplit("-", 1)[1]))
+    elif design == "padding-cap-allowance-1.1":
+        from roberta_deploy.runtime import online
+
+        online.PADDING_ALLOWANCE = 1.1
+    elif design in ("exact-lengths-small-cache", "exact-lengths", "exact-lengths-budget-1024"):
+        if design == "exact-lengths-budget-1024":
+            batcher.max_batch_tokens = max(engine.max_seq_length, 1024)
         batcher._online_lengths = tuple(range(1, engine.max_seq_length + 1))
         batcher._cut_to_row_count = lambda window, oldest: window
     return batcher

@@ -96,6 +96,7 @@ class FakeEngine:
         self.max_seq_length = max_seq_length
         self.label_names = ("short", "long")
         self.task = None  # single-label
+        self.run_token_limit = None  # no preferred run size: the batcher's default budget
         self.encoder = FakeEncoder(max_seq_length)
         self.profile = ShapeProfile(dynamic=True, min_batch=1, max_batch=max_batch, min_seq=1, max_seq=max_seq_length)
         self.settings = RuntimeSettings(contexts=contexts, cpu_threads=contexts)

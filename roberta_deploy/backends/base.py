@@ -82,6 +82,10 @@ class Runner(ABC):
 
 
 class LoadedEngine(ABC):
+    # The most padded tokens one run should take when the caller sets no token budget (None: the batcher's
+    # default alone decides). For engines measured faster on smaller runs (ONNX Runtime).
+    run_token_limit: int | None = None
+
     @abstractmethod
     def create_runner(self) -> Runner: ...
 

@@ -19,6 +19,11 @@ from .base import CPU, LATENCY, Backend, BuildRequest, LoadedEngine, RuntimeSett
 
 (MODEL_FILE,) = BACKEND_REQUIREMENTS["onnxruntime"]["files"][0]
 
+# Padded tokens per run by default. Runs of 1,024 tokens did more texts/s than the 2,048 (or 4,096 for one
+# context) the batcher's default gave, in every round: offline, served at 64 clients and on one 2-thread session,
+# at max length 128 and 512, and padded less (docs/serving.md, "Smaller batches for ONNX Runtime"; 2-core Zen 4).
+RUN_TOKEN_LIMIT = 1024
+
 
 class ONNXRuntimeBackend(Backend):
     name = "onnxruntime"
@@ -138,6 +143,8 @@ class ONNXRuntimeEngine(LoadedEngine):
     sessions (and hold the weights once); two runs on 1-thread sessions side by side did 1.05-1.5x the rows/s of
     one 2-thread session running them in turn, most at small batches (docs/serving.md, "One ONNX Runtime session
     per core"). A run that finds no other running still gets every thread, so one client loses nothing."""
+
+    run_token_limit = RUN_TOKEN_LIMIT
 
     def __init__(self, bundle_dir: Path, manifest: dict, settings: RuntimeSettings):
         from ..shapes import ShapeProfile

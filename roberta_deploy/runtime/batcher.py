@@ -40,7 +40,7 @@ class Batcher(OnlineBatching, OfflineBatching):
         super().__init__(engine, context_count)
         self.max_batch_size = min(max_batch_size or engine.default_batch_size(), profile.max_batch)
         self.max_batch_tokens = max_batch_tokens or default_token_budget(engine.max_seq_length, self.max_batch_size,
-                                                                         self.context_count)
+                                                                         self.context_count, engine.run_token_limit)
         if self.max_batch_tokens < engine.max_seq_length:
             raise UsageError(f"max_batch_tokens {self.max_batch_tokens} is below max_seq_length "
                              f"{engine.max_seq_length}", f"pass at least {engine.max_seq_length}")

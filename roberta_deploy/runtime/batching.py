@@ -109,9 +109,10 @@ def plan_batches(
 
 
 def offline_batch_settings(profile, max_seq_length: int, batch_size: int, max_batch_tokens: int | None,
-                           bucketing: bool, contexts: int) -> tuple[int, int | None]:
+                           bucketing: bool, contexts: int, run_token_limit: int | None = None) -> tuple[int, int | None]:
     """(batch size, token budget) of an offline run on an engine of `profile` (shapes.ShapeProfile); UsageError
-    for a batch size the bundle cannot take. A static engine computes its full batch anyway."""
+    for a batch size the bundle cannot take. A static engine computes its full batch anyway. run_token_limit:
+    the engine's preferred most padded tokens per run (LoadedEngine.run_token_limit)."""
     COUNT.require(batch_size, "--batch-size")
     if batch_size > profile.max_batch:
         raise UsageError(f"batch size {batch_size} exceeds the bundle's maximum batch {profile.max_batch}",
@@ -119,7 +120,7 @@ def offline_batch_settings(profile, max_seq_length: int, batch_size: int, max_ba
     if not profile.dynamic:
         batch_size = profile.max_batch
     if max_batch_tokens is None and profile.dynamic and bucketing:
-        max_batch_tokens = default_token_budget(max_seq_length, batch_size, contexts)
+        max_batch_tokens = default_token_budget(max_seq_length, batch_size, contexts, run_token_limit)
     return batch_size, max_batch_tokens
 
 
@@ -130,11 +131,17 @@ def offline_batch_settings(profile, max_seq_length: int, batch_size: int, max_ba
 BUDGET_LENGTH_CAP = 128
 
 
-def default_token_budget(max_seq_length: int, batch_size: int, contexts: int) -> int:
+def default_token_budget(max_seq_length: int, batch_size: int, contexts: int,
+                         run_token_limit: int | None = None) -> int:
     """Padded tokens per batch when none is given: the contexts together hold one full batch of
-    BUDGET_LENGTH_CAP-token texts (at least one text of max_seq_length), which keeps peak memory down at the
-    same speed (docs/benchmarks.md, "What moved roberta-deploy from 1.46x to 1.53x", point 3)."""
-    return max(max_seq_length, batch_size * min(max_seq_length, BUDGET_LENGTH_CAP) // contexts)
+    BUDGET_LENGTH_CAP-token texts, which keeps peak memory down at the same speed (docs/benchmarks.md, "What
+    moved roberta-deploy from 1.46x to 1.53x", point 3); no more than the engine's `run_token_limit` where it
+    has one (ONNX Runtime: smaller runs are faster, docs/serving.md, "Smaller batches for ONNX Runtime"); and
+    always at least one text of max_seq_length."""
+    budget = batch_size * min(max_seq_length, BUDGET_LENGTH_CAP) // contexts
+    if run_token_limit is not None:
+        budget = min(budget, run_token_limit)
+    return max(max_seq_length, budget)
 
 
 def padded_token_count(batches: Sequence[PlannedBatch], rows_per_batch: int | None = None) -> int:

@@ -132,7 +132,7 @@ class Engine:
         texts = list(texts)
         batch_size, max_batch_tokens = offline_batch_settings(
             self.profile, self.max_seq_length, batch_size or self.default_batch_size(), max_batch_tokens,
-            bucketing, contexts=1)
+            bucketing, contexts=1, run_token_limit=self.run_token_limit)
         encoded = self.encoder.encode(texts)
         plans = plan_batches(encoded.lengths, max_batch_size=batch_size, max_seq_length=self.max_seq_length,
                              max_batch_tokens=max_batch_tokens if self.profile.dynamic else None,
@@ -170,6 +170,11 @@ class Engine:
 
     def default_batch_size(self) -> int:
         return self.profile.max_batch if not self.profile.dynamic else min(self.profile.max_batch, 32)
+
+    @property
+    def run_token_limit(self) -> int | None:
+        """The backend's preferred most padded tokens per run (LoadedEngine.run_token_limit)."""
+        return self._backend_engine.run_token_limit
 
 
 class Context:

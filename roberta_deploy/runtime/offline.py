@@ -102,7 +102,7 @@ class OfflineBatching(WorkerCore):
         profile = engine.profile
         batch_size, max_batch_tokens = offline_batch_settings(
             profile, engine.max_seq_length, batch_size or engine.default_batch_size(), max_batch_tokens, bucketing,
-            self.context_count)
+            self.context_count, engine.run_token_limit)
         with self._condition:
             self._check_accepting()
             self._active_runs += 1

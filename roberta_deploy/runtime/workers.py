@@ -28,6 +28,7 @@ class EngineSurface(Protocol):
     label_names: tuple[str, ...]
     max_seq_length: int
     task: object  # tasks.Task (None: single-label), handed on to the results
+    run_token_limit: int | None  # the engine's preferred most padded tokens per run (None: no preference)
 
     @property
     def encoder(self): ...  # encode(texts) -> EncodedTexts; pad(encoded, indices, length) -> ModelInputs

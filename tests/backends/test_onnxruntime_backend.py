@@ -171,6 +171,22 @@ def test_a_lone_run_gets_every_thread_and_concurrent_runs_share_a_one_thread_ses
     engine.close()
 
 
+def test_onnx_runtime_batches_at_most_1024_tokens_unless_told_otherwise(demo_bundles):
+    # Measured: runs of 1,024 tokens did more texts/s than 2,048 or 4,096 (docs/serving.md).
+    engine = two_context_engine(demo_bundles[0])
+    assert engine.run_token_limit == 1024
+    texts = read_dataset(DEMO_SAMPLES_PATH).texts
+    calls: list = []
+    RecordedSession(engine._backend_engine.alone_sessions[None], calls, "alone")
+    engine.predict(texts * 40, batch_size=32)  # 32 rows would fit 4,096 tokens at the demo's lengths
+    assert calls and max(rows * length for _, _, (rows, length) in calls) <= 1024, calls
+    with Batcher(engine, contexts=2) as batcher:
+        assert batcher.max_batch_tokens == 1024
+    with Batcher(engine, contexts=2, max_batch_tokens=3000) as batcher:
+        assert batcher.max_batch_tokens == 3000
+    engine.close()
+
+
 def test_a_server_batcher_reserves_its_largest_batch_on_both_session_sets(demo_bundles):
     # A server's batcher runs its largest batch before it is ready (memory taken at start, not minutes into
     # serving); with two contexts the shared session must take it from both at once, as serving will.
