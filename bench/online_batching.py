@@ -26,7 +26,8 @@ DESIGNS = {
     "before": "the window grew from the oldest row to the token budget; lengths a multiple of 16 to 128, 32 to "
               "256, 64 beyond",
     "padding-cap": "the window stops where it would pad more than PADDING_ALLOWANCE over its rows' own length "
-                   "classes; rows cut to a power of two, token budget as for 128-token texts (the library's design)",
+                   "classes; rows cut to a power of two, token budget as for 128-token texts, at most the "
+                   "engine's run_token_limit (the library's design)",
     "padding-cap-old-grid": "padding-cap with the grid before issue 21's memory fix: rows cut to 1, 2, 3, 4, 6, 8, "
                             "12, 16, 24, 32, and a token budget that grows with max_seq_length (batch x length / "
                             "contexts)",
@@ -38,6 +39,11 @@ DESIGNS = {
     "padding-cap-budget-1024": "padding-cap with a token budget of 1,024 padded tokens per batch",
     "padding-cap-budget-512": "padding-cap with a token budget of 512 padded tokens per batch",
     "padding-cap-allowance-1.1": "padding-cap with PADDING_ALLOWANCE 1.1 instead of 1.2",
+    "padding-cap-no-arena": "padding-cap on ONNX Runtime sessions without the CPU memory arena "
+                            "(enable_cpu_mem_arena off): tensors from malloc, which returns large blocks",
+    "padding-cap-shared-arena": "padding-cap with one CPU arena shared by every session of the process "
+                                "(create_and_register_allocator, use_env_allocators), extended by what is asked "
+                                "(kSameAsRequested) instead of doubling",
     "exact-lengths-budget-1024": "exact-lengths with a token budget of 1,024 padded tokens per batch",
 }
 
@@ -133,6 +139,31 @@ def make_batcher(design: str, engine):
 
 def load_engine(design: str, bundle: Path):
     from roberta_deploy.runtime.engine import THROUGHPUT, Engine
+
+    if design == "padding-cap-shared-arena":
+        import onnxruntime as ort
+
+        memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+        session_options = ort.SessionOptions
+
+        def with_env_allocator():
+            options = session_options()
+            options.add_session_config_entry("session.use_env_allocators", "1")
+            return options
+
+        ort.SessionOptions = with_env_allocator
+    if design == "padding-cap-no-arena":
+        import onnxruntime as ort
+
+        session_options = ort.SessionOptions
+
+        def without_arena():
+            options = session_options()
+            options.enable_cpu_mem_arena = False
+            return options
+
+        ort.SessionOptions = without_arena
 
     if design == "exact-lengths-small-cache":
         import openvino as ov
