@@ -44,6 +44,9 @@ DESIGNS = {
     "padding-cap-shared-arena": "padding-cap with one CPU arena shared by every session of the process "
                                 "(create_and_register_allocator, use_env_allocators), extended by what is asked "
                                 "(kSameAsRequested) instead of doubling",
+    "padding-cap-no-mem-pattern": "padding-cap on ONNX Runtime sessions without memory patterns "
+                                  "(enable_mem_pattern off): each tensor its own arena chunk instead of one block "
+                                  "per input shape",
     "exact-lengths-budget-1024": "exact-lengths with a token budget of 1,024 padded tokens per batch",
 }
 
@@ -153,17 +156,20 @@ def load_engine(design: str, bundle: Path):
             return options
 
         ort.SessionOptions = with_env_allocator
-    if design == "padding-cap-no-arena":
+    if design in ("padding-cap-no-arena", "padding-cap-no-mem-pattern"):
         import onnxruntime as ort
 
         session_options = ort.SessionOptions
 
-        def without_arena():
+        def changed_options():
             options = session_options()
-            options.enable_cpu_mem_arena = False
+            if design == "padding-cap-no-arena":
+                options.enable_cpu_mem_arena = False
+            else:
+                options.enable_mem_pattern = False
             return options
 
-        ort.SessionOptions = without_arena
+        ort.SessionOptions = changed_options
 
     if design == "exact-lengths-small-cache":
         import openvino as ov

@@ -202,6 +202,11 @@ def _session(model: Path, threads: int, profile, length: int | None):
     # the tokenizer need; measured 1.05-1.19x the served texts/s in each of 4 paired runs, offline no
     # slower (docs/serving.md, "ONNX Runtime's thread spinning").
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No memory patterns: with them each run takes one block sized for its input shape from the arena, and blocks
+    # of many sizes from concurrent runs fragmented it (a 10-minute soak at 512 stepped up 13% after the first
+    # minute). Without, each tensor is its own chunk: as fast, and flat (docs/serving.md, "Smaller batches for ONNX
+    # Runtime").
+    options.enable_mem_pattern = False
     if length is not None:
         options.add_free_dimension_override_by_name("batch", profile.max_batch)
         options.add_free_dimension_override_by_name("sequence", length)
