@@ -143,27 +143,19 @@ def make_batcher(design: str, engine):
 def load_engine(design: str, bundle: Path):
     from roberta_deploy.runtime.engine import THROUGHPUT, Engine
 
-    if design == "padding-cap-shared-arena":
+    if design in ("padding-cap-shared-arena", "padding-cap-no-arena", "padding-cap-no-mem-pattern"):
         import onnxruntime as ort
 
-        memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+        if design == "padding-cap-shared-arena":
+            memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(memory, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
         session_options = ort.SessionOptions
 
-        def with_env_allocator():
+        def changed_options():  # the library's _session builds on these, then sets its own entries
             options = session_options()
-            options.add_session_config_entry("session.use_env_allocators", "1")
-            return options
-
-        ort.SessionOptions = with_env_allocator
-    if design in ("padding-cap-no-arena", "padding-cap-no-mem-pattern"):
-        import onnxruntime as ort
-
-        session_options = ort.SessionOptions
-
-        def changed_options():
-            options = session_options()
-            if design == "padding-cap-no-arena":
+            if design == "padding-cap-shared-arena":
+                options.add_session_config_entry("session.use_env_allocators", "1")
+            elif design == "padding-cap-no-arena":
                 options.enable_cpu_mem_arena = False
             else:
                 options.enable_mem_pattern = False

@@ -34,7 +34,8 @@ SERVE_FLAGS = (
     ("max_batch_tokens", Annotated[Optional[int], typer.Option(
         help="Padded tokens (rows x padded length) per engine batch. Bounds memory and the latency of one "
              "batch; too small and concurrent requests cannot share a batch (default: a batch of 128-token texts "
-             "split across the contexts, at most 1,024 tokens on ONNX Runtime, at least one full-length text).", rich_help_panel=BATCHING), flags.COUNT], None),
+             "split across the contexts, at most 1,024 tokens on ONNX Runtime, at least one full-length text).",
+        rich_help_panel=BATCHING), flags.COUNT], None),
     ("max_wait_ms", Annotated[float, typer.Option(
         help="How long a partial batch waits for more requests. Higher merges more requests into a batch "
              "(throughput) at the cost of latency when the server is quiet.",
